@@ -1,0 +1,37 @@
+# Comfy Hybrid — `make run` starts everything, `make test` runs every test.
+# Both set up what they need first: a virtualenv from requirements.txt, the database,
+# and a Redis server if none answers on REDIS_URL.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.requirements-installed
+
+.PHONY: run test bench chaos setup venv redis browser clean
+
+run: setup redis
+	@deploy/run.sh
+
+test: venv browser
+	@deploy/test.sh $(ARGS)
+
+bench: setup
+	@$(PY) -m bench $(ARGS)
+
+setup: venv
+	@$(PY) manage.py migrate --noinput -v 0
+	@$(PY) manage.py ensure_admin
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt deploy/bootstrap.sh
+	@deploy/bootstrap.sh
+	@touch $(STAMP)
+
+redis: venv
+	@deploy/ensure-redis.sh
+
+browser:
+	@deploy/ensure-browser.sh
+
+clean:
+	rm -rf $(VENV) var

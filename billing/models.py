@@ -1,0 +1,1 @@
+"""The money: ledger, spend caps (see the money issue)."""

@@ -1,0 +1,8 @@
+"""Queue names, declared once. Every task names its queue from here (DESIGN.md, Queues)."""
+
+CONTROL = "control"  # routing, health checks, reaper, autoscaler, sweeper
+LOCAL = "local"  # the local ComfyUI and the installer, on the GPU machine
+CLOUD = "cloud"  # RunPod serverless and pods
+GEMINI = "gemini"  # Google Gemini requests and long-running operation polls
+
+ALL = (CONTROL, LOCAL, CLOUD, GEMINI)

@@ -1,0 +1,20 @@
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+
+from . import views
+
+admin.site.site_header = "Comfy Hybrid admin"
+admin.site.index_template = "admin/comfy_index.html"
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("healthz", views.healthz, name="healthz"),
+    path("install/", include("workers.urls")),
+    path("", include("routing.urls")),
+]
+
+handler404 = "project.views.not_found"
+handler500 = "project.views.server_error"

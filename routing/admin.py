@@ -1,0 +1,89 @@
+from django.contrib import admin, messages
+
+from . import services
+from .models import Attempt, Backend, Job, Output, Preference
+
+
+@admin.register(Backend)
+class BackendAdmin(admin.ModelAdmin):
+    list_display = ("name", "kind", "category", "enabled", "health", "queue_depth", "gpu_name",
+                    "latency_ms", "last_probe_at", "price_per_second", "price_per_image")
+    list_filter = ("kind", "category", "enabled", "health")
+    search_fields = ("name", "url", "gpu_name")
+    list_editable = ("enabled",)
+    readonly_fields = ("health", "consecutive_failures", "consecutive_successes", "last_probe_at", "last_ok_at",
+                       "down_since", "last_error", "latency_ms", "queue_depth", "gpu_name", "vram_total")
+
+
+class AttemptInline(admin.TabularInline):
+    model = Attempt
+    extra = 0
+    can_delete = False
+    fields = ("number", "backend", "status", "started_at", "finished_at", "seconds", "cost", "error")
+    readonly_fields = fields
+    show_change_link = True
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+class OutputInline(admin.TabularInline):
+    model = Output
+    extra = 0
+    can_delete = False
+    fields = ("index", "filename", "mime", "size", "sha256")
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Job)
+class JobAdmin(admin.ModelAdmin):
+    list_display = ("short_id", "user", "kind", "preference", "status", "backend", "progress", "failovers",
+                    "cost", "created_at", "finished_at")
+    list_filter = ("status", "kind", "preference", "backend", "created_at")
+    search_fields = ("id", "prompt", "user__username", "error")
+    date_hierarchy = "created_at"
+    readonly_fields = ("id", "status", "backend", "reason", "decision", "progress", "error", "failovers", "cost",
+                       "created_at", "updated_at", "started_at", "finished_at")
+    inlines = [AttemptInline, OutputInline]
+    actions = ["cancel_jobs", "retry_jobs"]
+    list_select_related = ("user", "backend")
+
+    @admin.display(description="Job")
+    def short_id(self, job):
+        return str(job.id)[:8]
+
+    @admin.action(description="Cancel selected jobs")
+    def cancel_jobs(self, request, queryset):
+        done = sum(services.job_cancel(user=job.user, job_id=job.id) for job in queryset)
+        self.message_user(request, f"Cancelled {done} job(s).", messages.SUCCESS)
+
+    @admin.action(description="Run selected jobs again (as new jobs)")
+    def retry_jobs(self, request, queryset):
+        for job in queryset:
+            services.job_retry(user=job.user, job_id=job.id)
+        self.message_user(request, f"Queued {queryset.count()} new job(s).", messages.SUCCESS)
+
+
+@admin.register(Attempt)
+class AttemptAdmin(admin.ModelAdmin):
+    list_display = ("id", "job", "number", "backend", "status", "started_at", "finished_at", "seconds", "cost")
+    list_filter = ("status", "backend", "retryable")
+    search_fields = ("id", "job__id", "error")
+    readonly_fields = [f.name for f in Attempt._meta.fields]
+
+
+@admin.register(Output)
+class OutputAdmin(admin.ModelAdmin):
+    list_display = ("filename", "job", "mime", "size", "created_at")
+    search_fields = ("filename", "job__id", "sha256")
+    readonly_fields = [f.name for f in Output._meta.fields]
+
+
+@admin.register(Preference)
+class PreferenceAdmin(admin.ModelAdmin):
+    list_display = ("user", "preference", "updated_at")
+    list_filter = ("preference",)
+    search_fields = ("user__username",)

@@ -1,0 +1,27 @@
+"""Sending tasks by name, after the transaction commits.
+
+By name (not by import) so that services never import task modules: dependencies point one
+way, tasks → services. `robust=True`: if Redis is down at commit time the job is still
+stored, the error is logged, and the sweeper re-sends it once Redis is back.
+"""
+import logging
+from functools import partial
+
+from django.db import transaction
+
+from project.celery import app
+
+log = logging.getLogger(__name__)
+
+ROUTE = "workers.tasks.route_job"
+SUBMIT = "workers.tasks.submit_attempt"
+POLL = "workers.tasks.poll_attempt"
+CANCEL = "workers.tasks.cancel_attempt"
+
+
+def send(name: str, args: list, *, queue: str, countdown: float | None = None) -> None:
+    app.send_task(name, args=args, queue=queue, countdown=countdown)
+
+
+def send_on_commit(name: str, args: list, *, queue: str, countdown: float | None = None) -> None:
+    transaction.on_commit(partial(send, name, args, queue=queue, countdown=countdown), robust=True)

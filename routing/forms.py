@@ -1,0 +1,96 @@
+"""The submit form: every bad input becomes a field error and no job is created."""
+import json
+
+from django import forms
+from django.conf import settings
+
+from workers.workflows import WorkflowError, validate_workflow
+
+from .models import JobKind, PreferenceChoice
+
+MAX_SIDE = 4096
+MAX_VIDEO_SECONDS = 30
+
+ERR_BOTH = "Write a prompt or give a workflow, not both."
+ERR_NEITHER = "Write a prompt, or paste or upload a ComfyUI workflow."
+ERR_TOO_BIG = "The workflow is {size} KB; at most {limit} KB is allowed."
+ERR_BAD_JSON = "The workflow is not valid JSON: {error}."
+ERR_MULTIPLE_OF_8 = "Must be a multiple of 8 (ComfyUI works on 8×8 latent blocks)."
+ERR_NOT_UTF8 = "The workflow file is not a UTF-8 text file."
+
+
+class JobForm(forms.Form):
+    kind = forms.ChoiceField(choices=JobKind.choices, initial=JobKind.IMAGE, widget=forms.RadioSelect)
+    preference = forms.ChoiceField(choices=PreferenceChoice.choices, initial=PreferenceChoice.AUTO,
+                                   widget=forms.RadioSelect, label="Where to run")
+    prompt = forms.CharField(required=False, max_length=4000, widget=forms.Textarea(attrs={"rows": 3}))
+    negative_prompt = forms.CharField(required=False, max_length=4000, widget=forms.Textarea(attrs={"rows": 2}))
+    width = forms.IntegerField(min_value=64, max_value=MAX_SIDE, initial=512)
+    height = forms.IntegerField(min_value=64, max_value=MAX_SIDE, initial=512)
+    seed = forms.IntegerField(required=False, min_value=0, max_value=2**63 - 1, help_text="Empty: random")
+    duration_seconds = forms.IntegerField(required=False, min_value=1, max_value=MAX_VIDEO_SECONDS,
+                                          initial=4, label="Video length (s)")
+    workflow = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 6}),
+                               label="ComfyUI workflow (API format JSON)")
+    workflow_file = forms.FileField(required=False, label="…or upload a workflow file")
+
+    def clean_width(self):
+        return _multiple_of_8(self.cleaned_data["width"])
+
+    def clean_height(self):
+        return _multiple_of_8(self.cleaned_data["height"])
+
+    def clean(self):
+        data = super().clean()
+        text = self._workflow_text(data)
+        prompt = (data.get("prompt") or "").strip()
+        if text and prompt:
+            raise forms.ValidationError(ERR_BOTH)
+        if not text and not prompt:
+            self.add_error("prompt", ERR_NEITHER)
+            return data
+        data["prompt"] = prompt
+        data["workflow"] = self._parse_workflow(text) if text else None
+        if data.get("kind") == JobKind.VIDEO and not data.get("duration_seconds"):
+            data["duration_seconds"] = 4
+        if data.get("kind") != JobKind.VIDEO:
+            data["duration_seconds"] = 0
+        return data
+
+    def _workflow_text(self, data) -> str:
+        upload = data.get("workflow_file")
+        if upload:
+            if upload.size > settings.WORKFLOW_MAX_BYTES:
+                self.add_error("workflow_file", ERR_TOO_BIG.format(size=upload.size // 1024,
+                                                                   limit=settings.WORKFLOW_MAX_BYTES // 1024))
+                return ""
+            try:
+                return upload.read().decode("utf-8").strip()
+            except UnicodeDecodeError:
+                self.add_error("workflow_file", ERR_NOT_UTF8)
+                return ""
+        return (data.get("workflow") or "").strip()
+
+    def _parse_workflow(self, text: str):
+        field = "workflow_file" if self.cleaned_data.get("workflow_file") else "workflow"
+        if len(text.encode()) > settings.WORKFLOW_MAX_BYTES:
+            self.add_error(field, ERR_TOO_BIG.format(size=len(text.encode()) // 1024,
+                                                     limit=settings.WORKFLOW_MAX_BYTES // 1024))
+            return None
+        try:
+            workflow = json.loads(text)
+        except json.JSONDecodeError as error:
+            self.add_error(field, ERR_BAD_JSON.format(error=f"{error.msg} at line {error.lineno}, column {error.colno}"))
+            return None
+        try:
+            validate_workflow(workflow, max_nodes=settings.WORKFLOW_MAX_NODES)
+        except WorkflowError as error:
+            self.add_error(field, str(error))
+            return None
+        return workflow
+
+
+def _multiple_of_8(value: int) -> int:
+    if value % 8:
+        raise forms.ValidationError(ERR_MULTIPLE_OF_8)
+    return value

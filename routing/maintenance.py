@@ -1,0 +1,58 @@
+"""Beat-driven upkeep: health probes and the sweeper that re-sends what Redis lost.
+
+The database is the source of truth; a message lost with a Redis restart is found here by
+its row's age and sent again. Duplicates are harmless (every handler is idempotent).
+"""
+import logging
+from datetime import timedelta
+
+from django.conf import settings
+from django.utils import timezone
+
+from . import dispatch
+from .backends import client_for_backend, missing_settings
+from .health import health_record
+from .models import Attempt, AttemptStatus, Backend, Job, JobStatus
+from .services import _job_fail
+
+log = logging.getLogger(__name__)
+
+
+def backends_to_probe() -> list[tuple[int, str]]:
+    return [(b.id, b.queue) for b in Backend.objects.filter(enabled=True) if not missing_settings(b)]
+
+
+def backend_probe(*, backend_id: int) -> None:
+    backend = Backend.objects.get(id=backend_id)
+    health = client_for_backend(backend).health()
+    health_record(backend_id=backend.id, ok=health.ok, detail=health.detail, latency_ms=health.latency_ms,
+                  queue_depth=health.queue_depth, gpu=health.gpu, vram_total=health.vram_total)
+
+
+def sweep(now=None) -> dict:
+    """Re-send lost messages and fail jobs past their deadline. Returns counts, for logs."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.SWEEP_AFTER_SECONDS)
+    counts = {"expired": 0, "route": 0, "submit": 0, "poll": 0}
+    deadline = now - timedelta(seconds=settings.JOB_DEADLINE_SECONDS)
+    for job in Job.objects.filter(status__in=(JobStatus.QUEUED, JobStatus.ROUTED, JobStatus.SUBMITTED,
+                                              JobStatus.RUNNING), created_at__lt=deadline):
+        _job_fail(job, f"Timed out: no result after {settings.JOB_DEADLINE_SECONDS // 60} minutes")
+        Attempt.objects.filter(job=job, status__in=(AttemptStatus.PENDING, AttemptStatus.SUBMITTED,
+                                                    AttemptStatus.RUNNING)).update(
+            status=AttemptStatus.FAILED, error="Job deadline passed", finished_at=now)
+        counts["expired"] += 1
+    for job_id in Job.objects.filter(status=JobStatus.QUEUED, updated_at__lt=cutoff).values_list("id", flat=True):
+        dispatch.send(dispatch.ROUTE, [str(job_id)], queue="control")
+        counts["route"] += 1
+    for attempt in Attempt.objects.filter(status=AttemptStatus.PENDING, created_at__lt=cutoff).select_related("backend"):
+        dispatch.send(dispatch.SUBMIT, [str(attempt.id)], queue=attempt.backend.queue)
+        counts["submit"] += 1
+    stale_polls = Attempt.objects.filter(status__in=(AttemptStatus.SUBMITTED, AttemptStatus.RUNNING),
+                                         polled_at__lt=cutoff).select_related("backend")
+    for attempt in stale_polls:
+        dispatch.send(dispatch.POLL, [str(attempt.id), attempt.poll_seq], queue=attempt.backend.queue)
+        counts["poll"] += 1
+    if any(counts.values()):
+        log.info("sweeper: %s", counts)
+    return counts

@@ -1,0 +1,122 @@
+"""The routing decision: a pure function (no database, no HTTP). Callers build the inputs.
+
+Rules, in order (DESIGN.md, Routing):
+- A candidate must be enabled, configured, not down, able to run this job (a custom
+  workflow never goes to Gemini; video only where video is supported), not already failed
+  for this job, and within the user's spend caps.
+- A forced preference (local / cloud / gemini) keeps only that category.
+- Local wins when it is usable and its queue (remote queue + our in-flight jobs) is below
+  the limit.
+- Otherwise the cheapest option by marginal cost wins (an idle running pod costs nothing
+  extra, then serverless, then a new pod), compared with Gemini's price; ties go to the
+  faster expected time, then to a healthy (not just unknown) backend, then to priority.
+- A local backend whose queue is full is still chosen when nothing else can run the job:
+  waiting is better than failing.
+- Nothing left: no backend, and one clear reason per candidate.
+"""
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class JobFacts:
+    kind: str  # "image" | "video"
+    preference: str  # "auto" | "local" | "cloud" | "gemini"
+    custom_workflow: bool
+    excluded: frozenset = frozenset()  # backend ids that already failed this job
+
+
+@dataclass(frozen=True)
+class Candidate:
+    id: int
+    name: str
+    category: str  # "local" | "cloud" | "gemini"
+    enabled: bool = True
+    configured: bool = True
+    missing: str = ""  # what configuration is missing, for the reason
+    health: str = "up"  # "up" | "down" | "unknown"
+    health_detail: str = ""
+    supports_video: bool = True
+    supports_workflows: bool = True
+    queue: int = 0  # remote queue + our jobs in flight there
+    cost: Decimal = Decimal("0")  # marginal cost of this job there
+    seconds: float = 0.0  # expected run time
+    cap_refusal: str = ""  # non-empty when the user's caps forbid this backend
+    priority: int = 0
+
+
+@dataclass
+class Decision:
+    backend_id: Optional[int]
+    reason: str
+    reasons: dict = field(default_factory=dict)  # candidate name → why it was or wasn't chosen
+
+    @property
+    def summary(self) -> str:
+        """One line per backend, for the job's error message when nothing could run it."""
+        return "; ".join(f"{name}: {why}" for name, why in self.reasons.items())
+
+
+def decide(job: JobFacts, candidates: list[Candidate], *, local_queue_limit: int) -> Decision:
+    reasons, usable = {}, []
+    for candidate in candidates:
+        refusal = _refusal(job, candidate)
+        if refusal:
+            reasons[candidate.name] = refusal
+        else:
+            usable.append(candidate)
+    if not usable:
+        if not candidates:
+            reasons["(none)"] = "no backend is set up"
+        return Decision(None, "No backend can run this job", reasons)
+    chosen, why = _choose(usable, local_queue_limit)
+    for candidate in usable:
+        reasons[candidate.name] = why if candidate is chosen else _runner_up(candidate, chosen, local_queue_limit)
+    return Decision(chosen.id, f"{chosen.name}: {why}", reasons)
+
+
+def _refusal(job: JobFacts, c: Candidate) -> str:
+    if job.preference != "auto" and c.category != job.preference:
+        return f"not used: you chose {job.preference} only"
+    if not c.enabled:
+        return "disabled by the administrator"
+    if not c.configured:
+        return f"not configured ({c.missing})" if c.missing else "not configured"
+    if c.id in job.excluded:
+        return "already failed this job"
+    if c.health == "down":
+        return f"offline{(' — ' + c.health_detail) if c.health_detail else ''}"
+    if job.custom_workflow and not c.supports_workflows:
+        return "cannot run custom ComfyUI workflows"
+    if job.kind == "video" and not c.supports_video:
+        return "does not make videos"
+    if c.cap_refusal:
+        return c.cap_refusal
+    return ""
+
+
+def _choose(usable: list[Candidate], limit: int) -> tuple[Candidate, str]:
+    local = sorted((c for c in usable if c.category == "local"), key=_local_order)
+    if local and local[0].queue < limit:
+        return local[0], f"local GPU is free (queue {local[0].queue} of {limit}), costs nothing"
+    paid = sorted((c for c in usable if c.category != "local"), key=_paid_order)
+    if paid:
+        best = paid[0]
+        note = f", local queue full ({local[0].queue} of {limit})" if local else ""
+        return best, f"cheapest available at ${best.cost:.4f}, about {best.seconds:.0f}s{note}"
+    return local[0], f"only option; local queue is {local[0].queue} (limit {limit}), the job waits its turn"
+
+
+def _local_order(c: Candidate):
+    return (c.queue, c.health != "up", c.priority)
+
+
+def _paid_order(c: Candidate):
+    return (c.cost, c.seconds, c.health != "up", c.priority)
+
+
+def _runner_up(c: Candidate, chosen: Candidate, limit: int) -> str:
+    if c.category == "local":
+        return f"usable, but its queue is full ({c.queue} of {limit})"
+    return f"usable at ${c.cost:.4f}, about {c.seconds:.0f}s; {chosen.name} was preferred"

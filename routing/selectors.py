@@ -1,0 +1,63 @@
+"""Reads: what the router and the pages need, built from the database."""
+from decimal import Decimal
+
+from django.db.models import Count, Q
+
+from .backends import missing_settings
+from .health import effective_health, health_detail
+from .models import ACTIVE_ATTEMPT_STATES, Attempt, Backend, Category, Job, JobKind
+from .policy import Candidate, JobFacts
+
+
+def job_for_user(*, user, job_id) -> Job:
+    """The user's own job, or Job.DoesNotExist (→ 404) for anyone else's."""
+    return Job.objects.select_related("backend").get(id=job_id, user=user)
+
+
+def jobs_for_user(*, user, status: str = "", backend: str = ""):
+    jobs = Job.objects.filter(user=user).select_related("backend")
+    if status:
+        jobs = jobs.filter(status=status)
+    if backend:
+        jobs = jobs.filter(backend__category=backend)
+    return jobs
+
+
+def in_flight_by_backend() -> dict[int, int]:
+    rows = Attempt.objects.filter(status__in=ACTIVE_ATTEMPT_STATES).values("backend").annotate(n=Count("id"))
+    return {row["backend"]: row["n"] for row in rows}
+
+
+def estimate(backend: Backend, job: Job) -> tuple[Decimal, float]:
+    """Expected marginal cost (USD) and seconds of this job on this backend."""
+    seconds = backend.expected_video_seconds if job.kind == JobKind.VIDEO else backend.expected_image_seconds
+    if backend.category == Category.LOCAL:
+        return Decimal("0"), seconds
+    if backend.kind == Backend.Kind.GEMINI:
+        if job.kind == JobKind.VIDEO:
+            return backend.price_per_video_second * max(1, job.duration_seconds), seconds
+        return backend.price_per_image, seconds
+    return (backend.price_per_second * Decimal(str(seconds))).quantize(Decimal("0.000001")), seconds
+
+
+def candidates_for(job: Job) -> list[Candidate]:
+    in_flight = in_flight_by_backend()
+    result = []
+    for backend in Backend.objects.all():
+        missing = missing_settings(backend)
+        cost, seconds = estimate(backend, job)
+        result.append(Candidate(
+            id=backend.id, name=backend.name, category=backend.category, enabled=backend.enabled,
+            configured=not missing, missing=", ".join(f"{m} not set" for m in missing),
+            health=effective_health(backend), health_detail=health_detail(backend),
+            supports_video=backend.supports_video, supports_workflows=backend.supports_workflows,
+            queue=backend.queue_depth + in_flight.get(backend.id, 0),
+            cost=cost, seconds=seconds, priority=backend.priority,
+        ))
+    return result
+
+
+def job_facts(job: Job) -> JobFacts:
+    failed = job.attempts.filter(~Q(status__in=ACTIVE_ATTEMPT_STATES), retryable=True)
+    return JobFacts(kind=job.kind, preference=job.preference, custom_workflow=job.is_custom_workflow,
+                    excluded=frozenset(failed.values_list("backend_id", flat=True)))

@@ -1,0 +1,268 @@
+"""Writes: a job's life from submission to its final state.
+
+Every state change is a conditional update whose row count is checked, so a task that Celery
+delivers twice (or a sweeper re-send racing the original) changes nothing the second time.
+"""
+import hashlib
+import logging
+from typing import Optional
+
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from workers.clients import BackendError, Done, Failed, Progress
+from workers.workflows import WorkflowError, build_workflow, validate_workflow
+
+from . import dispatch
+from .backends import checkpoint_for, client_for_backend
+from .health import health_record
+from .models import (
+    ACTIVE_ATTEMPT_STATES,
+    ACTIVE_JOB_STATES,
+    Attempt,
+    AttemptStatus,
+    Backend,
+    Job,
+    JobStatus,
+    Output,
+    Preference,
+)
+from .policy import decide
+from .selectors import candidates_for, job_facts
+
+log = logging.getLogger(__name__)
+
+MAX_POLL_ERRORS = 3
+
+
+# --- submit and route ---------------------------------------------------------------------
+@transaction.atomic
+def job_submit(*, user, kind: str, preference: str, prompt: str = "", negative_prompt: str = "",
+               width: int = 512, height: int = 512, seed: int = 0, duration_seconds: int = 0,
+               workflow: Optional[dict] = None) -> Job:
+    """Store the job and remember the preference; routing starts once this commits."""
+    job = Job.objects.create(
+        user=user, kind=kind, preference=preference, prompt=prompt, negative_prompt=negative_prompt,
+        width=width, height=height, seed=seed, duration_seconds=duration_seconds, workflow=workflow,
+    )
+    preference_set(user=user, preference=preference)
+    dispatch.send_on_commit(dispatch.ROUTE, [str(job.id)], queue="control")
+    return job
+
+
+def preference_set(*, user, preference: str) -> None:
+    Preference.objects.update_or_create(user=user, defaults={"preference": preference})
+
+
+def job_route(*, job_id) -> Optional[Attempt]:
+    """Choose a backend for a queued job and create its next attempt."""
+    with transaction.atomic():
+        job = Job.objects.select_for_update().get(id=job_id)
+        if job.status != JobStatus.QUEUED:
+            return None
+        tried = job.attempts.count()
+        decision = decide(job_facts(job), candidates_for(job), local_queue_limit=settings.LOCAL_QUEUE_LIMIT)
+        if tried >= settings.JOB_MAX_ATTEMPTS or decision.backend_id is None:
+            _job_fail(job, _no_backend_message(job, decision.summary, tried))
+            return None
+        backend = Backend.objects.get(id=decision.backend_id)
+        updated = Job.objects.filter(id=job.id, status=JobStatus.QUEUED).update(
+            status=JobStatus.ROUTED, backend=backend, reason=decision.reason, decision=decision.reasons,
+        )
+        if not updated:
+            return None
+        attempt = Attempt.objects.create(job=job, backend=backend, number=tried + 1)
+        dispatch.send_on_commit(dispatch.SUBMIT, [str(attempt.id)], queue=backend.queue)
+        return attempt
+
+
+def _no_backend_message(job: Job, summary: str, tried: int) -> str:
+    last = job.attempts.order_by("-number").first()
+    if last is None:
+        return f"No backend can run this job — {summary}"
+    if tried >= settings.JOB_MAX_ATTEMPTS:
+        return f"{last.error} (gave up after {tried} attempts)"
+    return f"{last.error} No other backend could take the job — {summary}"
+
+
+# --- submit to the backend ----------------------------------------------------------------
+def attempt_submit(*, attempt_id) -> bool:
+    """Send the attempt to its backend. True when a poll chain should start."""
+    attempt = Attempt.objects.select_related("job", "backend").get(id=attempt_id)
+    if attempt.status != AttemptStatus.PENDING:
+        return False
+    if attempt.job.is_final:
+        Attempt.objects.filter(id=attempt.id, status=AttemptStatus.PENDING).update(status=AttemptStatus.CANCELLED)
+        return False
+    try:
+        spec = job_spec(attempt)
+        handle = client_for_backend(attempt.backend).submit(spec)
+    except WorkflowError as error:
+        attempt_fail(attempt_id=attempt.id, error=str(error), retryable=False)
+        return False
+    except BackendError as error:
+        attempt_fail(attempt_id=attempt.id, error=error.message, retryable=error.retryable)
+        return False
+    now = timezone.now()
+    with transaction.atomic():
+        updated = Attempt.objects.filter(id=attempt.id, status=AttemptStatus.PENDING).update(
+            status=AttemptStatus.SUBMITTED, handle=handle, started_at=now, polled_at=now,
+        )
+        Job.objects.filter(id=attempt.job_id, status=JobStatus.ROUTED).update(status=JobStatus.SUBMITTED)
+        Job.objects.filter(id=attempt.job_id, started_at__isnull=True).update(started_at=now)
+    return bool(updated)
+
+
+def job_spec(attempt: Attempt) -> dict:
+    """What a backend client needs to run this attempt; plain JSON, no secrets."""
+    job, backend = attempt.job, attempt.backend
+    workflow = job.workflow
+    if workflow is None:
+        workflow = build_workflow(
+            kind=job.kind, prompt=job.prompt, negative_prompt=job.negative_prompt, width=job.width,
+            height=job.height, seed=job.seed, duration_seconds=job.duration_seconds,
+            checkpoint=checkpoint_for(backend, job.kind),
+        )
+    validate_workflow(workflow, max_nodes=settings.WORKFLOW_MAX_NODES)
+    return {
+        "job_id": str(job.id), "attempt_id": str(attempt.id), "kind": job.kind, "workflow": workflow,
+        "custom_workflow": job.is_custom_workflow, "prompt": job.prompt,
+        "negative_prompt": job.negative_prompt, "width": job.width, "height": job.height,
+        "seed": job.seed, "duration_seconds": job.duration_seconds,
+    }
+
+
+# --- poll ---------------------------------------------------------------------------------
+def attempt_poll(*, attempt_id, seq: int) -> Optional[float]:
+    """One poll of a submitted attempt. Returns the countdown for the next poll, or None
+    when the chain ends (finished, or this poll was a stale duplicate)."""
+    claimed = Attempt.objects.filter(
+        id=attempt_id, poll_seq=seq, status__in=(AttemptStatus.SUBMITTED, AttemptStatus.RUNNING)
+    ).update(poll_seq=seq + 1, polled_at=timezone.now())
+    if not claimed:
+        return None
+    attempt = Attempt.objects.select_related("job", "backend").get(id=attempt_id)
+    if attempt.job.is_final:
+        return None
+    client = client_for_backend(attempt.backend)
+    try:
+        result = client.poll(attempt.handle, on_progress=lambda p: _progress(attempt, p))
+        if isinstance(result, Done):
+            attempt_succeed(attempt_id=attempt.id, done=result, client=client)
+            return None
+    except BackendError as error:
+        return _poll_error(attempt, error)
+    if isinstance(result, Failed):
+        attempt_fail(attempt_id=attempt.id, error=result.error, retryable=result.retryable)
+        return None
+    Attempt.objects.filter(id=attempt.id).update(poll_errors=0)
+    _progress(attempt, result)
+    return 0 if result.running else settings.COMFYUI_POLL_INTERVAL
+
+
+def _poll_error(attempt: Attempt, error: BackendError) -> Optional[float]:
+    Attempt.objects.filter(id=attempt.id).update(poll_errors=F("poll_errors") + 1)
+    if not error.retryable or attempt.poll_errors + 1 >= MAX_POLL_ERRORS:
+        attempt_fail(attempt_id=attempt.id, error=error.message, retryable=error.retryable)
+        return None
+    return settings.COMFYUI_POLL_INTERVAL * (attempt.poll_errors + 1)
+
+
+def _progress(attempt: Attempt, progress: Progress) -> None:
+    active = (AttemptStatus.SUBMITTED, AttemptStatus.RUNNING)
+    if progress.running:
+        Attempt.objects.filter(id=attempt.id, status__in=active).update(
+            status=AttemptStatus.RUNNING, progress=progress.percent)
+        Job.objects.filter(id=attempt.job_id, status__in=(JobStatus.SUBMITTED, JobStatus.RUNNING)).update(
+            status=JobStatus.RUNNING, progress=progress.percent)
+
+
+# --- final states -------------------------------------------------------------------------
+def attempt_succeed(*, attempt_id, done: Done, client) -> bool:
+    """Download every output, then mark attempt and job succeeded, exactly once."""
+    files = [(output, client.download(output)) for output in done.outputs]
+    now = timezone.now()
+    with transaction.atomic():
+        attempt = Attempt.objects.select_related("backend").get(id=attempt_id)
+        updated = Attempt.objects.filter(id=attempt_id, status__in=ACTIVE_ATTEMPT_STATES).update(
+            status=AttemptStatus.SUCCEEDED, finished_at=now, progress=100, seconds=done.seconds, error="",
+        )
+        if not updated:
+            return False
+        for index, (output, data) in enumerate(files):
+            _store_output(attempt, index, output, data)
+        Job.objects.filter(id=attempt.job_id, status__in=ACTIVE_JOB_STATES).update(
+            status=JobStatus.SUCCEEDED, finished_at=now, progress=100, error="", backend=attempt.backend,
+        )
+    health_record(backend_id=attempt.backend_id, ok=True)
+    return True
+
+
+def _store_output(attempt: Attempt, index: int, output, data: bytes) -> Output:
+    return Output.objects.create(
+        job_id=attempt.job_id, attempt=attempt, index=index, filename=output.filename[:200],
+        mime=output.mime, size=len(data), sha256=hashlib.sha256(data).hexdigest(),
+        file=ContentFile(data, name=output.filename),
+    )
+
+
+def attempt_fail(*, attempt_id, error: str, retryable: bool) -> None:
+    """Record the failure; fail over to the next backend when the backend was at fault."""
+    with transaction.atomic():
+        updated = Attempt.objects.filter(id=attempt_id, status__in=ACTIVE_ATTEMPT_STATES).update(
+            status=AttemptStatus.FAILED, error=error[:4000], retryable=retryable, finished_at=timezone.now(),
+        )
+        if not updated:
+            return
+        attempt = Attempt.objects.select_related("job").get(id=attempt_id)
+        job = attempt.job
+        if retryable:
+            requeued = Job.objects.filter(id=job.id, status__in=ACTIVE_JOB_STATES).update(
+                status=JobStatus.QUEUED, failovers=F("failovers") + 1, progress=0)
+            if requeued:
+                dispatch.send_on_commit(dispatch.ROUTE, [str(job.id)], queue="control")
+        else:
+            _job_fail(job, error)
+    if retryable:
+        health_record(backend_id=attempt.backend_id, ok=False, detail=error)
+
+
+def _job_fail(job: Job, error: str) -> None:
+    Job.objects.filter(id=job.id, status__in=ACTIVE_JOB_STATES).update(
+        status=JobStatus.FAILED, error=error[:4000], finished_at=timezone.now())
+
+
+def job_cancel(*, user, job_id) -> bool:
+    """Cancel the user's job; a submitted attempt is cancelled on its backend too."""
+    with transaction.atomic():
+        updated = Job.objects.filter(id=job_id, user=user, status__in=ACTIVE_JOB_STATES).update(
+            status=JobStatus.CANCELLED, finished_at=timezone.now(), error="Cancelled by the user")
+        if not updated:
+            return False
+        for attempt in Attempt.objects.filter(job_id=job_id, status__in=ACTIVE_ATTEMPT_STATES).select_related("backend"):
+            Attempt.objects.filter(id=attempt.id, status__in=ACTIVE_ATTEMPT_STATES).update(
+                status=AttemptStatus.CANCELLED, finished_at=timezone.now())
+            if attempt.handle:
+                dispatch.send_on_commit(dispatch.CANCEL, [str(attempt.id)], queue=attempt.backend.queue)
+    return True
+
+
+def attempt_cancel_remote(*, attempt_id) -> None:
+    attempt = Attempt.objects.select_related("backend").get(id=attempt_id)
+    try:
+        client_for_backend(attempt.backend).cancel(attempt.handle)
+    except BackendError as error:
+        log.warning("could not cancel attempt %s on %s: %s", attempt.id, attempt.backend, error.message)
+
+
+def job_retry(*, user, job_id) -> Job:
+    """A new job with the same request as a finished one."""
+    old = Job.objects.get(id=job_id, user=user)
+    return job_submit(
+        user=user, kind=old.kind, preference=old.preference, prompt=old.prompt,
+        negative_prompt=old.negative_prompt, width=old.width, height=old.height, seed=old.seed,
+        duration_seconds=old.duration_seconds, workflow=old.workflow,
+    )

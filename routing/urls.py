@@ -1,0 +1,14 @@
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("", views.job_list, name="job-list"),
+    path("jobs/rows/", views.job_rows, name="job-rows"),
+    path("submit/", views.job_submit, name="job-submit"),
+    path("jobs/<uuid:job_id>/", views.job_detail, name="job-detail"),
+    path("jobs/<uuid:job_id>/live/", views.job_live, name="job-live"),
+    path("jobs/<uuid:job_id>/cancel/", views.job_cancel, name="job-cancel"),
+    path("jobs/<uuid:job_id>/retry/", views.job_retry, name="job-retry"),
+    path("outputs/<int:output_id>/", views.output_file, name="output-file"),
+]

@@ -1,0 +1,103 @@
+"""Pages: submit, my jobs, job detail (with a live partial), outputs for their owner only."""
+import secrets
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import FileResponse, Http404
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from . import selectors, services
+from .forms import JobForm
+from .models import Category, Job, JobStatus, Output, Preference
+
+
+def _own_job(request, job_id) -> Job:
+    try:
+        return selectors.job_for_user(user=request.user, job_id=job_id)
+    except (Job.DoesNotExist, ValueError):
+        raise Http404("No such job")
+
+
+@login_required
+def job_submit(request):
+    if request.method == "POST":
+        form = JobForm(request.POST, request.FILES)
+        if form.is_valid():
+            job = _submit(request.user, form.cleaned_data)
+            messages.success(request, "Your job is queued. This page updates by itself.")
+            return redirect("job-detail", job_id=job.id)
+    else:
+        preference = Preference.objects.filter(user=request.user).values_list("preference", flat=True).first()
+        form = JobForm(initial={"preference": preference or "auto"})
+    return render(request, "routing/submit.html", {"form": form})
+
+
+def _submit(user, data) -> Job:
+    return services.job_submit(
+        user=user, kind=data["kind"], preference=data["preference"], prompt=data["prompt"],
+        negative_prompt=data.get("negative_prompt") or "", width=data["width"], height=data["height"],
+        seed=data["seed"] if data.get("seed") is not None else secrets.randbelow(2**32),
+        duration_seconds=data.get("duration_seconds") or 0, workflow=data.get("workflow"),
+    )
+
+
+@login_required
+def job_list(request):
+    status, backend = request.GET.get("status", ""), request.GET.get("backend", "")
+    jobs = selectors.jobs_for_user(user=request.user, status=status if status in JobStatus.values else "",
+                                   backend=backend if backend in Category.values else "")[:200]
+    return render(request, "routing/job_list.html", {
+        "jobs": jobs, "status": status, "backend": backend,
+        "statuses": JobStatus.choices, "categories": Category.choices,
+    })
+
+
+@login_required
+def job_rows(request):
+    """The job table body alone, polled by the list page for live status."""
+    status, backend = request.GET.get("status", ""), request.GET.get("backend", "")
+    jobs = selectors.jobs_for_user(user=request.user, status=status if status in JobStatus.values else "",
+                                   backend=backend if backend in Category.values else "")[:200]
+    return render(request, "routing/_job_rows.html", {"jobs": jobs})
+
+
+@login_required
+def job_detail(request, job_id):
+    job = _own_job(request, job_id)
+    return render(request, "routing/job_detail.html", {"job": job})
+
+
+@login_required
+def job_live(request, job_id):
+    """The live part of the job page (status, progress, attempts, outputs), polled by JS."""
+    job = _own_job(request, job_id)
+    return render(request, "routing/_job_live.html", {"job": job})
+
+
+@login_required
+@require_POST
+def job_cancel(request, job_id):
+    job = _own_job(request, job_id)
+    if services.job_cancel(user=request.user, job_id=job.id):
+        messages.info(request, "The job was cancelled.")
+    else:
+        messages.warning(request, "The job had already finished; nothing to cancel.")
+    return redirect("job-detail", job_id=job.id)
+
+
+@login_required
+@require_POST
+def job_retry(request, job_id):
+    job = _own_job(request, job_id)
+    new = services.job_retry(user=request.user, job_id=job.id)
+    messages.success(request, "A new job with the same settings is queued.")
+    return redirect("job-detail", job_id=new.id)
+
+
+@login_required
+def output_file(request, output_id):
+    output = get_object_or_404(Output, id=output_id, job__user=request.user)
+    download = request.GET.get("download") == "1"
+    return FileResponse(output.file.open("rb"), content_type=output.mime, as_attachment=download,
+                        filename=output.filename)

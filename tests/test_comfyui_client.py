@@ -1,0 +1,182 @@
+"""The ComfyUI client against the fake ComfyUI, which speaks the real protocol on loopback."""
+import time
+
+import pytest
+
+from tests.fakes.comfyui import FakeComfyUI
+from workers.clients import BackendError, Done, Failed, Progress
+from workers.clients.comfyui import ComfyUIClient
+from workers.workflows import build_workflow
+
+TINY = {"1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 255}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "unit"}}}
+
+
+@pytest.fixture
+def fake():
+    with FakeComfyUI(step_delay=0.01, steps=3) as server:
+        yield server
+
+
+def _client(fake, **options):
+    return ComfyUIClient(fake.url, **{"timeout": 2, "watch_seconds": 5, "poll_interval": 0.05, **options})
+
+
+def _spec(workflow=TINY, attempt_id="a-1"):
+    return {"attempt_id": attempt_id, "workflow": workflow}
+
+
+def _run_to_end(client, handle, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = client.poll(handle)
+        if not isinstance(result, Progress):
+            return result
+    raise AssertionError("the job never finished")
+
+
+def test_it_submits_and_gets_the_png_back(fake):
+    client = _client(fake)
+    handle = client.submit(_spec())
+    assert handle["prompt_id"] == "a-1"
+    result = _run_to_end(client, handle)
+    assert isinstance(result, Done) and len(result.outputs) == 1
+    output = result.outputs[0]
+    assert output.mime == "image/png"
+    assert client.download(output).startswith(b"\x89PNG")
+
+
+def test_it_reports_progress_from_the_websocket_and_finishes_there(fake):
+    fake.steps, fake.step_delay = 5, 0.05
+    template = build_workflow(kind="image", prompt="p", negative_prompt="", width=512, height=512, seed=1,
+                              duration_seconds=0, checkpoint="v1-5-pruned-emaonly.safetensors")
+    client = _client(fake)
+    handle = client.submit(_spec(template))
+    seen = []
+    result = None
+    for _ in range(50):
+        result = client.poll(handle, on_progress=seen.append)
+        if not isinstance(result, Progress):
+            break
+    assert isinstance(result, Done)
+    assert seen and all(0 < p.percent < 100 for p in seen)
+    assert [p.percent for p in seen] == sorted(p.percent for p in seen)
+
+
+def test_a_redelivered_submit_does_not_queue_the_prompt_twice(fake):
+    client = _client(fake)
+    client.submit(_spec())
+    client.submit(_spec())
+    assert sum(1 for method, path in fake.received if method == "POST" and path.endswith("/prompt")) == 1
+
+
+def test_a_validation_error_is_permanent_and_names_the_node(fake):
+    bad = {"1": {"class_type": "EmptyImage", "inputs": {"width": 0, "height": 64, "batch_size": 1, "color": 0}},
+           "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}}}
+    with pytest.raises(BackendError) as caught:
+        _client(fake).submit(_spec(bad))
+    assert not caught.value.retryable
+    assert "node 1 (EmptyImage)" in caught.value.message and "smaller than min" in caught.value.message
+
+
+def test_an_unknown_node_type_is_permanent(fake):
+    bad = {"1": {"class_type": "NoSuchNode", "inputs": {}}}
+    with pytest.raises(BackendError) as caught:
+        _client(fake).submit(_spec(bad))
+    assert not caught.value.retryable and "NoSuchNode" in caught.value.message
+
+
+def test_a_missing_model_is_the_backends_fault_so_it_is_retryable(fake):
+    fake.models = []
+    template = build_workflow(kind="image", prompt="p", negative_prompt="", width=512, height=512, seed=1,
+                              duration_seconds=0, checkpoint="v1-5-pruned-emaonly.safetensors")
+    with pytest.raises(BackendError) as caught:
+        _client(fake).submit(_spec(template))
+    assert caught.value.retryable and "does not have the model" in caught.value.message
+
+
+def test_a_5xx_is_retryable(fake):
+    fake.fail_mode = "http500"
+    with pytest.raises(BackendError) as caught:
+        _client(fake).submit(_spec())
+    assert caught.value.retryable and "HTTP 500" in caught.value.message
+
+
+def test_garbage_json_is_retryable(fake):
+    fake.fail_mode = "garbage"
+    with pytest.raises(BackendError) as caught:
+        _client(fake).submit(_spec())
+    assert caught.value.retryable and "not JSON" in caught.value.message
+
+
+def test_a_hanging_server_times_out(fake):
+    fake.fail_mode = "hang"
+    started = time.monotonic()
+    with pytest.raises(BackendError) as caught:
+        _client(fake, timeout=0.5).submit(_spec())
+    assert caught.value.retryable and "did not answer in time" in caught.value.message
+    assert time.monotonic() - started < 5
+
+
+def test_a_stopped_server_is_not_reachable():
+    client = ComfyUIClient("http://127.0.0.1:9", timeout=1)
+    with pytest.raises(BackendError) as caught:
+        client.submit(_spec())
+    assert caught.value.retryable and "not reachable" in caught.value.message
+    assert not client.health().ok
+
+
+def test_completion_is_found_by_polling_history_when_the_socket_drops(fake):
+    fake.fail_mode, fake.steps, fake.step_delay = "drop_ws", 6, 0.05
+    template = build_workflow(kind="image", prompt="p", negative_prompt="", width=512, height=512, seed=2,
+                              duration_seconds=0, checkpoint="v1-5-pruned-emaonly.safetensors")
+    client = _client(fake)
+    handle = client.submit(_spec(template))
+    result = _run_to_end(client, handle)
+    assert isinstance(result, Done) and result.outputs
+
+
+def test_a_runtime_error_fails_with_comfyuis_message(fake):
+    fake.fail_mode = "runtime_error"
+    client = _client(fake)
+    result = _run_to_end(client, client.submit(_spec()))
+    assert isinstance(result, Failed) and "ComfyUI failed" in result.error
+
+
+def test_a_queued_prompt_reports_its_position(fake):
+    fake.steps, fake.step_delay = 20, 0.05
+    template = build_workflow(kind="image", prompt="p", negative_prompt="", width=512, height=512, seed=3,
+                              duration_seconds=0, checkpoint="v1-5-pruned-emaonly.safetensors")
+    client = _client(fake, watch_seconds=0.2)
+    client.submit(_spec(template, "first"))
+    second = client.submit(_spec(dict(template), "second"))
+    result = client.poll(second)
+    assert isinstance(result, Progress) and not result.running and result.position == 1
+
+
+def test_cancel_interrupts_the_running_prompt(fake):
+    fake.steps, fake.step_delay = 50, 0.05
+    template = build_workflow(kind="image", prompt="p", negative_prompt="", width=512, height=512, seed=4,
+                              duration_seconds=0, checkpoint="v1-5-pruned-emaonly.safetensors")
+    client = _client(fake, watch_seconds=0.2)
+    handle = client.submit(_spec(template))
+    time.sleep(0.3)
+    client.cancel(handle)
+    result = _run_to_end(client, handle)
+    assert isinstance(result, Failed) and "interrupted" in result.error and not result.retryable
+
+
+def test_health_reports_queue_and_gpu(fake):
+    health = _client(fake).health()
+    assert health.ok and health.queue_depth == 0 and health.gpu and health.latency_ms is not None
+
+
+def test_a_video_workflow_returns_the_animated_output(fake):
+    fake.models = ["wan2.1_t2v_1.3B_fp16.safetensors"]
+    template = build_workflow(kind="video", prompt="waves", negative_prompt="", width=832, height=480, seed=5,
+                              duration_seconds=2, checkpoint="wan2.1_t2v_1.3B_fp16.safetensors")
+    assert template["5"]["inputs"]["length"] == 33
+    client = _client(fake)
+    result = _run_to_end(client, client.submit(_spec(template)))
+    assert isinstance(result, Done)
+    assert result.outputs[0].filename.endswith(".webp")

@@ -1,0 +1,86 @@
+"""The submit form: valid input makes a job; every kind of bad input makes none."""
+import json
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from routing import forms
+from routing.models import Job, JobStatus, Preference
+
+pytestmark = pytest.mark.django_db
+
+WORKFLOW = {"1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
+            "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "t"}}}
+
+
+def _post(client, **fields):
+    data = {"kind": "image", "preference": "auto", "prompt": "a red fox", "width": 512, "height": 512}
+    data.update(fields)
+    return client.post("/submit/", data)
+
+
+def test_it_creates_a_queued_job_and_remembers_the_preference(alice_client, alice):
+    response = _post(alice_client, preference="local")
+    job = Job.objects.get()
+    assert response.status_code == 302 and response["Location"] == f"/jobs/{job.id}/"
+    assert job.status == JobStatus.QUEUED and job.user == alice and job.prompt == "a red fox"
+    assert Preference.objects.get(user=alice).preference == "local"
+    assert alice_client.get("/submit/").context["form"].initial["preference"] == "local"
+
+
+def test_it_accepts_a_pasted_api_workflow(alice_client):
+    response = _post(alice_client, prompt="", workflow=json.dumps(WORKFLOW))
+    assert response.status_code == 302
+    assert Job.objects.get().workflow == WORKFLOW
+
+
+def test_it_accepts_an_uploaded_workflow_file(alice_client):
+    upload = SimpleUploadedFile("wf.json", json.dumps(WORKFLOW).encode(), "application/json")
+    response = _post(alice_client, prompt="", workflow_file=upload)
+    assert response.status_code == 302
+    assert Job.objects.get().workflow == WORKFLOW
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"workflow": "{not json", "prompt": ""}, "not valid JSON"),
+    ({"workflow": "[1, 2]", "prompt": ""}, "API format"),
+    ({"workflow": json.dumps({"nodes": [], "links": []}), "prompt": ""}, "UI-format workflow"),
+    ({"workflow": json.dumps({"1": {"inputs": {}}}), "prompt": ""}, "Node 1 has no class_type"),
+    ({"workflow": json.dumps({"2": {"class_type": "SaveImage", "inputs": {"images": ["9", 0]}}}), "prompt": ""},
+     "links to node 9, which does not exist"),
+    ({"preference": "mars"}, "Select a valid choice"),
+    ({"kind": "hologram"}, "Select a valid choice"),
+    ({"width": 0}, "greater than or equal to 64"),
+    ({"height": -512}, "greater than or equal to 64"),
+    ({"width": 500}, "multiple of 8"),
+    ({"prompt": ""}, forms.ERR_NEITHER),
+    ({"workflow": json.dumps(WORKFLOW)}, forms.ERR_BOTH),
+    ({"kind": "video", "duration_seconds": 600}, "less than or equal to 30"),
+])
+def test_bad_input_gives_a_form_error_and_no_job(alice_client, fields, message):
+    response = _post(alice_client, **fields)
+    assert response.status_code == 200
+    assert message in response.content.decode()
+    assert not Job.objects.exists()
+
+
+def test_an_oversized_workflow_is_refused(alice_client, settings):
+    settings.WORKFLOW_MAX_BYTES = 1024
+    big = dict(WORKFLOW, **{str(i): {"class_type": "EmptyImage", "inputs": {"width": 64}} for i in range(3, 40)})
+    response = _post(alice_client, prompt="", workflow=json.dumps(big))
+    assert "at most 1 KB is allowed" in response.content.decode()
+    assert not Job.objects.exists()
+
+
+def test_too_many_nodes_are_refused(alice_client, settings):
+    settings.WORKFLOW_MAX_NODES = 2
+    big = dict(WORKFLOW, **{"3": {"class_type": "EmptyImage", "inputs": {}}})
+    response = _post(alice_client, prompt="", workflow=json.dumps(big))
+    assert "at most 2 are allowed" in response.content.decode()
+    assert not Job.objects.exists()
+
+
+def test_it_requires_sign_in(client):
+    response = _post(client)
+    assert response.status_code == 302 and response["Location"].startswith("/login/")
+    assert not Job.objects.exists()

@@ -1,0 +1,275 @@
+"""Client for a ComfyUI server (the local GPU, or a cloud pod), HTTP + WebSocket.
+
+Protocol facts used here (shared/reference/external-apis.md §1, ComfyUI 0.3.64):
+- `POST /prompt` accepts our own `prompt_id`; we use the attempt id, so a resubmission after
+  a crash can find the first one in `/history` or `/queue` instead of running it twice.
+- `GET /history/{id}` is `{}` until the prompt has finished; history is written *before* the
+  final `executing` event with `node: null`, so that event means "history is ready".
+- Per-prompt WebSocket events go only to the socket whose clientId equals the prompt's
+  `client_id`; reconnecting with the same id replaces the old socket.
+"""
+import json
+import mimetypes
+import time
+from typing import Optional
+from urllib.parse import urlencode
+
+import websocket
+
+from .base import BackendError, Client, Done, Failed, Health, Progress, ProgressCallback, RemoteOutput
+from .http import Http
+
+# Runtime errors that mean "this machine could not do it", not "your workflow is wrong".
+RESOURCE_ERRORS = ("OutOfMemory", "CUDA", "out of memory", "HIP", "MPS")
+
+
+class ComfyUIClient(Client):
+    service = "ComfyUI"
+
+    def __init__(self, url: str, timeout: float = 10.0, health_timeout: float = 2.0,
+                 watch_seconds: float = 5.0, poll_interval: float = 1.0):
+        self.url = url.rstrip("/")
+        self.http = Http(self.url, self.service, timeout=timeout)
+        self.health_timeout = health_timeout
+        self.watch_seconds = watch_seconds
+        self.poll_interval = poll_interval
+
+    # --- submit ---------------------------------------------------------------------------
+    def submit(self, spec: dict) -> dict:
+        handle = {"prompt_id": spec["attempt_id"], "client_id": f"comfy-hybrid-{spec['attempt_id']}"}
+        if self._already_known(handle["prompt_id"]):
+            return handle  # a redelivered submit: the first one reached ComfyUI
+        body = {"prompt": spec["workflow"], "client_id": handle["client_id"], "prompt_id": handle["prompt_id"]}
+        response = self.http.request("POST", "/prompt", json=body)
+        if response.status_code == 400:
+            raise validation_error(_json_or_empty(response))
+        if response.status_code >= 400:
+            raise BackendError(f"ComfyUI refused the prompt: HTTP {response.status_code}", retryable=True)
+        data = _json(response)
+        if data.get("prompt_id") != handle["prompt_id"]:
+            handle["prompt_id"] = data.get("prompt_id") or handle["prompt_id"]
+        return handle
+
+    def _already_known(self, prompt_id: str) -> bool:
+        if self._history(prompt_id):
+            return True
+        running, pending = self._queue_ids()
+        return prompt_id in running or prompt_id in pending
+
+    # --- poll -----------------------------------------------------------------------------
+    def poll(self, handle: dict, on_progress: Optional[ProgressCallback] = None):
+        """Finished → Done/Failed. Pending → Progress with its queue position. Running →
+        listen on the WebSocket for up to `watch_seconds`, reporting progress as it comes."""
+        prompt_id = handle["prompt_id"]
+        entry = self._history(prompt_id)
+        if entry:
+            return self._result(prompt_id, entry)
+        running, pending = self._queue_ids()
+        if prompt_id in pending:
+            return Progress(percent=0, running=False, position=pending.index(prompt_id) + 1)
+        if prompt_id not in running:
+            entry = self._history(prompt_id)  # it may have finished between the two calls
+            if entry:
+                return self._result(prompt_id, entry)
+            return Failed("ComfyUI no longer knows this job (was it restarted?)", retryable=True)
+        return self._watch(handle, on_progress)
+
+    def _watch(self, handle: dict, on_progress: Optional[ProgressCallback]):
+        prompt_id = handle["prompt_id"]
+        deadline = time.monotonic() + self.watch_seconds
+        progress = Progress(percent=0, running=True)
+        try:
+            ws = websocket.create_connection(self._ws_url(handle["client_id"]), timeout=self.health_timeout)
+        except (OSError, websocket.WebSocketException):
+            return self._poll_history_until(prompt_id, deadline, progress)
+        try:
+            # Re-check after connecting: the prompt may have ended before the socket existed.
+            entry = self._history(prompt_id)
+            if entry:
+                return self._result(prompt_id, entry)
+            return self._read_events(ws, prompt_id, deadline, progress, on_progress)
+        finally:
+            ws.close()
+
+    def _read_events(self, ws, prompt_id, deadline, progress, on_progress):
+        while (remaining := deadline - time.monotonic()) > 0:
+            ws.settimeout(remaining)
+            try:
+                frame = ws.recv()
+            except websocket.WebSocketTimeoutException:
+                break
+            except (OSError, websocket.WebSocketException):
+                # The socket dropped: fall back to polling history for the rest of the window.
+                return self._poll_history_until(prompt_id, deadline, progress)
+            event = _event(frame)
+            data = event.get("data") or {}
+            if data.get("prompt_id") != prompt_id:
+                continue
+            kind = event.get("type")
+            if kind == "progress" and data.get("max"):
+                progress = Progress(percent=min(99, int(100 * data["value"] / data["max"])), running=True)
+                if on_progress:
+                    on_progress(progress)
+            elif kind == "executing" and data.get("node") is None:
+                return self._result(prompt_id, self._history(prompt_id))
+            elif kind in ("execution_error", "execution_interrupted"):
+                entry = self._history(prompt_id)
+                return self._result(prompt_id, entry) if entry else _failure(kind, data)
+        return progress
+
+    def _poll_history_until(self, prompt_id, deadline, progress):
+        while time.monotonic() < deadline:
+            entry = self._history(prompt_id)
+            if entry:
+                return self._result(prompt_id, entry)
+            time.sleep(min(self.poll_interval, max(0.0, deadline - time.monotonic())))
+        return progress
+
+    def _result(self, prompt_id: str, entry: dict):
+        if not entry:
+            return Failed("ComfyUI reported the job finished but has no record of it", retryable=True)
+        status = entry.get("status") or {}
+        messages = status.get("messages") or []
+        if status.get("status_str") == "success" or status.get("completed"):
+            return Done(outputs=collect_outputs(entry.get("outputs") or {}), seconds=_elapsed(messages))
+        for name, data in reversed(messages):
+            if name in ("execution_error", "execution_interrupted"):
+                return _failure(name, data)
+        return Failed("ComfyUI ended the job without a result", retryable=True)
+
+    # --- cancel, health, download ---------------------------------------------------------
+    def cancel(self, handle: dict) -> None:
+        prompt_id = handle["prompt_id"]
+        self.http.request("POST", "/queue", json={"delete": [prompt_id]})
+        self.http.request("POST", "/interrupt", json={"prompt_id": prompt_id})
+
+    def health(self) -> Health:
+        started = time.monotonic()
+        try:
+            stats = self.http.json("GET", "/system_stats", timeout=self.health_timeout)
+            queue = self.http.json("GET", "/prompt", timeout=self.health_timeout)
+        except BackendError as error:
+            return Health(ok=False, detail=error.message)
+        latency = (time.monotonic() - started) * 1000
+        devices = stats.get("devices") or [{}]
+        gpu = devices[0]
+        return Health(
+            ok=True,
+            latency_ms=round(latency, 1),
+            queue_depth=int((queue.get("exec_info") or {}).get("queue_remaining") or 0),
+            gpu=_gpu_name(gpu),
+            vram_total=gpu.get("vram_total"),
+            detail=f"ComfyUI {(stats.get('system') or {}).get('comfyui_version', '?')}",
+        )
+
+    def download(self, output: RemoteOutput) -> bytes:
+        if output.data is not None:
+            return output.data
+        query = urlencode({k: output.ref.get(k, "") for k in ("filename", "subfolder", "type")})
+        response = self.http.request("GET", f"/view?{query}")
+        if response.status_code != 200:
+            raise BackendError(f"ComfyUI could not serve {output.filename}: HTTP {response.status_code}", retryable=True)
+        return response.content
+
+    def checkpoints(self) -> list[str]:
+        info = self.http.json("GET", "/object_info/CheckpointLoaderSimple")
+        required = ((info.get("CheckpointLoaderSimple") or {}).get("input") or {}).get("required") or {}
+        names = (required.get("ckpt_name") or [[]])[0]
+        return names if isinstance(names, list) else []
+
+    # --- helpers --------------------------------------------------------------------------
+    def _history(self, prompt_id: str) -> dict:
+        return self.http.json("GET", f"/history/{prompt_id}").get(prompt_id) or {}
+
+    def _queue_ids(self) -> tuple[list, list]:
+        queue = self.http.json("GET", "/queue")
+        running = [item[1] for item in queue.get("queue_running") or [] if len(item) > 1]
+        pending = sorted(queue.get("queue_pending") or [], key=lambda item: item[0])
+        return running, [item[1] for item in pending if len(item) > 1]
+
+    def _ws_url(self, client_id: str) -> str:
+        scheme = "wss" if self.url.startswith("https") else "ws"
+        return f"{scheme}://{self.url.split('://', 1)[1]}/ws?clientId={client_id}"
+
+
+def collect_outputs(outputs: dict) -> list[RemoteOutput]:
+    """Every saved file of every output node (images, animated images, videos, gifs).
+    Temp previews are skipped, as worker-comfyui does."""
+    found = []
+    for node_output in outputs.values():
+        for key in ("images", "gifs", "videos", "video", "audio"):
+            for item in node_output.get(key) or []:
+                if not isinstance(item, dict) or item.get("type") == "temp" or not item.get("filename"):
+                    continue
+                mime = mimetypes.guess_type(item["filename"])[0] or "application/octet-stream"
+                found.append(RemoteOutput(filename=item["filename"], mime=mime, ref=item))
+    return found
+
+
+def validation_error(body: dict) -> BackendError:
+    """Turn ComfyUI's 400 body into one readable sentence naming the node and the problem.
+    A checkpoint the server lacks is the backend's fault (retryable); the rest is the user's."""
+    error = body.get("error") or {}
+    problems, model_missing = [], False
+    for node_id, node in (body.get("node_errors") or {}).items():
+        for item in node.get("errors") or []:
+            detail = item.get("details") or ""
+            problems.append(f"node {node_id} ({node.get('class_type', '?')}): {item.get('message')}"
+                            + (f" — {detail}" if detail else ""))
+            model_missing |= item.get("type") == "value_not_in_list" and "ckpt_name" in detail
+    message = error.get("message") or "ComfyUI rejected the workflow"
+    if error.get("details") and not problems:
+        message += f" ({error['details']})"
+    if problems:
+        message += ": " + "; ".join(problems)
+    if model_missing:
+        message = "This ComfyUI does not have the model the job needs. " + message
+    return BackendError(message, retryable=model_missing)
+
+
+def _failure(kind: str, data: dict) -> Failed:
+    if kind == "execution_interrupted":
+        return Failed("The job was interrupted on ComfyUI", retryable=False)
+    text = f"{data.get('exception_type', 'Error')}: {data.get('exception_message', '').strip()}"
+    where = f" in node {data.get('node_id')} ({data.get('node_type')})" if data.get("node_id") else ""
+    return Failed(f"ComfyUI failed{where}: {text}", retryable=any(s in text for s in RESOURCE_ERRORS))
+
+
+def _elapsed(messages: list) -> Optional[float]:
+    stamps = {name: data.get("timestamp") for name, data in messages if isinstance(data, dict)}
+    start, end = stamps.get("execution_start"), stamps.get("execution_success")
+    return round((end - start) / 1000, 3) if start and end else None
+
+
+def _gpu_name(device: dict) -> str:
+    # "cuda:0 NVIDIA GeForce RTX 4090 : cudaMallocAsync" → "NVIDIA GeForce RTX 4090"
+    name = device.get("name") or ""
+    if device.get("type") == "cpu":
+        return "CPU"
+    name = name.split(" : ")[0]
+    return name.split(" ", 1)[1] if ":" in name.split(" ", 1)[0] else name
+
+
+def _event(frame) -> dict:
+    if not isinstance(frame, str):
+        return {}  # binary preview frames
+    try:
+        event = json.loads(frame)
+    except ValueError:
+        return {}
+    return event if isinstance(event, dict) else {}
+
+
+def _json(response):
+    try:
+        return response.json()
+    except ValueError:
+        raise BackendError("ComfyUI sent a response that is not JSON", retryable=True)
+
+
+def _json_or_empty(response) -> dict:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}

@@ -1,0 +1,1 @@
+"""Installer tasks (the one-click local ComfyUI installer issue)."""

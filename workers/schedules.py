@@ -1,0 +1,23 @@
+"""Periodic tasks, created in django-celery-beat's tables after every migrate (idempotent).
+
+They live in the database so the admin can change or pause them; every one carries an
+expiry so a backlog after downtime does not fire a burst of stale runs.
+"""
+from django.conf import settings
+
+SCHEDULES = [
+    # (name, task, every seconds, queue, expires seconds)
+    ("probe backends", "workers.tasks.probe_backends", "HEALTH_PROBE_SECONDS", "control", 30),
+    ("sweep lost jobs", "workers.tasks.sweep", "SWEEP_EVERY_SECONDS", "control", 60),
+]
+
+
+def ensure_schedules(**kwargs):
+    from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+    for name, task, every_setting, queue, expires in SCHEDULES:
+        every = getattr(settings, every_setting)
+        interval, _ = IntervalSchedule.objects.get_or_create(every=every, period=IntervalSchedule.SECONDS)
+        PeriodicTask.objects.get_or_create(
+            name=name, defaults={"task": task, "interval": interval, "queue": queue, "expire_seconds": expires},
+        )

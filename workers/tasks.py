@@ -1,0 +1,72 @@
+"""Thin tasks: load by id, call one service, schedule what comes next.
+
+Each task names its queue; submit/poll/cancel go to the queue of the attempt's backend (the
+sender picks it), so the local worker next to ComfyUI is the one that talks to it.
+"""
+from celery import shared_task
+
+from project import queues
+from routing import maintenance, services
+
+from .base import CappedTask
+
+FAST = {"base": CappedTask, "acks_late": True, "soft_time_limit": 60, "time_limit": 90}
+# A poll may listen on a WebSocket for COMFYUI_WATCH_SECONDS, then download outputs.
+SLOW = {"base": CappedTask, "acks_late": True, "soft_time_limit": 240, "time_limit": 300}
+
+
+class AttemptTask(CappedTask):
+    def on_give_up(self, attempt_id, *args, **kwargs):
+        services.attempt_fail(attempt_id=attempt_id, error="The worker crashed repeatedly on this job",
+                              retryable=True)
+
+
+def _same_queue(task) -> str:
+    # Messages are sent with queue=<name> through the default direct exchange, where the
+    # routing key is the queue name: the follow-up goes where this task came from.
+    return (task.request.delivery_info or {}).get("routing_key") or queues.CONTROL
+
+
+@shared_task(queue=queues.CONTROL, **FAST)
+def route_job(job_id):
+    services.job_route(job_id=job_id)
+
+
+@shared_task(**{**SLOW, "base": AttemptTask})
+def submit_attempt(attempt_id):
+    if services.attempt_submit(attempt_id=attempt_id):
+        poll_attempt.apply_async([attempt_id, 0], queue=_same_queue(submit_attempt))
+
+
+@shared_task(**{**SLOW, "base": AttemptTask})
+def poll_attempt(attempt_id, seq):
+    countdown = services.attempt_poll(attempt_id=attempt_id, seq=seq)
+    if countdown is not None:
+        poll_attempt.apply_async([attempt_id, seq + 1], countdown=countdown,
+                                 queue=_same_queue(poll_attempt))
+
+
+@shared_task(**FAST)
+def cancel_attempt(attempt_id):
+    services.attempt_cancel_remote(attempt_id=attempt_id)
+
+
+@shared_task(queue=queues.CONTROL, expires=30, **FAST)
+def probe_backends():
+    # Each probe runs on its backend's queue: the local worker is the one that can reach
+    # a ComfyUI on the GPU machine's loopback.
+    for backend_id, queue in maintenance.backends_to_probe():
+        probe_backend.apply_async([backend_id], queue=queue, expires=30)
+
+
+@shared_task(**FAST)
+def probe_backend(backend_id):
+    maintenance.backend_probe(backend_id=backend_id)
+
+
+@shared_task(queue=queues.CONTROL, expires=60, **FAST)
+def sweep():
+    return maintenance.sweep()
+
+
+from . import install_tasks  # noqa: E402,F401  (registers the installer's tasks)
