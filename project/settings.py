@@ -199,13 +199,21 @@ COMFYUI_POLL_INTERVAL = env_float("COMFYUI_POLL_INTERVAL", 1.0)
 COMFYUI_CHECKPOINT = env_str("COMFYUI_CHECKPOINT", "v1-5-pruned-emaonly.safetensors")
 COMFYUI_VIDEO_CHECKPOINT = env_str("COMFYUI_VIDEO_CHECKPOINT", "wan2.1_t2v_1.3B_fp16.safetensors")
 
+# --- RunPod (cloud): serverless endpoint and on-demand pods ---------------------------------
 RUNPOD_API_KEY = env_str("RUNPOD_API_KEY")
 RUNPOD_ENDPOINT_ID = env_str("RUNPOD_ENDPOINT_ID")
 RUNPOD_ENDPOINT_BASE_URL = env_str("RUNPOD_ENDPOINT_BASE_URL", "https://api.runpod.ai/v2")
 RUNPOD_API_BASE_URL = env_str("RUNPOD_API_BASE_URL", "https://api.runpod.io")
+# Flex price per second of the endpoint's GPU (RTX 4090 PRO class, RunPod docs 2026-06).
+RUNPOD_PRICE_PER_SECOND = env_decimal("RUNPOD_PRICE_PER_SECOND", "0.00031")
 
+# --- Google Gemini --------------------------------------------------------------------------
 GEMINI_API_KEY = env_str("GEMINI_API_KEY")
 GEMINI_BASE_URL = env_str("GEMINI_BASE_URL")
+# gemini-2.5-flash-image class pricing: 1290 output tokens × $30/M ≈ $0.039 per image.
+GEMINI_PRICE_PER_IMAGE = env_decimal("GEMINI_PRICE_PER_IMAGE", "0.039")
+# Veo 3.1 Standard at 720p/1080p (ai.google.dev pricing, 2026-10).
+GEMINI_PRICE_PER_VIDEO_SECOND = env_decimal("GEMINI_PRICE_PER_VIDEO_SECOND", "0.40")
 
 # --- Jobs and routing ---------------------------------------------------------------------
 JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 3)

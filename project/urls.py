@@ -13,6 +13,7 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("healthz", views.healthz, name="healthz"),
     path("install/", include("workers.urls")),
+    path("api/", include("routing.api.urls")),
     path("", include("routing.urls")),
 ]
 

@@ -5,7 +5,7 @@ stored on rows, put in task arguments or shown anywhere.
 """
 from django.conf import settings
 
-from workers.clients import Client, client_for
+from workers.clients import Client, client_class
 
 from .models import Backend
 
@@ -31,16 +31,7 @@ def missing_settings(backend: Backend) -> list[str]:
 
 
 def client_for_backend(backend: Backend) -> Client:
-    if backend.kind == Backend.Kind.COMFYUI:
-        return client_for(
-            "comfyui",
-            url=backend_url(backend),
-            timeout=settings.COMFYUI_HTTP_TIMEOUT,
-            health_timeout=settings.COMFYUI_HEALTH_TIMEOUT,
-            watch_seconds=settings.COMFYUI_WATCH_SECONDS,
-            poll_interval=settings.COMFYUI_POLL_INTERVAL,
-        )
-    return client_for(backend.kind)
+    return client_class(backend.kind).for_backend(backend, backend_url(backend))
 
 
 def checkpoint_for(backend: Backend, kind: str) -> str:

@@ -1,16 +1,28 @@
 """Backends every installation starts with (created after migrate, never overwritten).
 
 The local ComfyUI is free and on by default; its URL comes from COMFYUI_URL unless staff set
-one in the admin.
+one in the admin. Paid backends exist from the start but stay "not configured" (and unused)
+until their API keys are set; their prices start from settings and are editable in the admin.
 """
-DEFAULT_BACKENDS = [
-    {"name": "local", "kind": "comfyui", "category": "local", "priority": 0,
-     "expected_image_seconds": 15.0, "expected_video_seconds": 240.0},
-]
+from django.conf import settings
+
+
+def default_backends() -> list[dict]:
+    return [
+        {"name": "local", "kind": "comfyui", "category": "local", "priority": 0,
+         "expected_image_seconds": 15.0, "expected_video_seconds": 240.0},
+        {"name": "runpod", "kind": "runpod", "category": "cloud", "priority": 10,
+         "price_per_second": settings.RUNPOD_PRICE_PER_SECOND,
+         "expected_image_seconds": 25.0, "expected_video_seconds": 300.0},
+        {"name": "gemini", "kind": "gemini", "category": "gemini", "priority": 20,
+         "supports_workflows": False, "price_per_image": settings.GEMINI_PRICE_PER_IMAGE,
+         "price_per_video_second": settings.GEMINI_PRICE_PER_VIDEO_SECOND,
+         "expected_image_seconds": 12.0, "expected_video_seconds": 120.0},
+    ]
 
 
 def ensure_default_backends(**kwargs):
     from .models import Backend
 
-    for spec in DEFAULT_BACKENDS:
+    for spec in default_backends():
         Backend.objects.get_or_create(name=spec["name"], defaults={k: v for k, v in spec.items() if k != "name"})

@@ -13,6 +13,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from billing.pricing import actual_cost
 from workers.clients import BackendError, Done, Failed, Progress
 from workers.workflows import WorkflowError, build_workflow, validate_workflow
 
@@ -160,7 +161,7 @@ def attempt_poll(*, attempt_id, seq: int) -> Optional[float]:
         return None
     Attempt.objects.filter(id=attempt.id).update(poll_errors=0)
     _progress(attempt, result)
-    return 0 if result.running else settings.COMFYUI_POLL_INTERVAL
+    return result.next_poll if result.next_poll is not None else settings.COMFYUI_POLL_INTERVAL
 
 
 def _poll_error(attempt: Attempt, error: BackendError) -> Optional[float]:
@@ -186,9 +187,11 @@ def attempt_succeed(*, attempt_id, done: Done, client) -> bool:
     files = [(output, client.download(output)) for output in done.outputs]
     now = timezone.now()
     with transaction.atomic():
-        attempt = Attempt.objects.select_related("backend").get(id=attempt_id)
+        attempt = Attempt.objects.select_related("backend", "job").get(id=attempt_id)
+        cost = actual_cost(backend=attempt.backend, job=attempt.job, seconds=done.seconds, outputs=len(files))
         updated = Attempt.objects.filter(id=attempt_id, status__in=ACTIVE_ATTEMPT_STATES).update(
             status=AttemptStatus.SUCCEEDED, finished_at=now, progress=100, seconds=done.seconds, error="",
+            cost=cost,
         )
         if not updated:
             return False
@@ -196,6 +199,7 @@ def attempt_succeed(*, attempt_id, done: Done, client) -> bool:
             _store_output(attempt, index, output, data)
         Job.objects.filter(id=attempt.job_id, status__in=ACTIVE_JOB_STATES).update(
             status=JobStatus.SUCCEEDED, finished_at=now, progress=100, error="", backend=attempt.backend,
+            cost=F("cost") + cost,
         )
     health_record(backend_id=attempt.backend_id, ok=True)
     return True

@@ -2,6 +2,7 @@
 
 alice owns things, bob is another ordinary user, charlie must see nothing (STYLE.md).
 """
+import itertools
 import os
 import shutil
 import signal
@@ -142,6 +143,9 @@ def fake_comfyui():
     fake.stop()
 
 
+_worker_numbers = itertools.count()
+
+
 class Workers:
     """Real `celery worker` processes against the test Redis and the test database."""
 
@@ -159,7 +163,7 @@ class Workers:
                "DATABASE_URL": os.environ.get("TEST_DATABASE_URL") or f"sqlite:///{db_name}",
                "MEDIA_ROOT": str(settings.MEDIA_ROOT), "PYTHONUNBUFFERED": "1", **self.env}
         OUTPUT_DIR.mkdir(exist_ok=True)
-        log = OUTPUT_DIR / f"worker-{name}-{len(self.processes)}.log"
+        log = OUTPUT_DIR / f"worker-{name}-{os.getpid()}-{next(_worker_numbers)}.log"
         handle = open(log, "w")
         process = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "project", "worker", "-Q", queues, "-c", str(concurrency),

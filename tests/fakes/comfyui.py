@@ -327,7 +327,7 @@ def make_mp4(seed):
 
 def make_webm(seed):
     """Placeholder Matroska: a valid EBML header with DocType webm, then an unknown-size Segment."""
-    header = bytes.fromhex("4286810142f7810142f2810442f381084282847765626d428781044285810 2".replace(" ", ""))
+    header = bytes.fromhex("4286810142f7810142f2810442f381084282847765626d4287810442858102")
     return b"\x1a\x45\xdf\xa3" + bytes([0x80 | len(header)]) + header + \
         bytes.fromhex("1853806701ffffffffffffff") + _filler(seed)
 
@@ -910,7 +910,7 @@ class FakeComfyUI:
         await self._message(run, "execution_start", {"prompt_id": run.pid})
         await self._message(run, "execution_cached", {"nodes": cached, "prompt_id": run.pid})
         values = {}
-        try:
+        try:  # _NodeFailed / _Interrupted come from _run_node; anything else is a bug in the fake
             for nid in _execution_order(run.prompt, run.outputs, set(cached)):
                 if nid in cached:
                     await self._use_cached(run, nid, _signature(run.prompt, nid, memo), values)
@@ -950,8 +950,9 @@ class FakeComfyUI:
             await self._maybe_drop(run)  # no progress events will come: drop at first executing
         if self._interrupt:  # checked between nodes, like nodes.before_node_execution
             raise _Interrupted()
-        args = {k: (values[v[0]][v[1]] if _is_link(v) else v) for k, v in run.prompt[nid]["inputs"].items()}
+        args = {}
         try:
+            args = {k: (values[v[0]][v[1]] if _is_link(v) else v) for k, v in run.prompt[nid]["inputs"].items()}
             if self.fail_mode == "runtime_error" and cls in OUTPUT_NODES:
                 raise RuntimeError(f"fake ComfyUI: simulated failure in {cls} (fail_mode='runtime_error')")
             if cls in SAMPLER_NODES:

@@ -1,18 +1,25 @@
-"""One client per backend kind, registered in one dict (DESIGN.md, Backends)."""
+"""One client per backend kind, registered in one dict (DESIGN.md, Backends).
+
+Import paths, not classes, so that a kind's SDK (runpod, google-genai) is imported only by the
+workers that use it, and adding a kind touches only this dict.
+"""
+from django.utils.module_loading import import_string
+
 from .base import BackendError, Client, Done, Failed, Health, Progress, RemoteOutput
-from .comfyui import ComfyUIClient
 
 CLIENTS = {
-    "comfyui": ComfyUIClient,
+    "comfyui": "workers.clients.comfyui.ComfyUIClient",
+    "pod": "workers.clients.pods.PodClient",
+    "runpod": "workers.clients.runpod.RunPodClient",
+    "gemini": "workers.clients.gemini.GeminiClient",
 }
 
 
-def client_for(kind: str, **options) -> Client:
+def client_class(kind: str):
     try:
-        factory = CLIENTS[kind]
-    except KeyError:
+        return import_string(CLIENTS[kind])
+    except (KeyError, ImportError):
         raise BackendError(f"No client for backend kind {kind!r}", retryable=False)
-    return factory(**options)
 
 
-__all__ = ["BackendError", "Client", "Done", "Failed", "Health", "Progress", "RemoteOutput", "client_for", "CLIENTS"]
+__all__ = ["BackendError", "Client", "Done", "Failed", "Health", "Progress", "RemoteOutput", "client_class", "CLIENTS"]

@@ -32,6 +32,7 @@ class Progress:
     percent: int = 0
     running: bool = False
     position: Optional[int] = None  # place in the remote queue while pending
+    next_poll: Optional[float] = None  # seconds until the next poll; None: the default
 
 
 @dataclass
@@ -60,7 +61,15 @@ ProgressCallback = Callable[[Progress], None]
 
 
 class Client:
-    """submit(spec) -> handle; poll(handle) -> Progress | Done | Failed; cancel; health."""
+    """submit(spec) -> handle; poll(handle) -> Progress | Done | Failed; cancel; health.
+
+    `for_backend(backend, url)` builds a client from a Backend row and settings; secrets come
+    from settings there, never from the row or a task argument.
+    """
+
+    @classmethod
+    def for_backend(cls, backend, url: str) -> "Client":
+        raise NotImplementedError
 
     def submit(self, spec: dict) -> dict:
         raise NotImplementedError

@@ -34,6 +34,13 @@ class ComfyUIClient(Client):
         self.watch_seconds = watch_seconds
         self.poll_interval = poll_interval
 
+    @classmethod
+    def for_backend(cls, backend, url: str) -> "ComfyUIClient":
+        from django.conf import settings
+
+        return cls(url, timeout=settings.COMFYUI_HTTP_TIMEOUT, health_timeout=settings.COMFYUI_HEALTH_TIMEOUT,
+                   watch_seconds=settings.COMFYUI_WATCH_SECONDS, poll_interval=settings.COMFYUI_POLL_INTERVAL)
+
     # --- submit ---------------------------------------------------------------------------
     def submit(self, spec: dict) -> dict:
         handle = {"prompt_id": spec["attempt_id"], "client_id": f"comfy-hybrid-{spec['attempt_id']}"}
@@ -66,7 +73,8 @@ class ComfyUIClient(Client):
             return self._result(prompt_id, entry)
         running, pending = self._queue_ids()
         if prompt_id in pending:
-            return Progress(percent=0, running=False, position=pending.index(prompt_id) + 1)
+            return Progress(percent=0, running=False, position=pending.index(prompt_id) + 1,
+                            next_poll=self.poll_interval)
         if prompt_id not in running:
             entry = self._history(prompt_id)  # it may have finished between the two calls
             if entry:
@@ -77,7 +85,7 @@ class ComfyUIClient(Client):
     def _watch(self, handle: dict, on_progress: Optional[ProgressCallback]):
         prompt_id = handle["prompt_id"]
         deadline = time.monotonic() + self.watch_seconds
-        progress = Progress(percent=0, running=True)
+        progress = Progress(percent=0, running=True, next_poll=0)  # the watch itself waited
         try:
             ws = websocket.create_connection(self._ws_url(handle["client_id"]), timeout=self.health_timeout)
         except (OSError, websocket.WebSocketException):
@@ -107,7 +115,8 @@ class ComfyUIClient(Client):
                 continue
             kind = event.get("type")
             if kind == "progress" and data.get("max"):
-                progress = Progress(percent=min(99, int(100 * data["value"] / data["max"])), running=True)
+                progress = Progress(percent=min(99, int(100 * data["value"] / data["max"])), running=True,
+                                    next_poll=0)
                 if on_progress:
                     on_progress(progress)
             elif kind == "executing" and data.get("node") is None:

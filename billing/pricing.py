@@ -1,0 +1,25 @@
+"""What a finished attempt really cost (USD, Decimal, 6 places).
+
+- local ComfyUI: free;
+- RunPod serverless: remote execution seconds × the endpoint GPU's price per second;
+- RunPod pods: billed by uptime, split over the jobs a pod ran (billing.pods), so 0 here;
+- Gemini: price per image, or per second of video.
+"""
+from decimal import ROUND_HALF_UP, Decimal
+
+PLACES = Decimal("0.000001")
+
+
+def money(value) -> Decimal:
+    return Decimal(str(value)).quantize(PLACES, rounding=ROUND_HALF_UP)
+
+
+def actual_cost(*, backend, job, seconds, outputs: int) -> Decimal:
+    kind = backend.kind
+    if kind == "runpod":
+        return money(backend.price_per_second * Decimal(str(seconds or 0)))
+    if kind == "gemini":
+        if job.kind == "video":
+            return money(backend.price_per_video_second * max(1, job.duration_seconds))
+        return money(backend.price_per_image * max(1, outputs))
+    return money(0)

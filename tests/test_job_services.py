@@ -1,0 +1,110 @@
+"""The job services driven directly (no workers): each step, duplicates, cancel, failover."""
+import time
+
+import pytest
+
+from routing import services
+from routing.models import Attempt, AttemptStatus, Backend, Job, JobStatus
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def local(local_backend, fake_comfyui, settings):
+    settings.COMFYUI_WATCH_SECONDS = 2
+    settings.COMFYUI_POLL_INTERVAL = 0.05
+    local_backend.url = fake_comfyui.url
+    local_backend.save()
+    return local_backend
+
+
+def _job(user, **fields):
+    return services.job_submit(user=user, kind="image", preference="auto", prompt="a bridge", seed=1, **fields)
+
+
+def _run(attempt, limit=200):
+    seq = 0
+    for _ in range(limit):
+        countdown = services.attempt_poll(attempt_id=attempt.id, seq=seq)
+        if countdown is None:
+            return
+        seq += 1
+        time.sleep(countdown or 0)
+    raise AssertionError("poll chain never ended")
+
+
+def test_a_job_goes_through_every_state_to_succeeded(alice, local):
+    job = _job(alice)
+    attempt = services.job_route(job_id=job.id)
+    assert Job.objects.get(id=job.id).status == JobStatus.ROUTED and attempt.backend == local
+    assert services.attempt_submit(attempt_id=attempt.id)
+    assert Job.objects.get(id=job.id).status == JobStatus.SUBMITTED
+    _run(attempt)
+    job.refresh_from_db()
+    assert job.status == JobStatus.SUCCEEDED and job.progress == 100 and job.outputs.count() == 1
+    assert job.started_at and job.finished_at and job.cost == 0
+
+
+def test_duplicate_deliveries_change_nothing(alice, local):
+    job = _job(alice)
+    attempt = services.job_route(job_id=job.id)
+    assert services.job_route(job_id=job.id) is None
+    assert services.attempt_submit(attempt_id=attempt.id)
+    assert not services.attempt_submit(attempt_id=attempt.id)
+    _run(attempt)
+    assert services.attempt_poll(attempt_id=attempt.id, seq=0) is None  # stale duplicate poll
+    assert Attempt.objects.filter(job=job).count() == 1
+    assert job.outputs.count() == 1
+
+
+def test_a_stale_poll_cannot_fork_a_second_poll_chain(alice, local):
+    job = _job(alice)
+    attempt = services.job_route(job_id=job.id)
+    services.attempt_submit(attempt_id=attempt.id)
+    local_fake_busy = services.attempt_poll(attempt_id=attempt.id, seq=0)
+    assert local_fake_busy is not None or Job.objects.get(id=job.id).is_final
+    assert services.attempt_poll(attempt_id=attempt.id, seq=0) is None
+
+
+def test_an_unreachable_local_comfyui_fails_the_job_with_one_clear_reason_per_backend(alice, local_backend):
+    local_backend.url = "http://127.0.0.1:9"
+    local_backend.save()
+    job = _job(alice)
+    attempt = services.job_route(job_id=job.id)
+    services.attempt_submit(attempt_id=attempt.id)
+    assert Job.objects.get(id=job.id).status == JobStatus.QUEUED  # failing over
+    assert services.job_route(job_id=job.id) is None
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED and job.failovers == 1
+    assert job.error.startswith("ComfyUI at http://127.0.0.1:9 is not reachable (is it running?)")
+    assert "runpod: not configured (RUNPOD_API_KEY not set" in job.error
+    assert "gemini: not configured (GEMINI_API_KEY not set)" in job.error
+
+
+def test_an_invalid_workflow_fails_at_once_without_failover(alice, local):
+    bad = {"1": {"class_type": "EmptyImage", "inputs": {"width": 0, "height": 8, "batch_size": 1, "color": 0}},
+           "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}}}
+    job = _job(alice, workflow=bad)
+    attempt = services.job_route(job_id=job.id)
+    services.attempt_submit(attempt_id=attempt.id)
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED and job.failovers == 0
+    assert "node 1 (EmptyImage)" in job.error
+
+
+def test_cancel_stops_the_job_and_later_tasks_do_nothing(alice, local):
+    job = _job(alice)
+    attempt = services.job_route(job_id=job.id)
+    assert services.job_cancel(user=alice, job_id=job.id)
+    assert not services.attempt_submit(attempt_id=attempt.id)
+    assert Attempt.objects.get(id=attempt.id).status == AttemptStatus.CANCELLED
+    assert Job.objects.get(id=job.id).status == JobStatus.CANCELLED
+    assert not services.job_cancel(user=alice, job_id=job.id)
+
+
+def test_a_disabled_local_backend_is_never_chosen(alice, local):
+    Backend.objects.filter(id=local.id).update(enabled=False)
+    job = _job(alice)
+    assert services.job_route(job_id=job.id) is None
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED and "local: disabled by the administrator" in job.error
