@@ -88,10 +88,12 @@ class ComfyUIClient(Client):
         progress = Progress(percent=0, running=True, next_poll=0)  # the watch itself waited
         try:
             ws = websocket.create_connection(self._ws_url(handle["client_id"]), timeout=self.health_timeout)
+            # ComfyUI registers the socket, then sends `status`; once that arrived every later
+            # event reaches us, so a history check after it cannot miss the prompt's end.
+            ws.recv()
         except (OSError, websocket.WebSocketException):
             return self._poll_history_until(prompt_id, deadline, progress)
         try:
-            # Re-check after connecting: the prompt may have ended before the socket existed.
             entry = self._history(prompt_id)
             if entry:
                 return self._result(prompt_id, entry)
