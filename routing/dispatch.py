@@ -17,6 +17,7 @@ ROUTE = "workers.tasks.route_job"
 SUBMIT = "workers.tasks.submit_attempt"
 POLL = "workers.tasks.poll_attempt"
 CANCEL = "workers.tasks.cancel_attempt"
+ADMIT = "workers.tasks.admit_waiting"
 
 
 def send(name: str, args: list, *, queue: str, countdown: float | None = None) -> None:

@@ -25,8 +25,11 @@ def backends_to_probe() -> list[tuple[int, str]]:
 def backend_probe(*, backend_id: int) -> None:
     backend = Backend.objects.get(id=backend_id)
     health = client_for_backend(backend).health()
+    # The remote queue holds our own prompts too; the router adds ours from the database,
+    # so store only the others' share (someone using ComfyUI directly, another install).
+    ours = Attempt.objects.filter(backend=backend, status__in=(AttemptStatus.SUBMITTED, AttemptStatus.RUNNING)).count()
     health_record(backend_id=backend.id, ok=health.ok, detail=health.detail, latency_ms=health.latency_ms,
-                  queue_depth=health.queue_depth, gpu=health.gpu, vram_total=health.vram_total)
+                  queue_depth=max(0, health.queue_depth - ours), gpu=health.gpu, vram_total=health.vram_total)
 
 
 def sweep(now=None) -> dict:
@@ -42,9 +45,13 @@ def sweep(now=None) -> dict:
                                                     AttemptStatus.RUNNING)).update(
             status=AttemptStatus.FAILED, error="Job deadline passed", finished_at=now)
         counts["expired"] += 1
-    for job_id in Job.objects.filter(status=JobStatus.QUEUED, updated_at__lt=cutoff).values_list("id", flat=True):
+    queued = Job.objects.filter(status=JobStatus.QUEUED, updated_at__lt=cutoff)
+    for job_id in queued.filter(waiting=False).values_list("id", flat=True):
         dispatch.send(dispatch.ROUTE, [str(job_id)], queue="control")
         counts["route"] += 1
+    if Job.objects.filter(status=JobStatus.QUEUED, waiting=True).exists():
+        dispatch.send(dispatch.ADMIT, [], queue="control")
+        counts["admit"] = 1
     for attempt in Attempt.objects.filter(status=AttemptStatus.PENDING, created_at__lt=cutoff).select_related("backend"):
         dispatch.send(dispatch.SUBMIT, [str(attempt.id)], queue=attempt.backend.queue)
         counts["submit"] += 1

@@ -42,6 +42,12 @@ class JobKind(models.TextChoices):
     VIDEO = "video", "Video"
 
 
+class Priority(models.IntegerChoices):
+    LOW = 0, "Low"
+    NORMAL = 1, "Normal"
+    HIGH = 2, "High"
+
+
 class JobStatus(models.TextChoices):
     QUEUED = "queued", "Queued"
     ROUTED = "routed", "Routed"
@@ -152,7 +158,11 @@ class Job(models.Model):
     duration_seconds = models.PositiveIntegerField(default=0, help_text="Video length")
     workflow = models.JSONField(null=True, blank=True, help_text="Custom ComfyUI API workflow")
 
+    priority = models.SmallIntegerField(choices=Priority.choices, default=Priority.NORMAL)
+
     status = models.CharField(max_length=12, choices=JobStatus.choices, default=JobStatus.QUEUED)
+    # Queued behind a full local GPU queue; admitted in fair order when it has room.
+    waiting = models.BooleanField(default=False)
     backend = models.ForeignKey(Backend, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
     reason = models.TextField(blank=True, help_text="Why the current backend was chosen")
     decision = models.JSONField(default=dict, blank=True, help_text="Reasons per candidate")
@@ -168,7 +178,8 @@ class Job(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["status", "updated_at"]), models.Index(fields=["user", "-created_at"])]
+        indexes = [models.Index(fields=["status", "updated_at"]), models.Index(fields=["user", "-created_at"]),
+                   models.Index(fields=["waiting", "status", "-priority", "created_at"])]
 
     def __str__(self):
         return f"{self.kind} job {str(self.id)[:8]} ({self.status})"

@@ -10,8 +10,9 @@ Rules, in order (DESIGN.md, Routing):
 - Otherwise the cheapest option by marginal cost wins (an idle running pod costs nothing
   extra, then serverless, then a new pod), compared with Gemini's price; ties go to the
   faster expected time, then to a healthy (not just unknown) backend, then to priority.
-- A local backend whose queue is full is still chosen when nothing else can run the job:
-  waiting is better than failing.
+- When the only usable backend is a local one whose queue is full, the job waits (no
+  backend now, `wait` set): it is admitted later in fair order, so one user's burst cannot
+  fill the GPU's queue ahead of everyone else.
 - Nothing left: no backend, and one clear reason per candidate.
 """
 from dataclasses import dataclass, field
@@ -51,6 +52,7 @@ class Decision:
     backend_id: Optional[int]
     reason: str
     reasons: dict = field(default_factory=dict)  # candidate name → why it was or wasn't chosen
+    wait: bool = False  # nothing free now, but a full local queue will have room later
 
     @property
     def summary(self) -> str:
@@ -71,6 +73,10 @@ def decide(job: JobFacts, candidates: list[Candidate], *, local_queue_limit: int
             reasons["(none)"] = "no backend is set up"
         return Decision(None, "No backend can run this job", reasons)
     chosen, why = _choose(usable, local_queue_limit)
+    if chosen is None:
+        for candidate in usable:
+            reasons[candidate.name] = why
+        return Decision(None, f"Waiting for the local GPU: {why}", reasons, wait=True)
     for candidate in usable:
         reasons[candidate.name] = why if candidate is chosen else _runner_up(candidate, chosen, local_queue_limit)
     return Decision(chosen.id, f"{chosen.name}: {why}", reasons)
@@ -96,7 +102,7 @@ def _refusal(job: JobFacts, c: Candidate) -> str:
     return ""
 
 
-def _choose(usable: list[Candidate], limit: int) -> tuple[Candidate, str]:
+def _choose(usable: list[Candidate], limit: int) -> tuple[Optional[Candidate], str]:
     local = sorted((c for c in usable if c.category == "local"), key=_local_order)
     if local and local[0].queue < limit:
         return local[0], f"local GPU is free (queue {local[0].queue} of {limit}), costs nothing"
@@ -105,7 +111,7 @@ def _choose(usable: list[Candidate], limit: int) -> tuple[Candidate, str]:
         best = paid[0]
         note = f", local queue full ({local[0].queue} of {limit})" if local else ""
         return best, f"cheapest available at ${best.cost:.4f}, about {best.seconds:.0f}s{note}"
-    return local[0], f"only option; local queue is {local[0].queue} (limit {limit}), the job waits its turn"
+    return None, f"its queue is full ({local[0].queue} of {limit}) and nothing else can run this job"
 
 
 def _local_order(c: Candidate):

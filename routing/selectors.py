@@ -28,6 +28,11 @@ def in_flight_by_backend() -> dict[int, int]:
     return {row["backend"]: row["n"] for row in rows}
 
 
+def in_flight_by_user() -> dict[int, int]:
+    rows = Attempt.objects.filter(status__in=ACTIVE_ATTEMPT_STATES).values("job__user").annotate(n=Count("id"))
+    return {row["job__user"]: row["n"] for row in rows}
+
+
 def estimate(backend: Backend, job: Job) -> tuple[Decimal, float]:
     """Expected marginal cost (USD) and seconds of this job on this backend."""
     seconds = backend.expected_video_seconds if job.kind == JobKind.VIDEO else backend.expected_image_seconds
@@ -43,7 +48,9 @@ def estimate(backend: Backend, job: Job) -> tuple[Decimal, float]:
 def candidates_for(job: Job) -> list[Candidate]:
     in_flight = in_flight_by_backend()
     result = []
-    for backend in Backend.objects.all():
+    # Locked in a fixed order for the routing transaction: concurrent routers decide one
+    # after another, so "queue below the limit" can never be true for two of them at once.
+    for backend in Backend.objects.select_for_update().order_by("id"):
         missing = missing_settings(backend)
         cost, seconds = estimate(backend, job)
         result.append(Candidate(
@@ -61,3 +68,47 @@ def job_facts(job: Job) -> JobFacts:
     failed = job.attempts.filter(~Q(status__in=ACTIVE_ATTEMPT_STATES), retryable=True)
     return JobFacts(kind=job.kind, preference=job.preference, custom_workflow=job.is_custom_workflow,
                     excluded=frozenset(failed.values_list("backend_id", flat=True)))
+
+
+class Availability:
+    AVAILABLE = "available"
+    BUSY = "busy"
+    DOWN = "down"
+    NOT_CONFIGURED = "not configured"
+    DISABLED = "disabled"
+    INSTALLING = "installing"
+    CHECKING = "checking"
+
+
+def backend_cards(*, kind: str, local_queue_limit: int, installing: bool = False) -> list[dict]:
+    """Every backend as the selector page shows it: status, expected cost and time, GPU."""
+    in_flight = in_flight_by_backend()
+    probe_job = Job(kind=kind, duration_seconds=4 if kind == JobKind.VIDEO else 0)
+    cards = []
+    for backend in Backend.objects.all():
+        queue = backend.queue_depth + in_flight.get(backend.id, 0)
+        cost, seconds = estimate(backend, probe_job)
+        cards.append({
+            "backend": backend, "status": _availability(backend, queue, local_queue_limit, installing),
+            "queue": queue, "cost": cost, "seconds": seconds, "missing": missing_settings(backend),
+            "detail": health_detail(backend),
+            "can_run": backend.supports_video or kind != JobKind.VIDEO,
+        })
+    return cards
+
+
+def _availability(backend: Backend, queue: int, limit: int, installing: bool) -> str:
+    if installing and backend.category == Category.LOCAL:
+        return Availability.INSTALLING
+    if not backend.enabled:
+        return Availability.DISABLED
+    if missing_settings(backend):
+        return Availability.NOT_CONFIGURED
+    health = effective_health(backend)
+    if health == "down":
+        return Availability.DOWN
+    if health == "unknown":
+        return Availability.CHECKING
+    if backend.category == Category.LOCAL and queue >= limit:
+        return Availability.BUSY
+    return Availability.AVAILABLE

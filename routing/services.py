@@ -30,9 +30,10 @@ from .models import (
     JobStatus,
     Output,
     Preference,
+    Priority,
 )
 from .policy import decide
-from .selectors import candidates_for, job_facts
+from .selectors import candidates_for, in_flight_by_user, job_facts
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +44,12 @@ MAX_POLL_ERRORS = 3
 @transaction.atomic
 def job_submit(*, user, kind: str, preference: str, prompt: str = "", negative_prompt: str = "",
                width: int = 512, height: int = 512, seed: int = 0, duration_seconds: int = 0,
-               workflow: Optional[dict] = None) -> Job:
+               workflow: Optional[dict] = None, priority: int = Priority.NORMAL) -> Job:
     """Store the job and remember the preference; routing starts once this commits."""
     job = Job.objects.create(
         user=user, kind=kind, preference=preference, prompt=prompt, negative_prompt=negative_prompt,
         width=width, height=height, seed=seed, duration_seconds=duration_seconds, workflow=workflow,
+        priority=priority,
     )
     preference_set(user=user, preference=preference)
     dispatch.send_on_commit(dispatch.ROUTE, [str(job.id)], queue="control")
@@ -66,18 +68,46 @@ def job_route(*, job_id) -> Optional[Attempt]:
             return None
         tried = job.attempts.count()
         decision = decide(job_facts(job), candidates_for(job), local_queue_limit=settings.LOCAL_QUEUE_LIMIT)
+        if decision.wait and tried < settings.JOB_MAX_ATTEMPTS:
+            Job.objects.filter(id=job.id, status=JobStatus.QUEUED).update(
+                waiting=True, reason=decision.reason, decision=decision.reasons)
+            return None
         if tried >= settings.JOB_MAX_ATTEMPTS or decision.backend_id is None:
             _job_fail(job, _no_backend_message(job, decision.summary, tried))
             return None
         backend = Backend.objects.get(id=decision.backend_id)
         updated = Job.objects.filter(id=job.id, status=JobStatus.QUEUED).update(
             status=JobStatus.ROUTED, backend=backend, reason=decision.reason, decision=decision.reasons,
+            waiting=False,
         )
         if not updated:
             return None
         attempt = Attempt.objects.create(job=job, backend=backend, number=tried + 1)
         dispatch.send_on_commit(dispatch.SUBMIT, [str(attempt.id)], queue=backend.queue)
         return attempt
+
+
+def jobs_admit_waiting(*, limit: int = 500) -> int:
+    """Route waiting jobs in fair order until the local queue is full again.
+
+    Order: higher priority first; within a priority, the user with the fewest jobs in
+    flight (counting those admitted in this pass) first; then the oldest job. So one user's
+    burst of 100 jobs takes turns with another user's single job instead of starving it.
+    """
+    waiting = list(Job.objects.filter(status=JobStatus.QUEUED, waiting=True)
+                   .order_by("-priority", "created_at").values("id", "user_id", "priority", "created_at")[:limit])
+    in_flight = in_flight_by_user()
+    admitted = 0
+    while waiting:
+        waiting.sort(key=lambda j: (-j["priority"], in_flight.get(j["user_id"], 0), j["created_at"]))
+        job = waiting.pop(0)
+        if job_route(job_id=job["id"]) is None:
+            if Job.objects.filter(id=job["id"], status=JobStatus.QUEUED, waiting=True).exists():
+                break  # still no room: later jobs would wait too
+            continue
+        in_flight[job["user_id"]] = in_flight.get(job["user_id"], 0) + 1
+        admitted += 1
+    return admitted
 
 
 def _no_backend_message(job: Job, summary: str, tried: int) -> str:
@@ -201,8 +231,23 @@ def attempt_succeed(*, attempt_id, done: Done, client) -> bool:
             status=JobStatus.SUCCEEDED, finished_at=now, progress=100, error="", backend=attempt.backend,
             cost=F("cost") + cost,
         )
+        _learn_time(attempt, done.seconds or (now - (attempt.started_at or now)).total_seconds())
+        dispatch.send_on_commit(dispatch.ADMIT, [], queue="control")
     health_record(backend_id=attempt.backend_id, ok=True)
     return True
+
+
+LEARNING_RATE = 0.2
+
+
+def _learn_time(attempt: Attempt, seconds: float) -> None:
+    """Expected run time per backend and job kind: an exponential moving average, so the
+    router's "ties go to the faster" follows what each backend really does."""
+    if seconds <= 0:
+        return
+    field = "expected_video_seconds" if attempt.job.kind == "video" else "expected_image_seconds"
+    Backend.objects.filter(id=attempt.backend_id).update(
+        **{field: F(field) * (1 - LEARNING_RATE) + seconds * LEARNING_RATE})
 
 
 def _store_output(attempt: Attempt, index: int, output, data: bytes) -> Output:
@@ -230,6 +275,7 @@ def attempt_fail(*, attempt_id, error: str, retryable: bool) -> None:
                 dispatch.send_on_commit(dispatch.ROUTE, [str(job.id)], queue="control")
         else:
             _job_fail(job, error)
+        dispatch.send_on_commit(dispatch.ADMIT, [], queue="control")
     if retryable:
         health_record(backend_id=attempt.backend_id, ok=False, detail=error)
 
@@ -251,6 +297,7 @@ def job_cancel(*, user, job_id) -> bool:
                 status=AttemptStatus.CANCELLED, finished_at=timezone.now())
             if attempt.handle:
                 dispatch.send_on_commit(dispatch.CANCEL, [str(attempt.id)], queue=attempt.backend.queue)
+        dispatch.send_on_commit(dispatch.ADMIT, [], queue="control")
     return True
 
 
@@ -268,5 +315,5 @@ def job_retry(*, user, job_id) -> Job:
     return job_submit(
         user=user, kind=old.kind, preference=old.preference, prompt=old.prompt,
         negative_prompt=old.negative_prompt, width=old.width, height=old.height, seed=old.seed,
-        duration_seconds=old.duration_seconds, workflow=old.workflow,
+        duration_seconds=old.duration_seconds, workflow=old.workflow, priority=old.priority,
     )

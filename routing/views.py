@@ -3,13 +3,16 @@ import secrets
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import FileResponse, Http404
+from django.conf import settings
+from django.http import FileResponse, Http404, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from . import selectors, services
 from .forms import JobForm
-from .models import Category, Job, JobStatus, Output, Preference
+from billing.selectors import user_month_summary
+
+from .models import Category, Job, JobKind, JobStatus, Output, Preference, PreferenceChoice
 
 
 def _own_job(request, job_id) -> Job:
@@ -101,3 +104,45 @@ def output_file(request, output_id):
     download = request.GET.get("download") == "1"
     return FileResponse(output.file.open("rb"), content_type=output.mime, as_attachment=download,
                         filename=output.filename)
+
+
+@login_required
+def backend_selector(request):
+    kind = request.GET.get("kind") if request.GET.get("kind") in JobKind.values else JobKind.IMAGE
+    current = Preference.objects.filter(user=request.user).values_list("preference", flat=True).first() or "auto"
+    return render(request, "routing/backends.html", {
+        "cards": selectors.backend_cards(kind=kind, local_queue_limit=settings.LOCAL_QUEUE_LIMIT,
+                                         installing=_installing()),
+        "kind": kind, "kinds": JobKind.choices, "current": current, "choices": PreferenceChoice.choices,
+        "month": user_month_summary(user=request.user),
+    })
+
+
+@login_required
+def backend_cards(request):
+    """The live part of the selector page (statuses change as probes come in)."""
+    kind = request.GET.get("kind") if request.GET.get("kind") in JobKind.values else JobKind.IMAGE
+    return render(request, "routing/_backend_cards.html", {
+        "cards": selectors.backend_cards(kind=kind, local_queue_limit=settings.LOCAL_QUEUE_LIMIT,
+                                         installing=_installing()),
+    })
+
+
+@login_required
+@require_POST
+def preference_save(request):
+    preference = request.POST.get("preference", "")
+    if preference not in PreferenceChoice.values:
+        return JsonResponse({"error": f"Unknown preference {preference!r}; choose one of "
+                                      f"{', '.join(PreferenceChoice.values)}."}, status=400)
+    services.preference_set(user=request.user, preference=preference)
+    return JsonResponse({"preference": preference, "saved": True})
+
+
+def _installing() -> bool:
+    """True while the local ComfyUI installer runs (the installer app may not track any)."""
+    try:
+        from workers.selectors import install_in_progress
+    except ImportError:
+        return False
+    return install_in_progress()

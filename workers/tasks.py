@@ -46,6 +46,11 @@ def poll_attempt(attempt_id, seq):
                                  queue=_same_queue(poll_attempt))
 
 
+@shared_task(queue=queues.CONTROL, **FAST)
+def admit_waiting():
+    services.jobs_admit_waiting()
+
+
 @shared_task(**FAST)
 def cancel_attempt(attempt_id):
     services.attempt_cancel_remote(attempt_id=attempt_id)

@@ -17,4 +17,15 @@
     });
   }
   if (document.querySelector("[data-live]")) { setInterval(tick, 1000); }
+
+  // Forms marked data-autosave post their radio choice as soon as it changes.
+  document.querySelectorAll("form[data-autosave]").forEach(function (form) {
+    var note = form.querySelector(".saved-note");
+    form.addEventListener("change", function () {
+      fetch(form.action, { method: "POST", body: new FormData(form), credentials: "same-origin" })
+        .then(function (r) { return r.json().then(function (body) { return { ok: r.ok, body: body }; }); })
+        .then(function (res) { if (note) { note.textContent = res.ok ? "Saved." : res.body.error; } })
+        .catch(function () { if (note) { note.textContent = "Not saved: the server did not answer."; } });
+    });
+  });
 })();
