@@ -1,7 +1,7 @@
 """What a finished attempt really cost (USD, Decimal, 6 places).
 
 - local ComfyUI: free;
-- RunPod serverless: remote execution seconds × the endpoint GPU's price per second;
+- RunPod serverless (or any ComfyUI priced per second): execution seconds × price per second;
 - RunPod pods: billed by uptime, split over the jobs a pod ran (billing.pods), so 0 here;
 - Gemini: price per image, or per second of video.
 """
@@ -15,11 +15,11 @@ def money(value) -> Decimal:
 
 
 def actual_cost(*, backend, job, seconds, outputs: int) -> Decimal:
-    kind = backend.kind
-    if kind == "runpod":
-        return money(backend.price_per_second * Decimal(str(seconds or 0)))
-    if kind == "gemini":
+    if backend.kind == "gemini":
         if job.kind == "video":
             return money(backend.price_per_video_second * max(1, job.duration_seconds))
         return money(backend.price_per_image * max(1, outputs))
-    return money(0)
+    if backend.kind == "pod":
+        return money(0)  # pods are billed by uptime, split over their jobs (billing.pods)
+    # Per-second backends: RunPod serverless, or any priced ComfyUI; local is priced at 0.
+    return money(backend.price_per_second * Decimal(str(seconds or 0)))

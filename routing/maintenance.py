@@ -12,8 +12,8 @@ from django.utils import timezone
 from . import dispatch
 from .backends import client_for_backend, missing_settings
 from .health import health_record
-from .models import Attempt, AttemptStatus, Backend, Job, JobStatus
-from .services import _job_fail
+from .models import ACTIVE_ATTEMPT_STATES, ACTIVE_JOB_STATES, Attempt, AttemptStatus, Backend, Job, JobStatus
+from .services import _job_fail, attempt_fail
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +38,11 @@ def sweep(now=None) -> dict:
     cutoff = now - timedelta(seconds=settings.SWEEP_AFTER_SECONDS)
     counts = {"expired": 0, "route": 0, "submit": 0, "poll": 0}
     deadline = now - timedelta(seconds=settings.JOB_DEADLINE_SECONDS)
-    for job in Job.objects.filter(status__in=(JobStatus.QUEUED, JobStatus.ROUTED, JobStatus.SUBMITTED,
-                                              JobStatus.RUNNING), created_at__lt=deadline):
-        _job_fail(job, f"Timed out: no result after {settings.JOB_DEADLINE_SECONDS // 60} minutes")
-        Attempt.objects.filter(job=job, status__in=(AttemptStatus.PENDING, AttemptStatus.SUBMITTED,
-                                                    AttemptStatus.RUNNING)).update(
-            status=AttemptStatus.FAILED, error="Job deadline passed", finished_at=now)
+    for job in Job.objects.filter(status__in=ACTIVE_JOB_STATES, created_at__lt=deadline):
+        message = f"Timed out: no result after {settings.JOB_DEADLINE_SECONDS // 60} minutes"
+        for attempt_id in job.attempts.filter(status__in=ACTIVE_ATTEMPT_STATES).values_list("id", flat=True):
+            attempt_fail(attempt_id=attempt_id, error=message, retryable=False)
+        _job_fail(job, message)  # a job with no attempt in flight (queued or waiting)
         counts["expired"] += 1
     queued = Job.objects.filter(status=JobStatus.QUEUED, updated_at__lt=cutoff)
     for job_id in queued.filter(waiting=False).values_list("id", flat=True):

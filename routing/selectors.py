@@ -3,6 +3,8 @@ from decimal import Decimal
 
 from django.db.models import Count, Q
 
+from billing import caps
+
 from .backends import missing_settings
 from .health import effective_health, health_detail
 from .models import ACTIVE_ATTEMPT_STATES, Attempt, Backend, Category, Job, JobKind
@@ -45,7 +47,10 @@ def estimate(backend: Backend, job: Job) -> tuple[Decimal, float]:
     return (backend.price_per_second * Decimal(str(seconds))).quantize(Decimal("0.000001")), seconds
 
 
-def candidates_for(job: Job) -> list[Candidate]:
+def candidates_for(job: Job, refused: dict | None = None) -> list[Candidate]:
+    """Every backend as a policy candidate. `refused`: backend id → cap refusal met while
+    taking a hold in this same routing pass."""
+    refused = refused or {}
     in_flight = in_flight_by_backend()
     result = []
     # Locked in a fixed order for the routing transaction: concurrent routers decide one
@@ -60,6 +65,7 @@ def candidates_for(job: Job) -> list[Candidate]:
             supports_video=backend.supports_video, supports_workflows=backend.supports_workflows,
             queue=backend.queue_depth + in_flight.get(backend.id, 0),
             cost=cost, seconds=seconds, priority=backend.priority,
+            cap_refusal=refused.get(backend.id) or (caps.refusal_for(user_id=job.user_id, amount=cost) if cost else ""),
         ))
     return result
 

@@ -13,6 +13,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from billing import caps
 from billing.pricing import actual_cost
 from workers.clients import BackendError, Done, Failed, Progress
 from workers.workflows import WorkflowError, build_workflow, validate_workflow
@@ -67,24 +68,52 @@ def job_route(*, job_id) -> Optional[Attempt]:
         if job.status != JobStatus.QUEUED:
             return None
         tried = job.attempts.count()
-        decision = decide(job_facts(job), candidates_for(job), local_queue_limit=settings.LOCAL_QUEUE_LIMIT)
-        if decision.wait and tried < settings.JOB_MAX_ATTEMPTS:
-            Job.objects.filter(id=job.id, status=JobStatus.QUEUED).update(
-                waiting=True, reason=decision.reason, decision=decision.reasons)
-            return None
-        if tried >= settings.JOB_MAX_ATTEMPTS or decision.backend_id is None:
+        refused = {}
+        for _ in range(MAX_HOLD_TRIES):
+            candidates = candidates_for(job, refused)
+            decision = decide(job_facts(job), candidates, local_queue_limit=settings.LOCAL_QUEUE_LIMIT)
+            if decision.wait and tried < settings.JOB_MAX_ATTEMPTS:
+                Job.objects.filter(id=job.id, status=JobStatus.QUEUED).update(
+                    waiting=True, reason=decision.reason, decision=decision.reasons)
+                return None
+            if tried >= settings.JOB_MAX_ATTEMPTS or decision.backend_id is None:
+                _job_fail(job, _no_backend_message(job, decision.summary, tried))
+                return None
+            chosen = next(c for c in candidates if c.id == decision.backend_id)
+            attempt, refused[chosen.id] = _place(job, chosen, tried + 1)
+            if attempt:
+                break
+        else:
             _job_fail(job, _no_backend_message(job, decision.summary, tried))
             return None
-        backend = Backend.objects.get(id=decision.backend_id)
-        updated = Job.objects.filter(id=job.id, status=JobStatus.QUEUED).update(
-            status=JobStatus.ROUTED, backend=backend, reason=decision.reason, decision=decision.reasons,
-            waiting=False,
-        )
-        if not updated:
-            return None
-        attempt = Attempt.objects.create(job=job, backend=backend, number=tried + 1)
-        dispatch.send_on_commit(dispatch.SUBMIT, [str(attempt.id)], queue=backend.queue)
+        Job.objects.filter(id=job.id, status=JobStatus.QUEUED).update(
+            status=JobStatus.ROUTED, backend=attempt.backend, reason=decision.reason, decision=decision.reasons,
+            waiting=False)
+        dispatch.send_on_commit(dispatch.SUBMIT, [str(attempt.id)], queue=attempt.backend.queue)
         return attempt
+
+
+MAX_HOLD_TRIES = 4
+
+
+class _Refused(Exception):
+    pass
+
+
+def _place(job: Job, chosen, number: int) -> tuple[Optional[Attempt], str]:
+    """Create the attempt and hold its estimated cost against the caps, or neither. The
+    router's cap check was a read; the hold is the atomic decision (another job may have
+    taken the money in between), so a refusal here sends routing round once more."""
+    try:
+        with transaction.atomic():
+            attempt = Attempt.objects.create(job=job, backend_id=chosen.id, number=number)
+            if chosen.cost > 0:
+                refusal = caps.hold(attempt=attempt, amount=chosen.cost)
+                if refusal:
+                    raise _Refused(refusal)
+            return attempt, ""
+    except _Refused as refused:
+        return None, str(refused)
 
 
 def jobs_admit_waiting(*, limit: int = 500) -> int:
@@ -225,6 +254,7 @@ def attempt_succeed(*, attempt_id, done: Done, client) -> bool:
         )
         if not updated:
             return False
+        caps.charge(attempt=attempt, amount=cost)
         for index, (output, data) in enumerate(files):
             _store_output(attempt, index, output, data)
         Job.objects.filter(id=attempt.job_id, status__in=ACTIVE_JOB_STATES).update(
@@ -267,6 +297,7 @@ def attempt_fail(*, attempt_id, error: str, retryable: bool) -> None:
         if not updated:
             return
         attempt = Attempt.objects.select_related("job").get(id=attempt_id)
+        caps.release(attempt=attempt)
         job = attempt.job
         if retryable:
             requeued = Job.objects.filter(id=job.id, status__in=ACTIVE_JOB_STATES).update(
@@ -295,6 +326,7 @@ def job_cancel(*, user, job_id) -> bool:
         for attempt in Attempt.objects.filter(job_id=job_id, status__in=ACTIVE_ATTEMPT_STATES).select_related("backend"):
             Attempt.objects.filter(id=attempt.id, status__in=ACTIVE_ATTEMPT_STATES).update(
                 status=AttemptStatus.CANCELLED, finished_at=timezone.now())
+            caps.release(attempt=attempt)
             if attempt.handle:
                 dispatch.send_on_commit(dispatch.CANCEL, [str(attempt.id)], queue=attempt.backend.queue)
         dispatch.send_on_commit(dispatch.ADMIT, [], queue="control")

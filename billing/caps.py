@@ -1,0 +1,239 @@
+"""Spend caps that hold under concurrency, and the ledger entries that move the counters.
+
+A hold adds the job's estimated cost to three counters (the user's day, the user's month,
+the installation's month) with a conditional UPDATE each:
+
+    UPDATE counter SET amount = amount + x WHERE id = ? AND amount <= cap - x
+
+The database decides, row by row, under its own lock: PostgreSQL re-checks the WHERE after
+waiting for a concurrent writer, SQLite runs IMMEDIATE transactions one at a time. So 20
+concurrent $1 holds against a $5 cap accept exactly 5. A charge replaces its hold by the real
+cost in the periods of the hold; a release gives the hold back.
+"""
+import calendar
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from datetime import timezone as dt_timezone
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F, Sum
+from django.utils import timezone
+
+from .models import LedgerEntry, SpendCap, SpendCounter
+from .pricing import money
+
+Scope = SpendCounter.Scope
+
+ADVICE_DAY = "Use your local GPU or try tomorrow."
+ADVICE_MONTH = "Use your local GPU or wait until then."
+ADVICE_GLOBAL = "Ask your administrator to raise it."
+
+
+class CapReached(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Limit:
+    scope: str
+    user_id: int | None
+    period: date
+    cap: Decimal
+
+
+def periods(now: datetime) -> tuple[date, date]:
+    today = now.astimezone(dt_timezone.utc).date()
+    return today, today.replace(day=1)
+
+
+def user_caps(user_id: int) -> tuple[Decimal, Decimal]:
+    row = SpendCap.objects.filter(user_id=user_id).first()
+    daily = row.daily if row and row.daily is not None else settings.DAILY_CAP_USD
+    monthly = row.monthly if row and row.monthly is not None else settings.MONTHLY_CAP_USD
+    return daily, monthly
+
+
+def limits_for(user_id: int, now: datetime) -> list[Limit]:
+    day, month = periods(now)
+    daily, monthly = user_caps(user_id)
+    return [Limit(Scope.USER_DAY, user_id, day, daily), Limit(Scope.USER_MONTH, user_id, month, monthly),
+            Limit(Scope.GLOBAL_MONTH, None, month, settings.GLOBAL_MONTHLY_CAP_USD)]
+
+
+def used(limit: Limit) -> Decimal:
+    row = SpendCounter.objects.filter(scope=limit.scope, user_id=limit.user_id, period=limit.period).first()
+    return row.amount if row else Decimal("0")
+
+
+def refusal_for(*, user_id: int, amount: Decimal, now=None) -> str:
+    """Read-only pre-check for the router: the message of the first cap this would break."""
+    now = now or timezone.now()
+    for limit in limits_for(user_id, now):
+        if used(limit) + amount > limit.cap:
+            return refusal_message(limit, used(limit), amount)
+    return ""
+
+
+def refusal_message(limit: Limit, used_amount: Decimal, amount: Decimal) -> str:
+    left = max(Decimal("0"), limit.cap - used_amount)
+    if limit.scope == Scope.GLOBAL_MONTH:
+        return (f"The installation's monthly spending limit is used up: ${used_amount:.2f} of ${limit.cap:.2f}, "
+                f"resets on {_day_month(_next_month(limit.period))} at 00:00 UTC. {ADVICE_GLOBAL}")
+    name = "Daily" if limit.scope == Scope.USER_DAY else "Monthly"
+    resets = "resets at 00:00 UTC" if limit.scope == Scope.USER_DAY else \
+        f"resets on {_day_month(_next_month(limit.period))} at 00:00 UTC"
+    advice = ADVICE_DAY if limit.scope == Scope.USER_DAY else ADVICE_MONTH
+    if left < Decimal("0.005"):
+        return f"{name} spending limit reached: ${used_amount:.2f} of ${limit.cap:.2f} used, {resets}. {advice}"
+    return (f"{name} spending limit: this job needs about ${amount:.2f} but only ${left:.2f} of "
+            f"${limit.cap:.2f} is left, {resets}. {advice}")
+
+
+def _day_month(day: date) -> str:
+    return f"{day.day} {day:%B}"
+
+
+def _next_month(first: date) -> date:
+    return first + timedelta(days=calendar.monthrange(first.year, first.month)[1])
+
+
+# --- moving money -------------------------------------------------------------------------
+def hold(*, attempt, amount: Decimal, now=None) -> str:
+    """Reserve `amount` for this attempt against every cap; "" when taken, else the refusal.
+    All three counters move or none does (one savepoint)."""
+    now = now or timezone.now()
+    amount = money(amount)
+    job = attempt.job
+    try:
+        with transaction.atomic():
+            for limit in limits_for(job.user_id, now):
+                _take(limit, amount)
+            day, month = periods(now)
+            LedgerEntry.objects.create(
+                kind=LedgerEntry.Kind.HOLD, amount=amount, key=f"hold:{attempt.id}", user_id=job.user_id,
+                job=job, attempt=attempt, backend_id=attempt.backend_id, category=attempt.backend.category,
+                day=day, month=month, note=f"estimate on {attempt.backend.name}")
+    except CapReached as refused:
+        return str(refused)
+    return ""
+
+
+def _take(limit: Limit, amount: Decimal) -> None:
+    counter = _counter(limit)
+    taken = SpendCounter.objects.filter(id=counter.id, amount__lte=limit.cap - amount).update(
+        amount=F("amount") + amount)
+    if not taken:
+        raise CapReached(refusal_message(limit, SpendCounter.objects.get(id=counter.id).amount, amount))
+
+
+def _counter(limit: Limit) -> SpendCounter:
+    lookup = {"scope": limit.scope, "user_id": limit.user_id, "period": limit.period}
+    counter = SpendCounter.objects.filter(**lookup).first()
+    if counter:
+        return counter
+    try:
+        with transaction.atomic():  # a savepoint: losing the creation race must not abort the caller
+            return SpendCounter.objects.create(**lookup)
+    except IntegrityError:
+        return SpendCounter.objects.get(**lookup)
+
+
+def _move(*, user_id, day: date, month: date, delta: Decimal) -> None:
+    """Adjust counters by a signed amount, without a cap check (the money is real)."""
+    if not delta:
+        return
+    scopes = [(Scope.GLOBAL_MONTH, None, month)]
+    if user_id is not None:
+        scopes = [(Scope.USER_DAY, user_id, day), (Scope.USER_MONTH, user_id, month)] + scopes
+    for scope, uid, period in scopes:
+        counter = _counter(Limit(scope, uid, period, Decimal("0")))
+        SpendCounter.objects.filter(id=counter.id).update(amount=F("amount") + delta)
+
+
+def _hold_of(attempt) -> LedgerEntry | None:
+    return LedgerEntry.objects.filter(key=f"hold:{attempt.id}").first()
+
+
+def release(*, attempt) -> bool:
+    """Give back the attempt's hold (it failed or was cancelled). Once only."""
+    held = _hold_of(attempt)
+    if held is None or LedgerEntry.objects.filter(key=f"release:{attempt.id}").exists():
+        return False
+    if not _append(kind=LedgerEntry.Kind.RELEASE, amount=-held.amount, key=f"release:{attempt.id}", like=held,
+                   note="attempt ended without a charge"):
+        return False
+    _move(user_id=held.user_id, day=held.day, month=held.month, delta=-held.amount)
+    return True
+
+
+def charge(*, attempt, amount: Decimal, now=None) -> bool:
+    """Charge the real cost once; the hold, if any, is settled into it."""
+    amount = money(amount)
+    held = _hold_of(attempt)
+    if held is None and not amount:
+        return False  # free (local) work leaves no ledger rows
+    day, month = (held.day, held.month) if held else periods(now or timezone.now())
+    job = attempt.job
+    entry = LedgerEntry(kind=LedgerEntry.Kind.CHARGE, amount=amount, key=f"charge:{attempt.id}", user_id=job.user_id,
+                        job=job, attempt=attempt, backend_id=attempt.backend_id, category=attempt.backend.category,
+                        day=day, month=month, note=f"real cost on {attempt.backend.name}")
+    if not _insert(entry):
+        return False
+    if held:
+        _append(kind=LedgerEntry.Kind.RELEASE, amount=-held.amount, key=f"release:{attempt.id}", like=held,
+                note="hold settled by the charge")
+    _move(user_id=job.user_id, day=day, month=month, delta=amount - (held.amount if held else 0))
+    return True
+
+
+def record_idle(*, key: str, amount: Decimal, backend=None, pod_id: str = "", now=None, note: str = "") -> bool:
+    """Pod time that served no job: the installation's wasted money, once per key."""
+    amount = money(amount)
+    day, month = periods(now or timezone.now())
+    entry = LedgerEntry(kind=LedgerEntry.Kind.IDLE, amount=amount, key=key, backend=backend, pod_id=pod_id,
+                        category="cloud", day=day, month=month, note=note or "idle pod time")
+    if not amount or not _insert(entry):
+        return False
+    _move(user_id=None, day=day, month=month, delta=amount)
+    return True
+
+
+def cloud_budget_left(now=None) -> Decimal:
+    """What the installation may still spend this month (the autoscaler stops at 0)."""
+    _, month = periods(now or timezone.now())
+    limit = Limit(Scope.GLOBAL_MONTH, None, month, settings.GLOBAL_MONTHLY_CAP_USD)
+    return max(Decimal("0"), limit.cap - used(limit))
+
+
+def user_remaining(*, user_id: int, now=None) -> dict:
+    now = now or timezone.now()
+    day_limit, month_limit, _ = limits_for(user_id, now)
+    return {"daily_cap": day_limit.cap, "daily_used": used(day_limit),
+            "daily_left": max(Decimal("0"), day_limit.cap - used(day_limit)),
+            "monthly_cap": month_limit.cap, "monthly_used": used(month_limit),
+            "monthly_left": max(Decimal("0"), month_limit.cap - used(month_limit))}
+
+
+def _append(*, kind, amount, key, like: LedgerEntry, note: str) -> bool:
+    return _insert(LedgerEntry(kind=kind, amount=amount, key=key, user_id=like.user_id, job_id=like.job_id,
+                               attempt_id=like.attempt_id, backend_id=like.backend_id, category=like.category,
+                               day=like.day, month=like.month, note=note))
+
+
+def _insert(entry: LedgerEntry) -> bool:
+    """Insert once: a second entry with the same key is a duplicate delivery, not an error."""
+    try:
+        with transaction.atomic():
+            entry.save()
+    except IntegrityError:
+        return False
+    return True
+
+
+def ledger_total(**filters) -> Decimal:
+    """Money actually spent (charges and idle time) for the given filters."""
+    spent = LedgerEntry.objects.filter(kind__in=(LedgerEntry.Kind.CHARGE, LedgerEntry.Kind.IDLE,
+                                                 LedgerEntry.Kind.ADJUSTMENT), **filters)
+    return spent.aggregate(total=Sum("amount"))["total"] or Decimal("0")
