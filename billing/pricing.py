@@ -14,10 +14,17 @@ def money(value) -> Decimal:
     return Decimal(str(value)).quantize(PLACES, rounding=ROUND_HALF_UP)
 
 
+def gemini_video_price(backend, duration_seconds: int) -> Decimal:
+    """Google bills the length Veo makes (4, 6 or 8 s), not the length asked for."""
+    from workers.clients.gemini import veo_duration
+
+    return money(backend.price_per_video_second * veo_duration(duration_seconds))
+
+
 def actual_cost(*, backend, job, seconds, outputs: int) -> Decimal:
     if backend.kind == "gemini":
         if job.kind == "video":
-            return money(backend.price_per_video_second * max(1, job.duration_seconds))
+            return gemini_video_price(backend, job.duration_seconds)
         return money(backend.price_per_image * max(1, outputs))
     if backend.kind == "pod":
         return money(0)  # pods are billed by uptime, split over their jobs (billing.pods)

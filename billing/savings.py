@@ -5,14 +5,14 @@ backend that could have run it (configured or not: it is what the user would hav
 """
 from decimal import Decimal
 
-from billing.pricing import money
+from billing.pricing import gemini_video_price, money
 
 
 def paid_price(backend, kind: str, duration_seconds: int) -> Decimal:
     """Expected price of one job of this kind on a paid backend."""
     if backend.kind == "gemini":
         if kind == "video":
-            return money(backend.price_per_video_second * max(1, duration_seconds))
+            return gemini_video_price(backend, duration_seconds)
         return money(backend.price_per_image)
     seconds = backend.expected_video_seconds if kind == "video" else backend.expected_image_seconds
     return money(backend.price_per_second * Decimal(str(seconds)))

@@ -1,7 +1,8 @@
+from django import forms
 from django.contrib import admin, messages
 
-from . import services
-from .models import Attempt, Backend, Job, Output, Preference
+from . import services, tokens
+from .models import ApiToken, Attempt, Backend, Job, Output, Preference
 
 
 @admin.register(Backend)
@@ -87,3 +88,28 @@ class PreferenceAdmin(admin.ModelAdmin):
     list_display = ("user", "preference", "updated_at")
     list_filter = ("preference",)
     search_fields = ("user__username",)
+
+
+class ApiTokenForm(forms.ModelForm):
+    class Meta:
+        model = ApiToken
+        fields = ("user", "name")
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """Staff can make a token for a user; the key is shown once, in the confirmation message."""
+
+    form = ApiTokenForm
+    list_display = ("name", "user", "prefix", "created_at", "last_used_at")
+    search_fields = ("name", "user__username", "prefix")
+    readonly_fields = ("prefix", "created_at", "last_used_at")
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def save_model(self, request, obj, form, change):
+        token, key = tokens.token_create(user=obj.user, name=obj.name)
+        obj.pk, obj.prefix, obj.digest = token.pk, token.prefix, token.digest
+        self.message_user(request, f"Token for {obj.user}: {key} — copy it now, it is not shown again.",
+                          messages.WARNING)

@@ -14,6 +14,8 @@ def default_backends() -> list[dict]:
         {"name": "runpod", "kind": "runpod", "category": "cloud", "priority": 10,
          "price_per_second": settings.RUNPOD_PRICE_PER_SECOND,
          "expected_image_seconds": 25.0, "expected_video_seconds": 300.0},
+        {"name": "pods", "kind": "pod", "category": "cloud", "priority": 15,
+         "expected_image_seconds": 20.0, "expected_video_seconds": 240.0},
         {"name": "gemini", "kind": "gemini", "category": "gemini", "priority": 20,
          "supports_workflows": False, "price_per_image": settings.GEMINI_PRICE_PER_IMAGE,
          "price_per_video_second": settings.GEMINI_PRICE_PER_VIDEO_SECOND,

@@ -18,6 +18,7 @@ SUBMIT = "workers.tasks.submit_attempt"
 POLL = "workers.tasks.poll_attempt"
 CANCEL = "workers.tasks.cancel_attempt"
 ADMIT = "workers.tasks.admit_waiting"
+WEBHOOK = "workers.tasks.deliver_webhook"
 
 
 def send(name: str, args: list, *, queue: str, countdown: float | None = None) -> None:

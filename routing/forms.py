@@ -6,7 +6,7 @@ from django.conf import settings
 
 from workers.workflows import WorkflowError, validate_workflow
 
-from .models import JobKind, PreferenceChoice
+from .models import JobKind, PreferenceChoice, Priority
 
 MAX_SIDE = 4096
 MAX_VIDEO_SECONDS = 30
@@ -30,6 +30,8 @@ class JobForm(forms.Form):
     seed = forms.IntegerField(required=False, min_value=0, max_value=2**63 - 1, help_text="Empty: random")
     duration_seconds = forms.IntegerField(required=False, min_value=1, max_value=MAX_VIDEO_SECONDS,
                                           initial=4, label="Video length (s)")
+    priority = forms.TypedChoiceField(choices=Priority.choices, coerce=int, initial=Priority.NORMAL,
+                                      required=False, empty_value=Priority.NORMAL)
     workflow = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 6}),
                                label="ComfyUI workflow (API format JSON)")
     workflow_file = forms.FileField(required=False, label="…or upload a workflow file")

@@ -170,6 +170,9 @@ class Job(models.Model):
     error = models.TextField(blank=True)
     failovers = models.PositiveSmallIntegerField(default=0)
     cost = models.DecimalField(**MONEY)
+    # Called once when the job ends (signed, retried): see routing/webhooks.py.
+    webhook_url = models.URLField(blank=True, max_length=500)
+    webhook_state = models.CharField(max_length=12, blank=True, help_text="pending / delivered / failed")
 
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -264,3 +267,20 @@ class Preference(models.Model):
 
     def __str__(self):
         return f"{self.user}: {self.preference}"
+
+
+class ApiToken(models.Model):
+    """A per-user API key. Only its SHA-256 is stored; the key itself is shown once."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=12, help_text="First characters, to tell tokens apart")
+    digest = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"{self.name} ({self.prefix}…)"

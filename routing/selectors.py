@@ -4,6 +4,7 @@ from decimal import Decimal
 from django.db.models import Count, Q
 
 from billing import caps
+from billing.pricing import gemini_video_price
 
 from .backends import missing_settings
 from .health import effective_health, health_detail
@@ -42,8 +43,12 @@ def estimate(backend: Backend, job: Job) -> tuple[Decimal, float]:
         return Decimal("0"), seconds
     if backend.kind == Backend.Kind.GEMINI:
         if job.kind == JobKind.VIDEO:
-            return backend.price_per_video_second * max(1, job.duration_seconds), seconds
+            return gemini_video_price(backend, job.duration_seconds), seconds
         return backend.price_per_image, seconds
+    if backend.kind == Backend.Kind.POD:  # nothing extra on a running pod with room, else a new pod
+        from workers.pods.selectors import pod_estimate
+
+        return pod_estimate(backend, seconds)
     return (backend.price_per_second * Decimal(str(seconds))).quantize(Decimal("0.000001")), seconds
 
 

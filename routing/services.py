@@ -5,6 +5,7 @@ delivers twice (or a sweeper re-send racing the original) changes nothing the se
 """
 import hashlib
 import logging
+from datetime import timedelta
 from typing import Optional
 
 from django.conf import settings
@@ -42,15 +43,32 @@ MAX_POLL_ERRORS = 3
 
 
 # --- submit and route ---------------------------------------------------------------------
+class RateLimited(Exception):
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def submission_check(*, user, now=None) -> None:
+    """Raise RateLimited when the user submitted SUBMIT_RATE_PER_MINUTE jobs in the last minute."""
+    now = now or timezone.now()
+    recent = Job.objects.filter(user=user, created_at__gt=now - timedelta(minutes=1)).order_by("created_at")
+    limit = settings.SUBMIT_RATE_PER_MINUTE
+    if recent.count() >= limit:
+        oldest = recent.values_list("created_at", flat=True)[recent.count() - limit]
+        wait = max(1, int((oldest + timedelta(minutes=1) - now).total_seconds()) + 1)
+        raise RateLimited(f"Too many submissions: at most {limit} jobs a minute. Try again in {wait} s.", wait)
+
+
 @transaction.atomic
 def job_submit(*, user, kind: str, preference: str, prompt: str = "", negative_prompt: str = "",
                width: int = 512, height: int = 512, seed: int = 0, duration_seconds: int = 0,
-               workflow: Optional[dict] = None, priority: int = Priority.NORMAL) -> Job:
+               workflow: Optional[dict] = None, priority: int = Priority.NORMAL, webhook_url: str = "") -> Job:
     """Store the job and remember the preference; routing starts once this commits."""
     job = Job.objects.create(
         user=user, kind=kind, preference=preference, prompt=prompt, negative_prompt=negative_prompt,
         width=width, height=height, seed=seed, duration_seconds=duration_seconds, workflow=workflow,
-        priority=priority,
+        priority=priority, webhook_url=webhook_url,
     )
     preference_set(user=user, preference=preference)
     dispatch.send_on_commit(dispatch.ROUTE, [str(job.id)], queue="control")
@@ -159,6 +177,12 @@ def attempt_submit(*, attempt_id) -> bool:
         return False
     try:
         spec = job_spec(attempt)
+        if attempt.backend.kind == Backend.Kind.POD:  # the pod services choose the pod, not the client
+            from workers.pods.services import pod_place
+
+            spec["pod"] = pod_place(attempt=attempt)
+            if spec["pod"] is None:
+                return False  # no pod has room yet: it waits; the pod services send it again
         handle = client_for_backend(attempt.backend).submit(spec)
     except WorkflowError as error:
         attempt_fail(attempt_id=attempt.id, error=str(error), retryable=False)
@@ -207,8 +231,8 @@ def attempt_poll(*, attempt_id, seq: int) -> Optional[float]:
     attempt = Attempt.objects.select_related("job", "backend").get(id=attempt_id)
     if attempt.job.is_final:
         return None
-    client = client_for_backend(attempt.backend)
     try:
+        client = client_for_backend(attempt.backend)
         result = client.poll(attempt.handle, on_progress=lambda p: _progress(attempt, p))
         if isinstance(result, Done):
             attempt_succeed(attempt_id=attempt.id, done=result, client=client)
@@ -220,7 +244,7 @@ def attempt_poll(*, attempt_id, seq: int) -> Optional[float]:
         return None
     Attempt.objects.filter(id=attempt.id).update(poll_errors=0)
     _progress(attempt, result)
-    return result.next_poll if result.next_poll is not None else settings.COMFYUI_POLL_INTERVAL
+    return result.next_poll if result.next_poll is not None else settings.POLL_INTERVAL_SECONDS
 
 
 def _poll_error(attempt: Attempt, error: BackendError) -> Optional[float]:
@@ -228,7 +252,7 @@ def _poll_error(attempt: Attempt, error: BackendError) -> Optional[float]:
     if not error.retryable or attempt.poll_errors + 1 >= MAX_POLL_ERRORS:
         attempt_fail(attempt_id=attempt.id, error=error.message, retryable=error.retryable)
         return None
-    return settings.COMFYUI_POLL_INTERVAL * (attempt.poll_errors + 1)
+    return settings.POLL_INTERVAL_SECONDS * (attempt.poll_errors + 1)
 
 
 def _progress(attempt: Attempt, progress: Progress) -> None:
@@ -263,6 +287,7 @@ def attempt_succeed(*, attempt_id, done: Done, client) -> bool:
         )
         _learn_time(attempt, done.seconds or (now - (attempt.started_at or now)).total_seconds())
         dispatch.send_on_commit(dispatch.ADMIT, [], queue="control")
+        _ended(attempt.job_id)
     health_record(backend_id=attempt.backend_id, ok=True)
     return True
 
@@ -312,8 +337,16 @@ def attempt_fail(*, attempt_id, error: str, retryable: bool) -> None:
 
 
 def _job_fail(job: Job, error: str) -> None:
-    Job.objects.filter(id=job.id, status__in=ACTIVE_JOB_STATES).update(
+    failed = Job.objects.filter(id=job.id, status__in=ACTIVE_JOB_STATES).update(
         status=JobStatus.FAILED, error=error[:4000], finished_at=timezone.now())
+    if failed:
+        _ended(job.id)
+
+
+def _ended(job_id) -> None:
+    """The job reached its final state: its webhook, if any, is sent once (claimed here)."""
+    if Job.objects.filter(id=job_id, webhook_state="").exclude(webhook_url="").update(webhook_state="pending"):
+        dispatch.send_on_commit(dispatch.WEBHOOK, [str(job_id), 1], queue="control")
 
 
 def job_cancel(*, user, job_id) -> bool:
@@ -323,6 +356,7 @@ def job_cancel(*, user, job_id) -> bool:
             status=JobStatus.CANCELLED, finished_at=timezone.now(), error="Cancelled by the user")
         if not updated:
             return False
+        _ended(job_id)
         for attempt in Attempt.objects.filter(job_id=job_id, status__in=ACTIVE_ATTEMPT_STATES).select_related("backend"):
             Attempt.objects.filter(id=attempt.id, status__in=ACTIVE_ATTEMPT_STATES).update(
                 status=AttemptStatus.CANCELLED, finished_at=timezone.now())

@@ -8,11 +8,11 @@ from django.http import FileResponse, Http404, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from . import selectors, services
+from . import selectors, services, tokens
 from .forms import JobForm
 from billing.selectors import user_month_summary
 
-from .models import Category, Job, JobKind, JobStatus, Output, Preference, PreferenceChoice
+from .models import ApiToken, Category, Job, JobKind, JobStatus, Output, Preference, PreferenceChoice, Priority
 
 
 def _own_job(request, job_id) -> Job:
@@ -27,9 +27,14 @@ def job_submit(request):
     if request.method == "POST":
         form = JobForm(request.POST, request.FILES)
         if form.is_valid():
-            job = _submit(request.user, form.cleaned_data)
-            messages.success(request, "Your job is queued. This page updates by itself.")
-            return redirect("job-detail", job_id=job.id)
+            try:
+                services.submission_check(user=request.user)
+            except services.RateLimited as limited:
+                form.add_error(None, str(limited))
+            else:
+                job = _submit(request.user, form.cleaned_data)
+                messages.success(request, "Your job is queued. This page updates by itself.")
+                return redirect("job-detail", job_id=job.id)
     else:
         preference = Preference.objects.filter(user=request.user).values_list("preference", flat=True).first()
         form = JobForm(initial={"preference": preference or "auto"})
@@ -42,6 +47,7 @@ def _submit(user, data) -> Job:
         negative_prompt=data.get("negative_prompt") or "", width=data["width"], height=data["height"],
         seed=data["seed"] if data.get("seed") is not None else secrets.randbelow(2**32),
         duration_seconds=data.get("duration_seconds") or 0, workflow=data.get("workflow"),
+        priority=int(data.get("priority") or Priority.NORMAL),
     )
 
 
@@ -146,3 +152,18 @@ def _installing() -> bool:
     except ImportError:
         return False
     return install_in_progress()
+
+
+@login_required
+def api_tokens(request):
+    """Make, list and revoke API tokens. A new token's key is shown once, on this response."""
+    new_key = None
+    if request.method == "POST":
+        if request.POST.get("revoke"):
+            tokens.token_revoke(user=request.user, token_id=int(request.POST["revoke"]))
+            messages.info(request, "The token was revoked.")
+            return redirect("api-tokens")
+        _, new_key = tokens.token_create(user=request.user, name=request.POST.get("name", "").strip())
+    return render(request, "routing/tokens.html", {
+        "tokens": ApiToken.objects.filter(user=request.user), "new_key": new_key,
+    })

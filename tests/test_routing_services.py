@@ -81,7 +81,7 @@ def test_the_decision_and_its_reasons_are_stored_on_the_job(alice, local, spare_
     services.job_route(job_id=job.id)
     job.refresh_from_db()
     assert job.reason.startswith("local: local GPU is free")
-    assert set(job.decision) == {"local", "spare", "runpod", "gemini"}
+    assert {"local", "spare", "runpod", "gemini"} <= set(job.decision)
     assert job.decision["gemini"].startswith("not configured")
 
 

@@ -6,7 +6,7 @@ sender picks it), so the local worker next to ComfyUI is the one that talks to i
 from celery import shared_task
 
 from project import queues
-from routing import maintenance, services
+from routing import maintenance, services, webhooks
 
 from .base import CappedTask
 
@@ -51,6 +51,13 @@ def admit_waiting():
     services.jobs_admit_waiting()
 
 
+@shared_task(queue=queues.CONTROL, **FAST)
+def deliver_webhook(job_id, try_number):
+    countdown = webhooks.webhook_deliver(job_id=job_id, try_number=try_number)
+    if countdown is not None:
+        deliver_webhook.apply_async([job_id, try_number + 1], countdown=countdown, queue=queues.CONTROL)
+
+
 @shared_task(**FAST)
 def cancel_attempt(attempt_id):
     services.attempt_cancel_remote(attempt_id=attempt_id)
@@ -75,3 +82,4 @@ def sweep():
 
 
 from . import install_tasks  # noqa: E402,F401  (registers the installer's tasks)
+from . import pod_tasks  # noqa: E402,F401  (registers the cloud pod tasks)

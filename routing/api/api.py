@@ -1,0 +1,257 @@
+"""The JSON API under /api/: per-user tokens or the web session, OpenAPI at /api/openapi.json,
+interactive docs at /api/docs (Swagger UI served from the django-ninja wheel, no CDN).
+
+Validation reuses the web form (routing/forms.py), so the API and the page refuse exactly the
+same input; errors are 422 with one entry per field, another user's job is 404.
+"""
+import json
+import secrets
+import uuid
+from typing import Literal, Optional
+
+from django.conf import settings
+from django.db import connection
+from django.shortcuts import get_object_or_404
+from ninja import NinjaAPI, Schema
+from ninja.responses import Status
+from ninja.security import HttpBearer, django_auth
+
+from billing import caps
+from billing.metrics import as_json, metrics, period
+
+from .. import selectors, services
+from ..forms import JobForm
+from ..models import Category, Job, JobKind, JobStatus, Priority
+from ..tokens import token_user
+from ..webhooks import WebhookRefused, validate_webhook_url
+from .serializers import job_dict
+
+
+class TokenAuth(HttpBearer):
+    """`Authorization: Bearer chy_...` (tokens are made on /account/tokens/ or in the admin)."""
+
+    def authenticate(self, request, token):
+        return token_user(token)
+
+
+api = NinjaAPI(title="Comfy Hybrid API", version="1.0", auth=[TokenAuth(), django_auth],
+               description="Submit image and video jobs and follow them; see README.md for curl examples.")
+
+
+class FieldErrors(Exception):
+    def __init__(self, errors: dict):
+        self.errors = errors
+
+
+@api.exception_handler(FieldErrors)
+def _field_errors(request, exc):
+    detail = [{"loc": ["body", field], "msg": message, "type": "value_error"}
+              for field, messages in exc.errors.items() for message in messages]
+    return api.create_response(request, {"detail": detail}, status=422)
+
+
+@api.exception_handler(services.RateLimited)
+def _rate_limited(request, exc):
+    response = api.create_response(request, {"detail": str(exc)}, status=429)
+    response["Retry-After"] = str(exc.retry_after)
+    return response
+
+
+# --- schemas (they are also the OpenAPI documentation) --------------------------------------
+class JobIn(Schema):
+    kind: Literal["image", "video"] = "image"
+    preference: Literal["auto", "local", "cloud", "gemini"] = "auto"
+    prompt: str = ""
+    negative_prompt: str = ""
+    workflow: Optional[dict] = None
+    width: int = 512
+    height: int = 512
+    seed: Optional[int] = None
+    duration_seconds: Optional[int] = None
+    priority: Literal["low", "normal", "high"] = "normal"
+    webhook_url: Optional[str] = None
+
+
+class AttemptOut(Schema):
+    number: int
+    backend: str
+    status: str
+    error: str
+    started_at: Optional[str]
+    finished_at: Optional[str]
+    seconds: Optional[float]
+    cost: str
+
+
+class OutputOut(Schema):
+    url: str
+    mime: str
+    size: int
+    sha256: str
+    filename: str
+
+
+class JobOut(Schema):
+    id: str
+    status: str
+    kind: str
+    preference: str
+    priority: str
+    prompt: str
+    custom_workflow: bool
+    width: int
+    height: int
+    seed: int
+    duration_seconds: int
+    backend: Optional[str]
+    reason: str
+    progress: int
+    cost: str
+    error: str
+    failovers: int
+    waiting: bool
+    created_at: Optional[str]
+    started_at: Optional[str]
+    finished_at: Optional[str]
+    attempts: list[AttemptOut]
+    outputs: list[OutputOut]
+
+
+class JobList(Schema):
+    count: int
+    results: list[JobOut]
+
+
+class BackendOut(Schema):
+    name: str
+    kind: str
+    category: str
+    status: str
+    expected_cost: str
+    expected_seconds: float
+    queue: int
+    gpu: str
+    vram_total: Optional[int]
+    supports_video: bool
+    supports_workflows: bool
+
+
+class Message(Schema):
+    detail: str
+
+
+PRIORITIES = {"low": Priority.LOW, "normal": Priority.NORMAL, "high": Priority.HIGH}
+
+
+def _base(request) -> str:
+    return request.build_absolute_uri("/")
+
+
+# --- jobs ----------------------------------------------------------------------------------
+@api.post("/jobs", response={201: JobOut, 422: dict, 429: Message}, tags=["jobs"])
+def job_create(request, body: JobIn):
+    """Submit a job: a prompt (filled into a bundled ComfyUI template) or a full API-format
+    ComfyUI workflow. It is queued at once; follow it with GET /api/jobs/{id}."""
+    services.submission_check(user=request.auth)
+    form = JobForm({**body.dict(exclude={"workflow", "priority", "webhook_url"}),
+                    "seed": "" if body.seed is None else body.seed,
+                    "duration_seconds": "" if body.duration_seconds is None else body.duration_seconds,
+                    "workflow": json.dumps(body.workflow) if body.workflow is not None else ""})
+    if not form.is_valid():
+        raise FieldErrors({("body" if k == "__all__" else k): v for k, v in form.errors.items()})
+    if body.webhook_url:
+        try:
+            validate_webhook_url(body.webhook_url)
+        except WebhookRefused as refused:
+            raise FieldErrors({"webhook_url": [str(refused)]})
+    data = form.cleaned_data
+    job = services.job_submit(
+        user=request.auth, kind=data["kind"], preference=data["preference"], prompt=data["prompt"],
+        negative_prompt=data.get("negative_prompt") or "", width=data["width"], height=data["height"],
+        seed=data["seed"] if data.get("seed") is not None else secrets.randbelow(2**32),
+        duration_seconds=data.get("duration_seconds") or 0, workflow=data.get("workflow"),
+        priority=PRIORITIES[body.priority], webhook_url=body.webhook_url or "",
+    )
+    return Status(201, job_dict(job, _base(request)))
+
+
+@api.get("/jobs", response=JobList, tags=["jobs"])
+def job_list(request, status: str = "", backend: str = "", limit: int = 50, offset: int = 0):
+    """Your jobs, newest first. Filter by status (queued, running, succeeded…) or backend
+    category (local, cloud, gemini)."""
+    jobs = selectors.jobs_for_user(user=request.auth, status=status if status in JobStatus.values else "",
+                                   backend=backend if backend in Category.values else "")
+    limit, offset = max(1, min(limit, 200)), max(0, offset)
+    page = jobs.prefetch_related("attempts__backend", "outputs")[offset:offset + limit]
+    return {"count": jobs.count(), "results": [job_dict(job, _base(request)) for job in page]}
+
+
+@api.get("/jobs/{job_id}", response={200: JobOut, 404: Message}, tags=["jobs"])
+def job_get(request, job_id: uuid.UUID):
+    """One of your jobs: status, attempts, cost and output URLs. Anyone else's is a 404."""
+    return job_dict(_own(request, job_id), _base(request))
+
+
+@api.post("/jobs/{job_id}/cancel", response={200: JobOut, 404: Message, 409: Message}, tags=["jobs"])
+def job_cancel(request, job_id: uuid.UUID):
+    """Cancel a job that has not finished; a running attempt is cancelled on its backend too."""
+    job = _own(request, job_id)
+    if not services.job_cancel(user=request.auth, job_id=job.id):
+        return Status(409, {"detail": f"The job has already finished ({job.status}); nothing to cancel."})
+    job.refresh_from_db()
+    return job_dict(job, _base(request))
+
+
+def _own(request, job_id: uuid.UUID) -> Job:
+    return get_object_or_404(Job.objects.select_related("backend"), id=job_id, user=request.auth)
+
+
+# --- backends, costs, health ----------------------------------------------------------------
+@api.get("/backends", response=list[BackendOut], tags=["backends"])
+def backend_list(request, kind: Literal["image", "video"] = "image"):
+    """Every backend with its live status and the expected cost and time of a job of `kind`."""
+    cards = selectors.backend_cards(kind=JobKind(kind), local_queue_limit=settings.LOCAL_QUEUE_LIMIT)
+    return [{
+        "name": c["backend"].name, "kind": c["backend"].kind, "category": c["backend"].category,
+        "status": c["status"], "expected_cost": f"{c['cost']:.6f}", "expected_seconds": c["seconds"],
+        "queue": c["queue"], "gpu": c["backend"].gpu_name, "vram_total": c["backend"].vram_total,
+        "supports_video": c["backend"].supports_video, "supports_workflows": c["backend"].supports_workflows,
+    } for c in cards]
+
+
+@api.get("/costs", tags=["costs"])
+def cost_figures(request, days: int = 30, scope: Literal["me", "all"] = "me"):
+    """Jobs, spend, savings, success rates and projections for the last `days` days. Staff may
+    ask for `scope=all` (the whole installation)."""
+    start, end = period(max(1, min(days, 366)))
+    user = None if scope == "all" and request.auth.is_staff else request.auth
+    figures = as_json(metrics(start=start, end=end, user=user))
+    if user is not None:
+        figures["caps"] = as_json(caps.user_remaining(user_id=user.id))
+    figures["scope"] = "all" if user is None else "me"
+    return figures
+
+
+@api.get("/health", auth=None, tags=["health"])
+def health(request):
+    """Liveness of the database and the broker, and each backend's stored health."""
+    from project.celery import app
+
+    try:
+        connection.ensure_connection()
+        database = "ok"
+    except Exception as error:  # any driver error means "down"
+        database = f"error: {error.__class__.__name__}"
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+        broker = "ok"
+    except Exception as error:
+        broker = f"error: {error.__class__.__name__}"
+    from ..health import effective_health
+    from ..models import Backend
+
+    backends = {b.name: ("disabled" if not b.enabled else effective_health(b)) for b in Backend.objects.all()}
+    ok = database == "ok" and broker == "ok"
+    return api.create_response(request, {"ok": ok, "database": database, "broker": broker, "backends": backends},
+                               status=200 if ok else 503)

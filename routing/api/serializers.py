@@ -1,0 +1,35 @@
+"""The JSON form of jobs and backends, shared by the API and webhooks. No secrets, no URLs
+of backends: only what the job's owner may see."""
+from django.urls import reverse
+
+from ..models import Job
+
+
+def _money(value) -> str:
+    return f"{value:.6f}"
+
+
+def _time(value):
+    return value.isoformat() if value else None
+
+
+def job_dict(job: Job, base_url: str) -> dict:
+    return {
+        "id": str(job.id), "status": job.status, "kind": job.kind, "preference": job.preference,
+        "priority": job.get_priority_display().lower(), "prompt": job.prompt,
+        "custom_workflow": job.is_custom_workflow, "width": job.width, "height": job.height, "seed": job.seed,
+        "duration_seconds": job.duration_seconds, "backend": job.backend.name if job.backend else None,
+        "reason": job.reason, "progress": job.progress, "cost": _money(job.cost), "error": job.error,
+        "failovers": job.failovers, "waiting": job.waiting,
+        "created_at": _time(job.created_at), "started_at": _time(job.started_at),
+        "finished_at": _time(job.finished_at),
+        "attempts": [{
+            "number": a.number, "backend": a.backend.name, "status": a.status, "error": a.error,
+            "started_at": _time(a.started_at), "finished_at": _time(a.finished_at), "seconds": a.seconds,
+            "cost": _money(a.cost),
+        } for a in job.attempts.select_related("backend")],
+        "outputs": [{
+            "url": base_url.rstrip("/") + reverse("output-file", args=[o.id]), "mime": o.mime, "size": o.size,
+            "sha256": o.sha256, "filename": o.filename,
+        } for o in job.outputs.all()],
+    }

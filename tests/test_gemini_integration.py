@@ -1,0 +1,123 @@
+"""Gemini jobs from the web form through real Redis and real Celery workers to the fake Gemini.
+
+The workers get their settings from the environment (GEMINI_BASE_URL points at the fake);
+this process gets the same values through pytest-django's `settings`.
+"""
+from decimal import Decimal
+
+import pytest
+
+from routing import maintenance
+from routing.defaults import ensure_default_backends
+from routing.models import Backend, Job, JobStatus
+from tests.conftest import Workers, wait_for
+from tests.fakes.gemini import FakeGemini
+
+pytestmark = pytest.mark.integration
+
+GEMINI_SETTINGS = {"GEMINI_VIDEO_POLL_SECONDS": 0.3, "GEMINI_RETRY_SECONDS": 0.2, "GEMINI_HTTP_TIMEOUT": 10.0}
+
+
+@pytest.fixture
+def fake():
+    with FakeGemini(op_seconds=1.0) as server:
+        yield server
+
+
+@pytest.fixture
+def gemini_workers(fake, redis_server, transactional_db, settings):
+    values = {"GEMINI_API_KEY": fake.api_key, "GEMINI_BASE_URL": fake.url, **GEMINI_SETTINGS}
+    for name, value in values.items():
+        setattr(settings, name, value)
+    ensure_default_backends()
+    redis_server.client().flushall()
+    pool = Workers(redis_server.url, env={name: str(value) for name, value in values.items()})
+    yield pool
+    pool.stop_all()
+
+
+def _submit(client, **fields) -> Job:
+    data = {"kind": "image", "preference": "gemini", "prompt": "a lighthouse at dusk", "width": 512,
+            "height": 512, "seed": 7, "duration_seconds": ""}
+    data.update(fields)
+    response = client.post("/submit/", data)
+    assert response.status_code == 302, response.content.decode()[:2000]
+    return Job.objects.latest("created_at")
+
+
+def _final(job_id, timeout=30, tick=None) -> Job:
+    def check():
+        if tick:
+            tick()
+        job = Job.objects.get(id=job_id)
+        return job if job.is_final else None
+
+    return wait_for(check, timeout, 0.1, f"job {job_id} to finish")
+
+
+def _body(client, output) -> bytes:
+    return b"".join(client.get(f"/outputs/{output.id}/").streaming_content)
+
+
+def test_an_image_job_for_gemini_succeeds_with_its_png_stored_and_charged_per_image(
+        gemini_workers, fake, alice_client):
+    gemini_workers.start(queues="control,gemini")
+
+    job = _final(_submit(alice_client).id)
+
+    assert job.status == JobStatus.SUCCEEDED, job.error
+    gemini = Backend.objects.get(name="gemini")
+    assert job.backend == gemini and job.cost == gemini.price_per_image > 0
+    output = job.outputs.get()
+    assert output.mime == "image/png" and _body(alice_client, output).startswith(b"\x89PNG")
+    [attempt] = job.attempts.all()
+    assert attempt.status == "succeeded" and attempt.cost == gemini.price_per_image
+    assert fake.api_key not in str(attempt.handle) and attempt.handle["kind"] == "image"
+    assert len(fake.calls("generateContent")) == 1
+
+
+def test_a_video_job_for_gemini_succeeds_with_its_mp4_stored_and_charged_per_second(
+        gemini_workers, fake, alice_client):
+    gemini_workers.start(queues="control,gemini")
+
+    job = _final(_submit(alice_client, kind="video", duration_seconds=4).id)
+
+    assert job.status == JobStatus.SUCCEEDED, job.error
+    output = job.outputs.get()
+    assert output.mime == "video/mp4" and _body(alice_client, output)[4:8] == b"ftyp"
+    assert job.cost == Decimal("4") * Backend.objects.get(name="gemini").price_per_video_second
+    assert len(fake.calls("predictLongRunning")) == 1 and len(fake.calls("getOperation")) >= 2
+
+
+def test_a_safety_filtered_video_fails_with_googles_reason_and_is_not_charged(gemini_workers, fake, alice_client):
+    fake.filtered = True
+    gemini_workers.start(queues="control,gemini")
+
+    job = _final(_submit(alice_client, kind="video", duration_seconds=4).id)
+
+    assert job.status == JobStatus.FAILED and "usage guidelines" in job.error
+    assert job.cost == 0 and not job.outputs.exists()
+    assert [a.retryable for a in job.attempts.all()] == [False]
+
+
+def test_a_video_jobs_poll_survives_a_worker_killed_in_the_middle(gemini_workers, fake, alice_client, settings):
+    fake.op_seconds = 3.0
+    settings.SWEEP_AFTER_SECONDS = 1  # this process plays beat: the sweeper re-sends the lost poll
+    first = gemini_workers.start(queues="control,gemini", name="first")
+    job = _submit(alice_client, kind="video", duration_seconds=4)
+
+    def being_polled():  # the operation runs and the poll chain is going (a countdown is pending)
+        attempt = job.attempts.first()
+        return attempt if attempt and (attempt.handle or {}).get("operation") and attempt.poll_seq >= 2 else None
+
+    attempt = wait_for(being_polled, 20, 0.05, "the Veo operation to be polled")
+    gemini_workers.kill(first)
+    assert not Job.objects.get(id=job.id).is_final  # killed in the middle of the operation
+    gemini_workers.start(queues="control,gemini", name="second")
+    job = _final(job.id, tick=maintenance.sweep)
+
+    assert job.status == JobStatus.SUCCEEDED, job.error
+    assert job.outputs.count() == 1 and job.attempts.count() == 1
+    assert job.attempts.get().id == attempt.id and job.attempts.get().status == "succeeded"
+    assert len(fake.calls("predictLongRunning")) == 1  # the operation was started once and reused
+    assert job.cost == Decimal("4") * Backend.objects.get(name="gemini").price_per_video_second
