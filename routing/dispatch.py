@@ -5,8 +5,6 @@ way, tasks → services. `robust=True`: if Redis is down at commit time the job 
 stored, the error is logged, and the sweeper re-sends it once Redis is back.
 """
 import logging
-from functools import partial
-
 from django.db import transaction
 
 from project.celery import app
@@ -22,8 +20,14 @@ WEBHOOK = "workers.tasks.deliver_webhook"
 
 
 def send(name: str, args: list, *, queue: str, countdown: float | None = None) -> None:
-    app.send_task(name, args=args, queue=queue, countdown=countdown)
+    # ignore_result: state lives in the database; without it Celery subscribes to the result
+    # backend on every send, and a Redis outage then breaks sending until a restart.
+    app.send_task(name, args=args, queue=queue, countdown=countdown, ignore_result=True)
 
 
 def send_on_commit(name: str, args: list, *, queue: str, countdown: float | None = None) -> None:
-    transaction.on_commit(partial(send, name, args, queue=queue, countdown=countdown), robust=True)
+    def send_after_commit():
+        send(name, args, queue=queue, countdown=countdown)
+
+    send_after_commit.__qualname__ = f"send {name}"  # what Django logs if the send fails
+    transaction.on_commit(send_after_commit, robust=True)

@@ -85,7 +85,8 @@ class JobForm(forms.Form):
             self.add_error(field, ERR_BAD_JSON.format(error=f"{error.msg} at line {error.lineno}, column {error.colno}"))
             return None
         try:
-            validate_workflow(workflow, max_nodes=settings.WORKFLOW_MAX_NODES)
+            validate_workflow(workflow, max_nodes=settings.WORKFLOW_MAX_NODES,
+                              allowed_classes=settings.WORKFLOW_ALLOWED_CLASSES)
         except WorkflowError as error:
             self.add_error(field, str(error))
             return None

@@ -210,7 +210,9 @@ def job_spec(attempt: Attempt) -> dict:
             height=job.height, seed=job.seed, duration_seconds=job.duration_seconds,
             checkpoint=checkpoint_for(backend, job.kind),
         )
-    validate_workflow(workflow, max_nodes=settings.WORKFLOW_MAX_NODES)
+    if job.is_custom_workflow:  # the bundled templates are ours; user workflows are checked again
+        validate_workflow(workflow, max_nodes=settings.WORKFLOW_MAX_NODES,
+                          allowed_classes=settings.WORKFLOW_ALLOWED_CLASSES)
     return {
         "job_id": str(job.id), "attempt_id": str(attempt.id), "kind": job.kind, "workflow": workflow,
         "custom_workflow": job.is_custom_workflow, "prompt": job.prompt,

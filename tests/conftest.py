@@ -71,6 +71,11 @@ class RedisServer:
             self.process.terminate()
             self.process.wait(10)
 
+    def wipe(self):
+        """Forget everything on disk: the next start() is an empty Redis."""
+        shutil.rmtree(self.dir, ignore_errors=True)
+        os.makedirs(self.dir)
+
     def client(self):
         return redis_lib.Redis(port=self.port)
 
@@ -85,7 +90,8 @@ def _pings(client) -> bool:
 @pytest.fixture(scope="session", autouse=True)
 def redis_server():
     """Every test session talks to its own Redis, never to a developer's."""
-    server = RedisServer().start()
+    # AOF on, like deploy/redis.conf, so fault tests can restart it with its messages kept.
+    server = RedisServer(appendonly=True).start()
     from django.conf import settings
 
     from project.celery import app
@@ -173,6 +179,24 @@ class Workers:
         self.processes.append(process)
         self.logs.append(log)
         wait_for(lambda: "ready" in log.read_text() or process.poll() is not None, 60, 0.1, "worker to be ready")
+        assert process.poll() is None, log.read_text()[-3000:]
+        return process
+
+    def start_beat(self, name: str = "beat"):
+        """A real `celery beat` reading the schedules from the test database."""
+        from django.conf import settings
+
+        env = {**os.environ, "CELERY_BROKER_URL": self.broker_url, "CELERY_RESULT_BACKEND": self.broker_url,
+               "DATABASE_URL": os.environ.get("TEST_DATABASE_URL")
+               or f"sqlite:///{settings.DATABASES['default']['NAME']}", "PYTHONUNBUFFERED": "1", **self.env}
+        OUTPUT_DIR.mkdir(exist_ok=True)
+        log = OUTPUT_DIR / f"{name}-{os.getpid()}-{next(_worker_numbers)}.log"
+        process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "project", "beat", "--loglevel", "INFO", "--pidfile="],
+            cwd=ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes.append(process)
+        self.logs.append(log)
+        wait_for(lambda: "beat: Starting" in log.read_text() or process.poll() is not None, 30, 0.1, "beat")
         assert process.poll() is None, log.read_text()[-3000:]
         return process
 

@@ -5,6 +5,7 @@ that kills its worker every time (a poison message) would loop forever; after
 TASK_MAX_DELIVERIES deliveries of the same task id we stop and call `on_give_up`.
 """
 import logging
+import time
 
 import redis
 from celery import Task
@@ -46,3 +47,27 @@ class CappedTask(Task):
     def on_give_up(self, *args, **kwargs):
         """Override to record the failure on the job; the default only logs."""
         return None
+
+
+class SingletonTask(CappedTask):
+    """A periodic task that runs at most once per interval, however many beats send it.
+
+    Two beat processes started by mistake would otherwise double every probe (health flaps)
+    and every autoscaler pass. The first run of an interval takes a Redis key that lives one
+    interval (less a second of scheduling jitter); later sends within it return at once.
+    `once_every` names the setting that holds the interval, as in workers/schedules.py.
+    """
+
+    once_every = None
+
+    def __call__(self, *args, **kwargs):
+        if self.once_every and not self.request.is_eager and self.request.delivery_info:
+            seconds = max(1, int(getattr(settings, self.once_every)) - 1)
+            try:
+                first = _client().set(f"comfy-hybrid:once:{self.name}", str(time.time()), nx=True, ex=seconds)
+            except redis.RedisError:
+                first = True  # better a duplicate run than none
+            if not first:
+                log.info("%s already ran in this interval; skipped", self.name)
+                return None
+        return super().__call__(*args, **kwargs)

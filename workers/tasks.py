@@ -8,7 +8,7 @@ from celery import shared_task
 from project import queues
 from routing import maintenance, services, webhooks
 
-from .base import CappedTask
+from .base import CappedTask, SingletonTask
 
 FAST = {"base": CappedTask, "acks_late": True, "soft_time_limit": 60, "time_limit": 90}
 # A poll may listen on a WebSocket for COMFYUI_WATCH_SECONDS, then download outputs.
@@ -63,7 +63,7 @@ def cancel_attempt(attempt_id):
     services.attempt_cancel_remote(attempt_id=attempt_id)
 
 
-@shared_task(queue=queues.CONTROL, expires=30, **FAST)
+@shared_task(queue=queues.CONTROL, expires=30, **{**FAST, "base": SingletonTask}, once_every="HEALTH_PROBE_SECONDS")
 def probe_backends():
     # Each probe runs on its backend's queue: the local worker is the one that can reach
     # a ComfyUI on the GPU machine's loopback.
@@ -76,7 +76,7 @@ def probe_backend(backend_id):
     maintenance.backend_probe(backend_id=backend_id)
 
 
-@shared_task(queue=queues.CONTROL, expires=60, **FAST)
+@shared_task(queue=queues.CONTROL, expires=60, **{**FAST, "base": SingletonTask}, once_every="SWEEP_EVERY_SECONDS")
 def sweep():
     return maintenance.sweep()
 
