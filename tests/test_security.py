@@ -1,0 +1,201 @@
+"""Nobody let in: CSRF on every form, staff-only places, Flower auth, no secret anywhere,
+no user-chosen URL fetched by the server, workflow limits checked twice."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import requests
+from django.test import Client
+
+from routing import services, tokens
+from routing.models import ApiToken, Backend, Job, JobStatus, Preference
+from tests.conftest import ROOT, free_port, wait_for
+
+SECRETS = {"RUNPOD_API_KEY": "rp_SECRET_runpod_123", "GEMINI_API_KEY": "AIza_SECRET_gemini_456",
+           "WEBHOOK_SECRET": "whsec_SECRET_789"}
+
+
+@pytest.fixture
+def secret_settings(settings):
+    for name, value in SECRETS.items():
+        setattr(settings, name, value)
+    settings.RUNPOD_ENDPOINT_ID = "endpoint1"
+    return settings
+
+
+@pytest.fixture
+def csrf_alice(alice):
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(alice)
+    return browser
+
+
+@pytest.fixture
+def csrf_admin(admin_user):
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(admin_user)
+    return browser
+
+
+@pytest.mark.django_db
+def test_every_user_form_refuses_a_post_without_its_csrf_token(csrf_alice, alice, local_backend):
+    job = services.job_submit(user=alice, kind="image", preference="auto", prompt="x")
+    posts = [
+        ("/submit/", {"kind": "image", "preference": "auto", "prompt": "y", "width": 512, "height": 512}),
+        (f"/jobs/{job.id}/cancel/", {}),
+        (f"/jobs/{job.id}/retry/", {}),
+        ("/backends/preference/", {"preference": "gemini"}),
+        ("/account/tokens/", {"name": "t"}),
+        ("/logout/", {}),
+    ]
+    for path, data in posts:
+        assert csrf_alice.post(path, data).status_code == 403, path
+    assert csrf_alice.post("/api/jobs", json.dumps({"prompt": "z"}), content_type="application/json").status_code == 403
+    assert Job.objects.count() == 1 and Job.objects.get().status == JobStatus.QUEUED
+    assert Preference.objects.get(user=alice).preference == "auto"
+    assert not ApiToken.objects.exists()
+    assert csrf_alice.get("/").status_code == 200  # still signed in: logout was refused too
+
+
+@pytest.mark.django_db
+def test_staff_forms_refuse_a_post_without_its_csrf_token(csrf_admin, local_backend):
+    for path in ("/install/start/", "/admin/routing/backend/add/", "/admin/logout/"):
+        assert csrf_admin.post(path, {}).status_code == 403, path
+    assert Client(enforce_csrf_checks=True).post("/login/", {"username": "admin", "password": "x"}).status_code == 403
+
+
+@pytest.mark.django_db
+def test_the_admin_and_the_metrics_are_for_staff_only(alice_client, admin_client):
+    for path in ("/admin/", "/admin/routing/job/", "/admin/billing/ledgerentry/", "/admin/metrics/"):
+        response = alice_client.get(path)
+        assert response.status_code == 302 and "/admin/login/" in response["Location"], path
+        assert admin_client.get(path).status_code == 200, path
+
+
+@pytest.mark.django_db
+def test_a_user_cannot_steer_the_installer(alice_client):
+    for action in ("start", ):
+        assert alice_client.post(f"/install/{action}/").status_code == 403
+
+
+@pytest.mark.django_db
+def test_nothing_a_user_submits_sets_a_url_the_server_fetches(alice, local_backend):
+    _, key = tokens.token_create(user=alice, name="t")
+    api = Client(HTTP_AUTHORIZATION=f"Bearer {key}")
+    before = list(Backend.objects.values_list("name", "url"))
+    response = api.post("/api/jobs", json.dumps({"prompt": "x", "backend_url": "http://169.254.169.254/",
+                                                  "url": "http://evil.example/", "backend": "evil"}),
+                        content_type="application/json")
+    assert response.status_code == 201
+    assert list(Backend.objects.values_list("name", "url")) == before
+    job = Job.objects.get()
+    attempt = services.job_route(job_id=job.id)
+    assert attempt.backend == local_backend  # chosen by the router from staff-made rows only
+
+
+@pytest.mark.django_db
+def test_a_workflow_outside_the_allow_list_is_refused_at_submit_and_again_in_the_worker(
+        alice_client, alice, local_backend, settings):
+    settings.WORKFLOW_ALLOWED_CLASSES = ["EmptyImage", "SaveImage"]
+    workflow = {"1": {"class_type": "EmptyImage", "inputs": {}},
+                "2": {"class_type": "LoadImageFromUrl", "inputs": {"url": "http://10.0.0.1/x"}},
+                "3": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}}}
+    page = alice_client.post("/submit/", {"kind": "image", "preference": "auto", "width": 512, "height": 512,
+                                          "workflow": json.dumps(workflow)}).content.decode()
+    assert "Node 2: node type LoadImageFromUrl is not allowed here." in page
+    assert not Job.objects.exists()
+    # a job stored before the allow-list changed is stopped by the worker's second check
+    job = services.job_submit(user=alice, kind="image", preference="auto", workflow=workflow)
+    attempt = services.job_route(job_id=job.id)
+    services.attempt_submit(attempt_id=attempt.id)
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED and "LoadImageFromUrl is not allowed" in job.error
+
+
+def test_flower_refuses_requests_without_credentials(redis_server):
+    port = free_port()
+    env = {**os.environ, "CELERY_BROKER_URL": redis_server.url, "FLOWER_BASIC_AUTH": "admin:flower-pass-1"}
+    flower = subprocess.Popen([sys.executable, "-m", "celery", "-A", "project", "flower", f"--port={port}",
+                               "--address=127.0.0.1"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        def status():
+            try:
+                return requests.get(f"http://127.0.0.1:{port}/", timeout=1).status_code
+            except requests.RequestException:
+                return None
+
+        assert wait_for(status, 30, 0.2, "flower") == 401
+        assert requests.get(f"http://127.0.0.1:{port}/", auth=("admin", "wrong"), timeout=2).status_code == 401
+        assert requests.get(f"http://127.0.0.1:{port}/", auth=("admin", "flower-pass-1"), timeout=2).status_code == 200
+    finally:
+        flower.terminate()
+        flower.wait(10)
+
+
+@pytest.mark.django_db
+def test_no_secret_appears_in_any_page_or_api_response(secret_settings, alice, admin_user, local_backend):
+    job = services.job_submit(user=alice, kind="image", preference="auto", prompt="x")
+    services.job_route(job_id=job.id)
+    _, key = tokens.token_create(user=alice, name="t")
+    user_pages = ["/", "/submit/", f"/jobs/{job.id}/", f"/jobs/{job.id}/live/", "/backends/", "/backends/cards/",
+                  "/costs/", "/account/tokens/", "/install/", "/api/docs", "/api/openapi.json", "/api/health"]
+    api_paths = ["/api/jobs", f"/api/jobs/{job.id}", "/api/backends", "/api/backends?kind=video", "/api/costs"]
+    admin_pages = ["/admin/", "/admin/routing/backend/", *[f"/admin/routing/backend/{b.id}/change/"
+                                                          for b in Backend.objects.all()],
+                   "/admin/routing/job/", f"/admin/routing/job/{job.id}/change/", "/admin/routing/attempt/",
+                   "/admin/billing/ledgerentry/", "/admin/metrics/", "/admin/django_celery_beat/periodictask/"]
+    seen = []
+    user = Client()
+    user.force_login(alice)
+    seen += [user.get(p).content.decode() for p in user_pages]
+    seen += [Client(HTTP_AUTHORIZATION=f"Bearer {key}").get(p).content.decode() for p in api_paths]
+    staff = Client()
+    staff.force_login(admin_user)
+    seen += [staff.get(p).content.decode() for p in admin_pages]
+    everything = "\n".join(seen)
+    assert len(seen) == len(user_pages) + len(api_paths) + len(admin_pages)
+    for secret in [*SECRETS.values(), secret_settings.SECRET_KEY]:
+        assert secret not in everything
+
+
+@pytest.mark.integration
+def test_no_secret_reaches_task_arguments_logs_or_job_errors(transactional_db, redis_server, alice, local_backend,
+                                                              settings):
+    """Jobs run by real workers whose environment holds the secrets: grep every message on the
+    broker, every worker log line and every job error for them."""
+    from tests.conftest import Workers
+    from tests.fakes.gemini import FakeGemini
+
+    redis_server.client().flushall()
+    gemini = FakeGemini().start()
+    try:
+        env = {**SECRETS, "RUNPOD_ENDPOINT_ID": "endpoint1", "GEMINI_BASE_URL": gemini.url,
+               "RUNPOD_ENDPOINT_BASE_URL": "http://127.0.0.1:9/v2", "RUNPOD_API_BASE_URL": "http://127.0.0.1:9"}
+        for name, value in env.items():
+            setattr(settings, name, value)
+        Backend.objects.filter(name="local").update(url="http://127.0.0.1:9")
+        Backend.objects.filter(kind="pod").update(enabled=False)  # no autoscaler runs here
+        jobs = [services.job_submit(user=alice, kind="image", preference=p, prompt="secret test")
+                for p in ("local", "cloud", "gemini", "auto")]
+        queued = [m for q in ("control", "local", "cloud", "gemini")
+                  for m in redis_server.client().lrange(q, 0, -1)]
+        pool = Workers(redis_server.url, env=env)
+        pool.start()
+        try:
+            wait_for(lambda: Job.objects.filter(id__in=[j.id for j in jobs],
+                                                status__in=("succeeded", "failed")).count() == 4, 90, 0.2, "jobs")
+        finally:
+            pool.stop_all()
+        produced = [m.decode(errors="replace") for m in queued]
+        produced += [log.read_text(errors="replace") for log in pool.logs]
+        produced += list(Job.objects.values_list("error", flat=True))
+        produced += [json.dumps(list(Job.objects.values("decision", "reason")), default=str)]
+        text = "\n".join(produced)
+        assert len(queued) == 4 and all(str(j.id) in "".join(produced[:4]) for j in jobs)  # ids, not objects
+        for secret in SECRETS.values():
+            assert secret not in text, secret
+    finally:
+        gemini.stop()
