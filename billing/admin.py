@@ -28,6 +28,7 @@ class LedgerEntryAdmin(ReadOnlyAdmin):
 @admin.register(SpendCounter)
 class SpendCounterAdmin(ReadOnlyAdmin):
     list_display = ("scope", "user", "period", "amount")
+    readonly_fields = ("scope", "user", "period", "micros")
     list_filter = ("scope", "period")
     search_fields = ("user__username",)
 

@@ -21,7 +21,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Sum
 from django.utils import timezone
 
-from .models import LedgerEntry, SpendCap, SpendCounter
+from .models import LedgerEntry, SpendCap, SpendCounter, to_micros
 from .pricing import money
 
 Scope = SpendCounter.Scope
@@ -122,8 +122,8 @@ def hold(*, attempt, amount: Decimal, now=None) -> str:
 
 def _take(limit: Limit, amount: Decimal) -> None:
     counter = _counter(limit)
-    taken = SpendCounter.objects.filter(id=counter.id, amount__lte=limit.cap - amount).update(
-        amount=F("amount") + amount)
+    taken = SpendCounter.objects.filter(id=counter.id, micros__lte=to_micros(limit.cap - amount)).update(
+        micros=F("micros") + to_micros(amount))
     if not taken:
         raise CapReached(refusal_message(limit, SpendCounter.objects.get(id=counter.id).amount, amount))
 
@@ -149,7 +149,7 @@ def _move(*, user_id, day: date, month: date, delta: Decimal) -> None:
         scopes = [(Scope.USER_DAY, user_id, day), (Scope.USER_MONTH, user_id, month)] + scopes
     for scope, uid, period in scopes:
         counter = _counter(Limit(scope, uid, period, Decimal("0")))
-        SpendCounter.objects.filter(id=counter.id).update(amount=F("amount") + delta)
+        SpendCounter.objects.filter(id=counter.id).update(micros=F("micros") + to_micros(delta))
 
 
 def _hold_of(attempt) -> LedgerEntry | None:
@@ -185,6 +185,23 @@ def charge(*, attempt, amount: Decimal, now=None) -> bool:
         _append(kind=LedgerEntry.Kind.RELEASE, amount=-held.amount, key=f"release:{attempt.id}", like=held,
                 note="hold settled by the charge")
     _move(user_id=job.user_id, day=day, month=month, delta=amount - (held.amount if held else 0))
+    return True
+
+
+def charge_pod_share(*, attempt, amount: Decimal, now=None) -> bool:
+    """A job's share of its pod's busy time, known only when the pod ends (billing.pods).
+    Its own entry (the attempt's charge at completion was $0), once per attempt."""
+    amount = money(amount)
+    if not amount:
+        return False
+    day, month = periods(now or timezone.now())
+    job = attempt.job
+    entry = LedgerEntry(kind=LedgerEntry.Kind.CHARGE, amount=amount, key=f"pod-share:{attempt.id}",
+                        user_id=job.user_id, job=job, attempt=attempt, backend_id=attempt.backend_id,
+                        category="cloud", day=day, month=month, note="share of the pod's busy time")
+    if not _insert(entry):
+        return False
+    _move(user_id=job.user_id, day=day, month=month, delta=amount)
     return True
 
 

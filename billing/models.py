@@ -10,6 +10,11 @@ from django.conf import settings
 from django.db import models
 
 MONEY = {"max_digits": 14, "decimal_places": 6}
+MICROS = 1_000_000
+
+
+def to_micros(amount: Decimal) -> int:
+    return int((Decimal(amount) * MICROS).to_integral_value())
 
 
 class LedgerEntry(models.Model):
@@ -69,7 +74,9 @@ class SpendCounter(models.Model):
     scope = models.CharField(max_length=14, choices=Scope.choices)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE)
     period = models.DateField(help_text="The day, or the first day of the month")
-    amount = models.DecimalField(**MONEY, default=Decimal("0"))
+    # Millionths of a dollar, as an integer: the conditional UPDATE compares and adds exactly
+    # on every database (SQLite does decimal arithmetic in floating point).
+    micros = models.BigIntegerField(default=0)
 
     class Meta:
         constraints = [
@@ -80,6 +87,10 @@ class SpendCounter(models.Model):
 
     def __str__(self):
         return f"{self.scope} {self.user_id or 'all'} {self.period}: ${self.amount}"
+
+    @property
+    def amount(self) -> Decimal:
+        return Decimal(self.micros) / MICROS
 
 
 class SpendCap(models.Model):

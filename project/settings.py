@@ -3,6 +3,7 @@
 Every variable is documented in README.md, Configuration. Paid backends stay off until their
 keys are set; a backend without its settings shows as "not configured", never as an error.
 """
+import os
 from pathlib import Path
 
 import dj_database_url
@@ -43,8 +44,10 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.humanize",
     "django_celery_beat",
+    "ninja",
     "routing",
     "workers",
+    "workers.pods",
     "billing",
 ]
 
@@ -95,7 +98,8 @@ def _database():
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         }
         # Tests use a file (not :memory:) so that real worker processes share the database.
-        config["TEST"] = {"NAME": env_str("TEST_SQLITE_NAME", str(VAR_DIR / "test-db.sqlite3"))}
+        # One file per test session, so two sessions in one checkout never share it.
+        config["TEST"] = {"NAME": env_str("TEST_SQLITE_NAME", str(VAR_DIR / f"test-db-{os.getpid()}.sqlite3"))}
     return config
 
 
@@ -176,8 +180,20 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {  # broker_transport_options
     "socket_connect_timeout": 2,
     "socket_timeout": 5,
     "max_retries": 1,
+    # Broker priorities on Redis: one list per step, 0 is served first (job priority below).
+    "queue_order_strategy": "priority",
+    "priority_steps": list(range(10)),
+    "sep": ":",
 }
 CELERY_BROKER_CONNECTION_TIMEOUT = 2  # broker_connection_timeout
+# task_publish_retry_policy: with Redis down, a web request gives up sending after about a
+# second (the job is stored; the sweeper sends it later) instead of hanging.
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.3,
+                                    "interval_max": 0.5}
+# worker_cancel_long_running_tasks_on_connection_loss: off. On, the Redis worker can crash
+# while restoring unacked messages during reconnection (celery/celery#9250, seen here); off,
+# running tasks finish, and the sweeper re-sends whatever a lost connection dropped.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 CELERY_WORKER_SEND_TASK_EVENTS = True  # worker_send_task_events: Flower shows tasks live
 CELERY_TASK_SEND_SENT_EVENT = True  # task_send_sent_event
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"  # beat_scheduler
@@ -206,6 +222,37 @@ RUNPOD_ENDPOINT_BASE_URL = env_str("RUNPOD_ENDPOINT_BASE_URL", "https://api.runp
 RUNPOD_API_BASE_URL = env_str("RUNPOD_API_BASE_URL", "https://api.runpod.io")
 # Flex price per second of the endpoint's GPU (RTX 4090 PRO class, RunPod docs 2026-06).
 RUNPOD_PRICE_PER_SECOND = env_decimal("RUNPOD_PRICE_PER_SECOND", "0.00031")
+RUNPOD_HTTP_TIMEOUT = env_float("RUNPOD_HTTP_TIMEOUT", 10.0)  # every serverless API call
+RUNPOD_POLL_INTERVAL = env_float("RUNPOD_POLL_INTERVAL", 2.0)  # seconds between /status polls
+# policy.executionTimeout of each serverless job: RunPod stops (TIMED_OUT) a job running longer.
+RUNPOD_EXECUTION_TIMEOUT = env_int("RUNPOD_EXECUTION_TIMEOUT", 600)
+# On-demand pods: image (deploy/runpod-worker, pushed to your registry), GPU types in order
+# of preference, and the limits of the autoscaler and the idle reaper.
+# No default image: a pod that cannot pull its image bills until the start timeout.
+RUNPOD_POD_IMAGE = env_str("RUNPOD_POD_IMAGE")  # e.g. ghcr.io/you/comfy-hybrid-runpod-worker:1
+RUNPOD_POD_GPU_TYPES = env_list("RUNPOD_POD_GPU_TYPES", "NVIDIA GeForce RTX 4090,NVIDIA GeForce RTX 3090,NVIDIA A40")
+RUNPOD_POD_CLOUD_TYPE = env_str("RUNPOD_POD_CLOUD_TYPE", "SECURE")  # SECURE | COMMUNITY | ALL
+RUNPOD_POD_DISK_GB = env_int("RUNPOD_POD_DISK_GB", 40)
+RUNPOD_POD_NAME_PREFIX = env_str("RUNPOD_POD_NAME_PREFIX", "comfy-hybrid")  # reconcile only touches these
+# ComfyUI of a pod through RunPod's HTTPS proxy; tests point it at the fake RunPod's proxy.
+RUNPOD_POD_URL_TEMPLATE = env_str("RUNPOD_POD_URL_TEMPLATE", "https://{pod_id}-8188.proxy.runpod.net")
+RUNPOD_MAX_PODS = env_int("RUNPOD_MAX_PODS", 2)
+RUNPOD_POD_MAX_JOBS = env_int("RUNPOD_POD_MAX_JOBS", 3)  # jobs in flight per pod (ComfyUI queues them)
+RUNPOD_IDLE_SECONDS = env_int("RUNPOD_IDLE_SECONDS", 300)
+RUNPOD_IDLE_SECONDS_EXPENSIVE = env_int("RUNPOD_IDLE_SECONDS_EXPENSIVE", 120)
+RUNPOD_EXPENSIVE_PER_HOUR = env_decimal("RUNPOD_EXPENSIVE_PER_HOUR", "1.00")
+# The pod's own watchdog (start.sh) stops it after this long without a job, even when this
+# server is down; longer than the reaper's limit so the reaper normally acts first.
+RUNPOD_POD_SELF_STOP_SECONDS = env_int("RUNPOD_POD_SELF_STOP_SECONDS", 900)
+RUNPOD_POD_START_TIMEOUT = env_int("RUNPOD_POD_START_TIMEOUT", 900)  # image pull + ComfyUI start
+RUNPOD_POD_WAIT_SECONDS = env_int("RUNPOD_POD_WAIT_SECONDS", 900)  # a job waiting longer fails over
+RUNPOD_POD_FAILURES_TO_REPLACE = env_int("RUNPOD_POD_FAILURES_TO_REPLACE", 2)  # failed probes in a row
+# Routing estimate of a new pod before RunPod tells us its rate (RTX 4090 secure, ~2026).
+RUNPOD_POD_PRICE_PER_HOUR = env_decimal("RUNPOD_POD_PRICE_PER_HOUR", "0.69")
+RUNPOD_POD_SPINUP_SECONDS = env_int("RUNPOD_POD_SPINUP_SECONDS", 180)
+RUNPOD_AUTOSCALE_SECONDS = env_int("RUNPOD_AUTOSCALE_SECONDS", 15)
+RUNPOD_REAP_SECONDS = env_int("RUNPOD_REAP_SECONDS", 60)
+RUNPOD_RECONCILE_SECONDS = env_int("RUNPOD_RECONCILE_SECONDS", 300)
 
 # --- Google Gemini --------------------------------------------------------------------------
 GEMINI_API_KEY = env_str("GEMINI_API_KEY")
@@ -214,9 +261,38 @@ GEMINI_BASE_URL = env_str("GEMINI_BASE_URL")
 GEMINI_PRICE_PER_IMAGE = env_decimal("GEMINI_PRICE_PER_IMAGE", "0.039")
 # Veo 3.1 Standard at 720p/1080p (ai.google.dev pricing, 2026-10).
 GEMINI_PRICE_PER_VIDEO_SECOND = env_decimal("GEMINI_PRICE_PER_VIDEO_SECOND", "0.40")
+# "gemini": the Gemini Developer API (an AI Studio key). "vertex": Vertex AI express mode (a
+# Google Cloud API key, `vertexai=True`, no project/location). See workers/clients/gemini.py.
+GEMINI_TRANSPORT = env_str("GEMINI_TRANSPORT", "gemini")
+# Always passed to the SDK, never left to its defaults (3.0 moved the Developer API to v1).
+# Empty: v1beta for "gemini" (where Veo and image output are documented), v1 for "vertex".
+GEMINI_API_VERSION = env_str("GEMINI_API_VERSION")
+# Images go through generateContent on an image model (Imagen is retired on both APIs).
+GEMINI_IMAGE_MODEL = env_str("GEMINI_IMAGE_MODEL", "gemini-3.1-flash-image")
+# Veo 3.1 GA id on Vertex ("retirement on or after 2026-11-17": check Google's model-versions
+# page); the Developer API's 3.1 preview ids were shut down 2026-10-22. Google moves: a setting.
+GEMINI_VIDEO_MODEL = env_str("GEMINI_VIDEO_MODEL", "veo-3.1-generate-001")
+# Seconds per HTTP call to Google (an image call takes ~10-30 s).
+GEMINI_HTTP_TIMEOUT = env_float("GEMINI_HTTP_TIMEOUT", 120.0)
+# Seconds between polls of a running Veo operation (Google's samples use 10).
+GEMINI_VIDEO_POLL_SECONDS = env_float("GEMINI_VIDEO_POLL_SECONDS", 10.0)
+# Backoff after a 429/5xx/timeout: the first wait and the longest wait, in seconds.
+GEMINI_RETRY_SECONDS = env_float("GEMINI_RETRY_SECONDS", 2.0)
+GEMINI_RETRY_MAX_SECONDS = env_float("GEMINI_RETRY_MAX_SECONDS", 30.0)
+# An attempt still without a result after this many seconds (waits included) fails over.
+GEMINI_IMAGE_GIVE_UP_SECONDS = env_float("GEMINI_IMAGE_GIVE_UP_SECONDS", 180.0)
+GEMINI_VIDEO_GIVE_UP_SECONDS = env_float("GEMINI_VIDEO_GIVE_UP_SECONDS", 1200.0)
 
 # --- Jobs and routing ---------------------------------------------------------------------
 JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 3)
+# Job priority → Redis broker priority (0 is served first), as "low=6,normal=3,high=0".
+BROKER_PRIORITIES = {name: int(step) for name, step in
+                     (pair.split("=") for pair in env_list("BROKER_PRIORITIES", "low=6,normal=3,high=0"))}
+# Aging: a waiting job gains one priority level per this many seconds, so low jobs behind a
+# stream of high ones still start.
+PRIORITY_AGING_SECONDS = env_int("PRIORITY_AGING_SECONDS", 600)
+# Default seconds between polls of a remote job, when its client does not say.
+POLL_INTERVAL_SECONDS = env_float("POLL_INTERVAL_SECONDS", 1.0)
 LOCAL_QUEUE_LIMIT = env_int("LOCAL_QUEUE_LIMIT", 5)
 HEALTH_PROBE_SECONDS = env_int("HEALTH_PROBE_SECONDS", 15)
 HEALTH_STALE_SECONDS = env_int("HEALTH_STALE_SECONDS", 120)
@@ -225,10 +301,24 @@ SWEEP_AFTER_SECONDS = env_int("SWEEP_AFTER_SECONDS", 60)
 SWEEP_EVERY_SECONDS = env_int("SWEEP_EVERY_SECONDS", 30)
 WORKFLOW_MAX_BYTES = env_int("WORKFLOW_MAX_BYTES", 512 * 1024)
 WORKFLOW_MAX_NODES = env_int("WORKFLOW_MAX_NODES", 500)
+# Optional allow-list of ComfyUI node types a submitted workflow may use (empty: any). Node
+# packs that fetch URLs or run code can be kept out this way.
+WORKFLOW_ALLOWED_CLASSES = env_list("WORKFLOW_ALLOWED_CLASSES")
 OUTPUT_MAX_BYTES = env_int("OUTPUT_MAX_BYTES", 512 * 1024 * 1024)
 # A job in a non-final state longer than this is failed by the sweeper (never hangs forever).
 JOB_DEADLINE_SECONDS = env_int("JOB_DEADLINE_SECONDS", 3 * 3600)
 
+# --- API and webhooks -----------------------------------------------------------------------
+# Where people reach this site; used in links sent out of it (webhook payloads).
+SITE_URL = env_str("SITE_URL", "http://127.0.0.1:8000")
+SUBMIT_RATE_PER_MINUTE = env_int("SUBMIT_RATE_PER_MINUTE", 60)  # per user, form and API alike
+WEBHOOK_SECRET = env_str("WEBHOOK_SECRET")  # HMAC key of webhook signatures (default: SECRET_KEY)
+WEBHOOK_ALLOWED_HOSTS = env_list("WEBHOOK_ALLOWED_HOSTS")  # private hosts webhooks may call
+WEBHOOK_TIMEOUT = env_float("WEBHOOK_TIMEOUT", 5.0)
+WEBHOOK_MAX_TRIES = env_int("WEBHOOK_MAX_TRIES", 5)
+
 # --- Money --------------------------------------------------------------------------------
 DAILY_CAP_USD = env_decimal("DAILY_CAP_USD", "5")
 MONTHLY_CAP_USD = env_decimal("MONTHLY_CAP_USD", "50")
+# What the whole installation may spend in a month (all users, pods' idle time included).
+GLOBAL_MONTHLY_CAP_USD = env_decimal("GLOBAL_MONTHLY_CAP_USD", "500")

@@ -41,9 +41,9 @@ class OutputInline(admin.TabularInline):
 
 @admin.register(Job)
 class JobAdmin(admin.ModelAdmin):
-    list_display = ("short_id", "user", "kind", "preference", "status", "backend", "progress", "failovers",
-                    "cost", "created_at", "finished_at")
-    list_filter = ("status", "kind", "preference", "backend", "created_at")
+    list_display = ("short_id", "user", "kind", "preference", "priority", "status", "backend", "progress",
+                    "failovers", "cost", "created_at", "finished_at")
+    list_filter = ("status", "kind", "preference", "priority", "backend", "created_at")
     search_fields = ("id", "prompt", "user__username", "error")
     date_hierarchy = "created_at"
     readonly_fields = ("id", "status", "backend", "reason", "decision", "progress", "error", "failovers", "cost",

@@ -12,7 +12,7 @@ from .models import Backend
 # What each kind needs from settings before it can run anything.
 REQUIRED_SETTINGS = {
     Backend.Kind.COMFYUI: (),
-    Backend.Kind.POD: ("RUNPOD_API_KEY",),
+    Backend.Kind.POD: ("RUNPOD_API_KEY", "RUNPOD_POD_IMAGE"),
     Backend.Kind.RUNPOD: ("RUNPOD_API_KEY", "RUNPOD_ENDPOINT_ID"),
     Backend.Kind.GEMINI: ("GEMINI_API_KEY",),
 }

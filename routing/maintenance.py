@@ -45,19 +45,21 @@ def sweep(now=None) -> dict:
         _job_fail(job, message)  # a job with no attempt in flight (queued or waiting)
         counts["expired"] += 1
     queued = Job.objects.filter(status=JobStatus.QUEUED, updated_at__lt=cutoff)
-    for job_id in queued.filter(waiting=False).values_list("id", flat=True):
-        dispatch.send(dispatch.ROUTE, [str(job_id)], queue="control")
+    for job_id, priority in queued.filter(waiting=False).values_list("id", "priority"):
+        dispatch.send(dispatch.ROUTE, [str(job_id)], queue="control", priority=priority)
         counts["route"] += 1
     if Job.objects.filter(status=JobStatus.QUEUED, waiting=True).exists():
         dispatch.send(dispatch.ADMIT, [], queue="control")
         counts["admit"] = 1
-    for attempt in Attempt.objects.filter(status=AttemptStatus.PENDING, created_at__lt=cutoff).select_related("backend"):
-        dispatch.send(dispatch.SUBMIT, [str(attempt.id)], queue=attempt.backend.queue)
+    for attempt in Attempt.objects.filter(status=AttemptStatus.PENDING, created_at__lt=cutoff).select_related(
+            "backend", "job"):
+        dispatch.send(dispatch.SUBMIT, [str(attempt.id)], queue=attempt.backend.queue, priority=attempt.job.priority)
         counts["submit"] += 1
     stale_polls = Attempt.objects.filter(status__in=(AttemptStatus.SUBMITTED, AttemptStatus.RUNNING),
-                                         polled_at__lt=cutoff).select_related("backend")
+                                         polled_at__lt=cutoff).select_related("backend", "job")
     for attempt in stale_polls:
-        dispatch.send(dispatch.POLL, [str(attempt.id), attempt.poll_seq], queue=attempt.backend.queue)
+        dispatch.send(dispatch.POLL, [str(attempt.id), attempt.poll_seq], queue=attempt.backend.queue,
+                      priority=attempt.job.priority)
         counts["poll"] += 1
     if any(counts.values()):
         log.info("sweeper: %s", counts)

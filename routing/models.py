@@ -215,6 +215,7 @@ class Attempt(models.Model):
     poll_seq = models.PositiveIntegerField(default=0)
     polled_at = models.DateTimeField(null=True, blank=True)
     poll_errors = models.PositiveSmallIntegerField(default=0, help_text="Failed polls in a row")
+    queue_position = models.PositiveIntegerField(null=True, blank=True, help_text="Jobs ahead on the backend")
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

@@ -123,3 +123,29 @@ def _availability(backend: Backend, queue: int, limit: int, installing: bool) ->
     if backend.category == Category.LOCAL and queue >= limit:
         return Availability.BUSY
     return Availability.AVAILABLE
+
+
+def queue_position(job: Job) -> dict | None:
+    """How many jobs are ahead of this one, and where: {"ahead": n, "backend": name}.
+
+    A job waiting for the local GPU counts the waiting jobs admitted before it (same order as
+    admission) plus the GPU's current queue; a job queued on a backend uses the position the
+    backend last reported."""
+    from django.conf import settings
+    from django.utils import timezone
+
+    from .services import admission_order
+
+    if job.status == "queued" and job.waiting:
+        local = Backend.objects.filter(category=Category.LOCAL, enabled=True).order_by("priority").first()
+        waiting = list(Job.objects.filter(status="queued", waiting=True)
+                       .values("id", "user_id", "priority", "created_at")[:1000])
+        now, in_flight = timezone.now(), in_flight_by_user()
+        order = sorted(waiting, key=lambda j: admission_order(j, in_flight, now))
+        ahead = next((i for i, j in enumerate(order) if j["id"] == job.id), len(order))
+        busy = (local.queue_depth + in_flight_by_backend().get(local.id, 0)) if local else 0
+        return {"ahead": ahead + busy, "backend": local.name if local else "local"}
+    attempt = job.attempts.filter(status__in=("submitted", "pending")).order_by("-number").first()
+    if attempt and attempt.queue_position is not None:
+        return {"ahead": attempt.queue_position, "backend": attempt.backend.name}
+    return None

@@ -71,7 +71,7 @@ def job_submit(*, user, kind: str, preference: str, prompt: str = "", negative_p
         priority=priority, webhook_url=webhook_url,
     )
     preference_set(user=user, preference=preference)
-    dispatch.send_on_commit(dispatch.ROUTE, [str(job.id)], queue="control")
+    dispatch.send_on_commit(dispatch.ROUTE, [str(job.id)], queue="control", priority=job.priority)
     return job
 
 
@@ -107,7 +107,8 @@ def job_route(*, job_id) -> Optional[Attempt]:
         Job.objects.filter(id=job.id, status=JobStatus.QUEUED).update(
             status=JobStatus.ROUTED, backend=attempt.backend, reason=decision.reason, decision=decision.reasons,
             waiting=False)
-        dispatch.send_on_commit(dispatch.SUBMIT, [str(attempt.id)], queue=attempt.backend.queue)
+        dispatch.send_on_commit(dispatch.SUBMIT, [str(attempt.id)], queue=attempt.backend.queue,
+                                priority=job.priority)
         return attempt
 
 
@@ -144,9 +145,9 @@ def jobs_admit_waiting(*, limit: int = 500) -> int:
     waiting = list(Job.objects.filter(status=JobStatus.QUEUED, waiting=True)
                    .order_by("-priority", "created_at").values("id", "user_id", "priority", "created_at")[:limit])
     in_flight = in_flight_by_user()
-    admitted = 0
+    admitted, now = 0, timezone.now()
     while waiting:
-        waiting.sort(key=lambda j: (-j["priority"], in_flight.get(j["user_id"], 0), j["created_at"]))
+        waiting.sort(key=lambda j: admission_order(j, in_flight, now))
         job = waiting.pop(0)
         if job_route(job_id=job["id"]) is None:
             if Job.objects.filter(id=job["id"], status=JobStatus.QUEUED, waiting=True).exists():
@@ -155,6 +156,13 @@ def jobs_admit_waiting(*, limit: int = 500) -> int:
         in_flight[job["user_id"]] = in_flight.get(job["user_id"], 0) + 1
         admitted += 1
     return admitted
+
+
+def admission_order(job: dict, in_flight: dict, now) -> tuple:
+    """Sort key of a waiting job: effective priority (its priority plus one level per
+    PRIORITY_AGING_SECONDS waited, so nothing starves), then the user's jobs in flight, then age."""
+    aged = (now - job["created_at"]).total_seconds() / settings.PRIORITY_AGING_SECONDS
+    return (-int(job["priority"] + aged), in_flight.get(job["user_id"], 0), job["created_at"])
 
 
 def _no_backend_message(job: Job, summary: str, tried: int) -> str:
@@ -217,7 +225,7 @@ def job_spec(attempt: Attempt) -> dict:
         "job_id": str(job.id), "attempt_id": str(attempt.id), "kind": job.kind, "workflow": workflow,
         "custom_workflow": job.is_custom_workflow, "prompt": job.prompt,
         "negative_prompt": job.negative_prompt, "width": job.width, "height": job.height,
-        "seed": job.seed, "duration_seconds": job.duration_seconds,
+        "seed": job.seed, "duration_seconds": job.duration_seconds, "priority": job.priority,
     }
 
 
@@ -259,9 +267,11 @@ def _poll_error(attempt: Attempt, error: BackendError) -> Optional[float]:
 
 def _progress(attempt: Attempt, progress: Progress) -> None:
     active = (AttemptStatus.SUBMITTED, AttemptStatus.RUNNING)
+    if progress.position is not None and progress.position != attempt.queue_position:
+        Attempt.objects.filter(id=attempt.id).update(queue_position=progress.position - 1)
     if progress.running:
         Attempt.objects.filter(id=attempt.id, status__in=active).update(
-            status=AttemptStatus.RUNNING, progress=progress.percent)
+            status=AttemptStatus.RUNNING, progress=progress.percent, queue_position=None)
         Job.objects.filter(id=attempt.job_id, status__in=(JobStatus.SUBMITTED, JobStatus.RUNNING)).update(
             status=JobStatus.RUNNING, progress=progress.percent)
 
@@ -330,7 +340,7 @@ def attempt_fail(*, attempt_id, error: str, retryable: bool) -> None:
             requeued = Job.objects.filter(id=job.id, status__in=ACTIVE_JOB_STATES).update(
                 status=JobStatus.QUEUED, failovers=F("failovers") + 1, progress=0)
             if requeued:
-                dispatch.send_on_commit(dispatch.ROUTE, [str(job.id)], queue="control")
+                dispatch.send_on_commit(dispatch.ROUTE, [str(job.id)], queue="control", priority=job.priority)
         else:
             _job_fail(job, error)
         dispatch.send_on_commit(dispatch.ADMIT, [], queue="control")

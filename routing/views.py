@@ -74,14 +74,14 @@ def job_rows(request):
 @login_required
 def job_detail(request, job_id):
     job = _own_job(request, job_id)
-    return render(request, "routing/job_detail.html", {"job": job})
+    return render(request, "routing/job_detail.html", {"job": job, "position": selectors.queue_position(job)})
 
 
 @login_required
 def job_live(request, job_id):
     """The live part of the job page (status, progress, attempts, outputs), polled by JS."""
     job = _own_job(request, job_id)
-    return render(request, "routing/_job_live.html", {"job": job})
+    return render(request, "routing/_job_live.html", {"job": job, "position": selectors.queue_position(job)})
 
 
 @login_required

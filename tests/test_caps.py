@@ -190,3 +190,13 @@ def test_idle_pod_time_is_its_own_entry_once(paid):
     assert not caps.record_idle(key="idle:pod1:1", amount=Decimal("0.12"), backend=paid, pod_id="pod1")
     assert caps.ledger_total(kind="idle") == Decimal("0.12")
     assert _counter("global-month") == Decimal("0.12")
+
+
+@pytest.mark.django_db
+def test_ten_dimes_fill_a_one_dollar_cap_exactly(alice, paid):
+    # 0.1 has no exact float: the counters count millionths as integers, so the tenth fits
+    SpendCap.objects.create(user=alice, daily=Decimal("1.00"))
+    for _ in range(10):
+        assert caps.hold(attempt=_attempt(alice, paid), amount=Decimal("0.10")) == ""
+    assert caps.hold(attempt=_attempt(alice, paid), amount=Decimal("0.000001")).startswith("Daily spending limit")
+    assert _counter("user-day", alice) == Decimal("1")

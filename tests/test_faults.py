@@ -14,6 +14,7 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from billing.models import LedgerEntry
+from billing.pricing import money
 from routing import maintenance, services
 from routing.models import Attempt, Backend, Job, JobStatus, Output
 from tests.conftest import ROOT, Workers, wait_for
@@ -74,8 +75,9 @@ def _assert_exactly_once(jobs):
     ids = [job.id for job in jobs]
     charges = LedgerEntry.objects.filter(job_id__in=ids, kind="charge")
     assert charges.count() == len(set(charges.values_list("attempt_id", flat=True)))
-    ledger = charges.aggregate(t=Sum("amount"))["t"] or Decimal("0")
-    assert ledger == (Job.objects.filter(id__in=ids).aggregate(t=Sum("cost"))["t"] or Decimal("0"))
+    # SQLite sums decimals as floats: compare at the ledger's 6 places
+    ledger = money(charges.aggregate(t=Sum("amount"))["t"] or 0)
+    assert ledger == money(sum((job.cost for job in Job.objects.filter(id__in=ids)), Decimal("0")))
     holds = LedgerEntry.objects.filter(job_id__in=ids, kind="hold").count()
     assert holds == LedgerEntry.objects.filter(job_id__in=ids, kind="release").count()  # every hold settled
 

@@ -180,8 +180,9 @@ def test_no_secret_reaches_task_arguments_logs_or_job_errors(transactional_db, r
         Backend.objects.filter(kind="pod").update(enabled=False)  # no autoscaler runs here
         jobs = [services.job_submit(user=alice, kind="image", preference=p, prompt="secret test")
                 for p in ("local", "cloud", "gemini", "auto")]
-        queued = [m for q in ("control", "local", "cloud", "gemini")
-                  for m in redis_server.client().lrange(q, 0, -1)]
+        broker = redis_server.client()  # one list per queue and broker priority ("control:3")
+        queued = [m for key in broker.keys("*") if broker.type(key) == b"list"
+                  for m in broker.lrange(key, 0, -1)]
         pool = Workers(redis_server.url, env=env)
         pool.start()
         try:

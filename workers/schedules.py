@@ -9,6 +9,9 @@ SCHEDULES = [
     # (name, task, every seconds, queue, expires seconds)
     ("probe backends", "workers.tasks.probe_backends", "HEALTH_PROBE_SECONDS", "control", 30),
     ("sweep lost jobs", "workers.tasks.sweep", "SWEEP_EVERY_SECONDS", "control", 60),
+    ("autoscale cloud pods", "workers.pod_tasks.autoscale_pods", "RUNPOD_AUTOSCALE_SECONDS", "control", 15),
+    ("stop idle cloud pods", "workers.pod_tasks.reap_idle_pods", "RUNPOD_REAP_SECONDS", "control", 60),
+    ("reconcile cloud pods", "workers.pod_tasks.reconcile_pods", "RUNPOD_RECONCILE_SECONDS", "cloud", 300),
 ]
 
 

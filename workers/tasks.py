@@ -27,6 +27,11 @@ def _same_queue(task) -> str:
     return (task.request.delivery_info or {}).get("routing_key") or queues.CONTROL
 
 
+def _same_priority(task):
+    # ...and keeps the job's broker priority.
+    return (task.request.delivery_info or {}).get("priority")
+
+
 @shared_task(queue=queues.CONTROL, **FAST)
 def route_job(job_id):
     services.job_route(job_id=job_id)
@@ -35,7 +40,8 @@ def route_job(job_id):
 @shared_task(**{**SLOW, "base": AttemptTask})
 def submit_attempt(attempt_id):
     if services.attempt_submit(attempt_id=attempt_id):
-        poll_attempt.apply_async([attempt_id, 0], queue=_same_queue(submit_attempt))
+        poll_attempt.apply_async([attempt_id, 0], queue=_same_queue(submit_attempt),
+                                 priority=_same_priority(submit_attempt))
 
 
 @shared_task(**{**SLOW, "base": AttemptTask})
@@ -43,7 +49,7 @@ def poll_attempt(attempt_id, seq):
     countdown = services.attempt_poll(attempt_id=attempt_id, seq=seq)
     if countdown is not None:
         poll_attempt.apply_async([attempt_id, seq + 1], countdown=countdown,
-                                 queue=_same_queue(poll_attempt))
+                                 queue=_same_queue(poll_attempt), priority=_same_priority(poll_attempt))
 
 
 @shared_task(queue=queues.CONTROL, **FAST)

@@ -91,6 +91,11 @@ class OutputOut(Schema):
     filename: str
 
 
+class QueuePosition(Schema):
+    ahead: int
+    backend: str
+
+
 class JobOut(Schema):
     id: str
     status: str
@@ -110,6 +115,7 @@ class JobOut(Schema):
     error: str
     failovers: int
     waiting: bool
+    queue_position: Optional[QueuePosition]
     created_at: Optional[str]
     started_at: Optional[str]
     finished_at: Optional[str]

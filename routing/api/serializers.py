@@ -3,6 +3,7 @@ of backends: only what the job's owner may see."""
 from django.urls import reverse
 
 from ..models import Job
+from ..selectors import queue_position
 
 
 def _money(value) -> str:
@@ -20,7 +21,7 @@ def job_dict(job: Job, base_url: str) -> dict:
         "custom_workflow": job.is_custom_workflow, "width": job.width, "height": job.height, "seed": job.seed,
         "duration_seconds": job.duration_seconds, "backend": job.backend.name if job.backend else None,
         "reason": job.reason, "progress": job.progress, "cost": _money(job.cost), "error": job.error,
-        "failovers": job.failovers, "waiting": job.waiting,
+        "failovers": job.failovers, "waiting": job.waiting, "queue_position": queue_position(job),
         "created_at": _time(job.created_at), "started_at": _time(job.started_at),
         "finished_at": _time(job.finished_at),
         "attempts": [{

@@ -19,6 +19,8 @@ import websocket
 from .base import BackendError, Client, Done, Failed, Health, Progress, ProgressCallback, RemoteOutput
 from .http import Http
 
+HIGH_PRIORITY = 2  # routing.models.Priority.HIGH (clients do not import models)
+
 # Runtime errors that mean "this machine could not do it", not "your workflow is wrong".
 RESOURCE_ERRORS = ("OutOfMemory", "CUDA", "out of memory", "HIP", "MPS")
 
@@ -47,6 +49,8 @@ class ComfyUIClient(Client):
         if self._already_known(handle["prompt_id"]):
             return handle  # a redelivered submit: the first one reached ComfyUI
         body = {"prompt": spec["workflow"], "client_id": handle["client_id"], "prompt_id": handle["prompt_id"]}
+        if spec.get("priority") == HIGH_PRIORITY:
+            body["front"] = True  # ComfyUI runs it before the prompts already waiting
         response = self.http.request("POST", "/prompt", json=body)
         if response.status_code == 400:
             raise validation_error(_json_or_empty(response))

@@ -1,0 +1,253 @@
+"""Comfy Hybrid's RunPod serverless handler: one ComfyUI workflow in, every output file out.
+
+Input (the worker-comfyui contract, shared/reference/external-apis.md §2.8)::
+
+    {"input": {"workflow": {<API-format workflow>},
+               "images": [{"name": "in.png", "image": "<base64 or data URI>"}]}}
+
+Output::
+
+    {"images": [{"filename", "type": "base64" | "s3_url", "data", "mime"}],
+     "videos": [...same...]}
+
+Unlike worker-comfyui 5.x, videos and animations (SaveVideo, SaveWEBM, SaveAnimatedWEBP, VHS
+`gifs`) are returned too. With BUCKET_ENDPOINT_URL (+ BUCKET_ACCESS_KEY_ID,
+BUCKET_SECRET_ACCESS_KEY) set, files are uploaded and their presigned URLs returned instead of
+base64 (results over ~20 MB do not fit in a /run response).
+
+A failure returns `{"error": "<readable>", "error_kind": ...}`: the RunPod job is FAILED with
+that message and `error_kind` stays in `output`. The workflow's own fault ("validation": ComfyUI
+rejected it; "execution": a node raised) fails the job at once; the worker's ("model_missing",
+"runtime": ComfyUI down, out of memory...) makes the server fail over to another backend.
+
+ComfyUI is started by this process (COMFY_START_COMMAND) unless one already answers at
+COMFY_HOST; the handler waits until it answers before running the first job.
+"""
+import asyncio
+import base64
+import mimetypes
+import os
+import shlex
+import subprocess
+import time
+import uuid
+
+import requests
+
+COMFY_HOST = os.environ.get("COMFY_HOST", "127.0.0.1:8188")
+COMFY_START_COMMAND = os.environ.get(
+    "COMFY_START_COMMAND",
+    "python /comfyui/main.py --listen 127.0.0.1 --port 8188 --disable-auto-launch --disable-metadata")
+COMFY_START_TIMEOUT = float(os.environ.get("COMFY_START_TIMEOUT", "600"))
+JOB_TIMEOUT = float(os.environ.get("COMFY_JOB_TIMEOUT", "3600"))
+HTTP_TIMEOUT = float(os.environ.get("COMFY_HTTP_TIMEOUT", "30"))
+POLL_SECONDS = 0.2
+OUTPUT_KEYS = ("images", "gifs", "videos", "video", "animated_images")
+RESOURCE_ERRORS = ("OutOfMemory", "CUDA", "out of memory", "HIP", "MPS")
+
+mimetypes.add_type("image/webp", ".webp")
+mimetypes.add_type("video/webm", ".webm")
+mimetypes.add_type("video/mp4", ".mp4")
+
+_comfy = None  # the ComfyUI process this handler started, if any
+
+
+class JobError(Exception):
+    def __init__(self, message, kind="runtime"):
+        super().__init__(message)
+        self.kind = kind
+
+
+# --- ComfyUI process ----------------------------------------------------------------------
+def comfy_url(path):
+    return f"http://{COMFY_HOST}{path}"
+
+
+def comfy_answers():
+    try:
+        return requests.get(comfy_url("/system_stats"), timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def ensure_comfyui():
+    """Start ComfyUI once (or again, if it died) and wait until it answers."""
+    global _comfy
+    if comfy_answers():
+        return
+    if _comfy is None or _comfy.poll() is not None:
+        print(f"comfy-hybrid worker: starting ComfyUI: {COMFY_START_COMMAND}", flush=True)
+        _comfy = subprocess.Popen(shlex.split(COMFY_START_COMMAND))
+    deadline = time.monotonic() + COMFY_START_TIMEOUT
+    while time.monotonic() < deadline:
+        if comfy_answers():
+            return
+        if _comfy.poll() is not None:
+            raise JobError(f"ComfyUI exited with code {_comfy.returncode} while starting")
+        time.sleep(POLL_SECONDS)
+    raise JobError(f"ComfyUI did not answer within {COMFY_START_TIMEOUT:.0f}s of starting")
+
+
+# --- one job ------------------------------------------------------------------------------
+def validate_input(job_input):
+    if not isinstance(job_input, dict):
+        raise JobError("Please provide input as a JSON object", "validation")
+    if not isinstance(job_input.get("workflow"), dict):
+        raise JobError("Missing 'workflow' parameter", "validation")
+    images = job_input.get("images")
+    if images is not None and (not isinstance(images, list) or not all(
+            isinstance(i, dict) and "name" in i and "image" in i for i in images)):
+        raise JobError("'images' must be a list of objects with 'name' and 'image' keys", "validation")
+    return job_input["workflow"], images or []
+
+
+def upload_images(images):
+    for image in images:
+        data = image["image"].split(",", 1)[1] if "," in image["image"] else image["image"]
+        try:
+            blob = base64.b64decode(data, validate=True)
+        except ValueError:
+            raise JobError(f"Image {image['name']} is not valid base64", "validation")
+        files = {"image": (image["name"], blob, "image/png"), "overwrite": (None, "true")}
+        response = requests.post(comfy_url("/upload/image"), files=files, timeout=HTTP_TIMEOUT)
+        if response.status_code != 200:
+            raise JobError(f"ComfyUI refused the upload of {image['name']}: HTTP {response.status_code}")
+
+
+def queue_prompt(workflow, prompt_id):
+    body = {"prompt": workflow, "client_id": f"runpod-{prompt_id}", "prompt_id": prompt_id}
+    response = requests.post(comfy_url("/prompt"), json=body, timeout=HTTP_TIMEOUT)
+    if response.status_code == 400:
+        raise describe_rejection(_json(response))
+    if response.status_code != 200:
+        raise JobError(f"ComfyUI refused the prompt: HTTP {response.status_code}")
+
+
+def describe_rejection(body):
+    """ComfyUI's 400 as one readable sentence (the same wording as the server's ComfyUI client)."""
+    error = body.get("error") if isinstance(body.get("error"), dict) else {"message": str(body.get("error", ""))}
+    problems, model_missing = [], False
+    for node_id, node in (body.get("node_errors") or {}).items():
+        for item in node.get("errors") or []:
+            detail = item.get("details") or ""
+            problems.append(f"node {node_id} ({node.get('class_type', '?')}): {item.get('message')}"
+                            + (f" — {detail}" if detail else ""))
+            model_missing |= item.get("type") == "value_not_in_list" and "ckpt_name" in detail
+    message = "ComfyUI rejected the workflow: " + (error.get("message") or "invalid workflow")
+    if error.get("details") and not problems:
+        message += f" ({error['details']})"
+    if problems:
+        message += ": " + "; ".join(problems)
+    return JobError(message, "model_missing" if model_missing else "validation")
+
+
+def wait_for_history(prompt_id):
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            entry = requests.get(comfy_url(f"/history/{prompt_id}"), timeout=HTTP_TIMEOUT).json().get(prompt_id)
+        except (requests.RequestException, ValueError):
+            if not comfy_answers():
+                raise JobError("ComfyUI stopped answering while running the job")
+            entry = None
+        if entry:
+            return entry
+        time.sleep(POLL_SECONDS)
+    raise JobError(f"The workflow did not finish within {JOB_TIMEOUT:.0f}s")
+
+
+def check_status(entry):
+    """A node that raised is the workflow's fault ("execution", not retried), unless the
+    machine ran out of something ("runtime": another worker may manage)."""
+    status = entry.get("status") or {}
+    if status.get("status_str") == "success" or status.get("completed"):
+        return
+    for name, data in reversed(status.get("messages") or []):
+        if name == "execution_interrupted":
+            raise JobError("The job was interrupted on ComfyUI", "execution")
+        if name == "execution_error":
+            where = f" in node {data.get('node_id')} ({data.get('node_type')})" if data.get("node_id") else ""
+            text = f"{data.get('exception_type', 'Error')}: {str(data.get('exception_message', '')).strip()}"
+            kind = "runtime" if any(marker in text for marker in RESOURCE_ERRORS) else "execution"
+            raise JobError(f"ComfyUI failed{where}: {text}", kind)
+    raise JobError("ComfyUI ended the job without a result")
+
+
+def output_files(entry):
+    """(filename, bytes) of every saved file of every output node; temp previews skipped."""
+    files = []
+    for node_output in (entry.get("outputs") or {}).values():
+        for key in OUTPUT_KEYS:
+            for item in node_output.get(key) or []:
+                if not isinstance(item, dict) or item.get("type") == "temp" or not item.get("filename"):
+                    continue
+                params = {k: item.get(k, "") for k in ("filename", "subfolder", "type")}
+                response = requests.get(comfy_url("/view"), params=params, timeout=HTTP_TIMEOUT)
+                if response.status_code != 200:
+                    raise JobError(f"ComfyUI could not serve {item['filename']}: HTTP {response.status_code}")
+                files.append((item["filename"], response.content))
+    return files
+
+
+def package(job_id, files):
+    result = {"images": [], "videos": []}
+    for filename, data in files:
+        mime = mimetypes.guess_type(filename)[0] or "application/octet-stream"
+        item = {"filename": filename, "mime": mime}
+        if os.environ.get("BUCKET_ENDPOINT_URL"):
+            from runpod.serverless.utils import rp_upload
+
+            item.update(type="s3_url", data=rp_upload.upload_in_memory_object(
+                f"{uuid.uuid4().hex[:8]}-{filename}", data, prefix=job_id))
+        else:
+            item.update(type="base64", data=base64.b64encode(data).decode())
+        result["videos" if mime.startswith("video/") else "images"].append(item)
+    return result
+
+
+def run(job):
+    workflow, images = validate_input(job.get("input"))
+    ensure_comfyui()
+    upload_images(images)
+    queue_prompt(workflow, job["id"])
+    entry = wait_for_history(job["id"])
+    check_status(entry)
+    return package(job["id"], output_files(entry))
+
+
+def interrupt(prompt_id):
+    """The job was cancelled on RunPod: drop it from ComfyUI's queue and stop it if running."""
+    try:
+        requests.post(comfy_url("/queue"), json={"delete": [prompt_id]}, timeout=5)
+        requests.post(comfy_url("/interrupt"), json={"prompt_id": prompt_id}, timeout=5)
+    except requests.RequestException:
+        pass
+
+
+async def handler(job):
+    """Async, with the blocking work in a thread, so the worker loop stays free to receive a
+    cancel (`/job-stop`) and the prompt is interrupted on ComfyUI when one comes."""
+    try:
+        return await asyncio.to_thread(run, job)
+    except JobError as error:
+        return {"error": str(error), "error_kind": error.kind}
+    except requests.RequestException as error:
+        return {"error": f"ComfyUI did not answer: {type(error).__name__}", "error_kind": "runtime"}
+    except asyncio.CancelledError:
+        interrupt(job["id"])
+        raise
+
+
+def _json(response):
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+if __name__ == "__main__":
+    import runpod
+
+    ensure_comfyui()  # warm before the first job is taken; each job checks again
+    runpod.serverless.start({"handler": handler})

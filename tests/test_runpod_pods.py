@@ -1,0 +1,338 @@
+"""Pod services against the fake RunPod, driven in-process with `now` (no Celery, no sleeps of minutes).
+
+Tasks the services would send are captured, not run; each test runs the next step itself.
+"""
+import time
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+
+from billing.pods import busy_seconds, pod_cost, split
+from routing.defaults import ensure_default_backends
+from routing.models import Attempt, AttemptStatus, Backend, Job, JobStatus
+from routing.selectors import estimate
+from tests.conftest import wait_for
+from tests.fakes.runpod import FakeRunPod
+from workers.pods import services
+from workers.pods.models import CloudPod, PodAssignment, PodStatus
+from workers.schedules import SCHEDULES
+
+
+@pytest.fixture
+def fake():
+    with FakeRunPod(pod_start_delay=0.2) as server:
+        yield server
+
+
+@pytest.fixture
+def pods(db, settings, fake):
+    settings.RUNPOD_API_KEY = "test-key"
+    settings.RUNPOD_API_BASE_URL = fake.url
+    settings.RUNPOD_POD_URL_TEMPLATE = fake.pod_url_template
+    settings.RUNPOD_POD_IMAGE = "comfy-hybrid-worker:test"
+    settings.RUNPOD_MAX_PODS = 2
+    settings.RUNPOD_POD_MAX_JOBS = 3
+    ensure_default_backends()
+    return Backend.objects.get(name="pods")
+
+
+def waiting_jobs(user, backend, count):
+    attempts = []
+    for _ in range(count):
+        job = Job.objects.create(user=user, prompt="a fox", status=JobStatus.ROUTED, backend=backend)
+        attempts.append(Attempt.objects.create(job=job, backend=backend, number=1))
+    return attempts
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    """Task names the services send (after commit), recorded instead of sent."""
+    names = []
+    monkeypatch.setattr("routing.dispatch.send", lambda name, args, **options: names.append(name))
+    return names
+
+
+def ready_pod(fake, backend, **fields):
+    """A pod that exists on the fake and is ready in our rows."""
+    row = CloudPod.objects.create(backend=backend, name=f"comfy-hybrid-{CloudPod.objects.count()}")
+    services.pod_spawn(pod_id=row.id)
+    wait_for(lambda: services.pod_check(pod_id=row.id) == PodStatus.READY, 5, 0.05, "the pod to be ready")
+    CloudPod.objects.filter(id=row.id).update(**fields)
+    return CloudPod.objects.get(id=row.id)
+
+
+def finish(attempt, at):
+    Attempt.objects.filter(id=attempt.id).update(status=AttemptStatus.SUCCEEDED, started_at=at - timedelta(seconds=20),
+                                                 finished_at=at)
+
+
+def test_the_autoscaler_spawns_pods_for_waiting_jobs_up_to_the_maximum(
+        pods, alice, sent, django_capture_on_commit_callbacks):
+    waiting_jobs(alice, pods, 10)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        first = services.autoscale()
+    second = services.autoscale()
+
+    assert len(first["spawned"]) == 2 and second["spawned"] == []  # 10 jobs / 3 per pod = 4, capped at 2
+    assert sent.count("workers.pod_tasks.spawn_pod") == 2
+    assert list(CloudPod.objects.values_list("status", flat=True)) == ["starting", "starting"]
+
+
+def test_the_autoscaler_spawns_nothing_without_waiting_jobs_or_without_budget(pods, alice, monkeypatch):
+    assert services.autoscale()["spawned"] == []
+    waiting_jobs(alice, pods, 2)
+    monkeypatch.setattr("billing.caps.cloud_budget_left", lambda now=None: Decimal("0.01"))
+
+    assert services.autoscale()["spawned"] == []
+
+
+def test_without_a_pod_image_the_pods_backend_is_not_configured_and_nothing_is_spawned(pods, alice, settings):
+    from routing.backends import missing_settings
+
+    settings.RUNPOD_POD_IMAGE = ""
+    assert missing_settings(pods) == ["RUNPOD_POD_IMAGE"]  # so the router never sends jobs there
+    waiting_jobs(alice, pods, 1)
+    assert services.autoscale()["spawned"] == []
+
+
+def test_spawning_tries_gpu_types_in_order_and_keeps_the_one_runpod_could_place(pods, fake):
+    fake.unavailable_gpus.add("NVIDIA GeForce RTX 4090")
+    row = CloudPod.objects.create(backend=pods, name="comfy-hybrid-a")
+
+    services.pod_spawn(pod_id=row.id)
+
+    row.refresh_from_db()
+    remote = fake.pods[row.runpod_id]
+    assert row.gpu_type == "NVIDIA GeForce RTX 3090" and row.cost_per_hour == Decimal("0.43")
+    assert row.url == f"{fake.url}/proxy/{row.runpod_id}-8188"
+    assert remote.name == "comfy-hybrid-a" and remote.image == "comfy-hybrid-worker:test" and remote.ports == "8188/http"
+    assert "COMFY_HYBRID_MODE=pod" in remote.env and "POD_IDLE_STOP_SECONDS=900" in remote.env
+    assert "test-key" not in " ".join(remote.env)  # our key never goes to a pod
+    # the name is looked up first (a redelivery adopts), then each GPU type is checked before it is asked for
+    assert fake.graphql_ops == ["myself", "gpuTypes", "gpuTypes", "podFindAndDeployOnDemand"]
+
+
+def test_a_redelivered_spawn_adopts_the_pod_the_first_delivery_made(pods, fake):
+    row = CloudPod.objects.create(backend=pods, name="comfy-hybrid-b")
+    earlier = fake.add_orphan_pod(name="comfy-hybrid-b")
+
+    services.pod_spawn(pod_id=row.id)
+    services.pod_spawn(pod_id=row.id)
+
+    assert CloudPod.objects.get(id=row.id).runpod_id == earlier
+    assert len(fake.pods) == 1
+
+
+def test_a_pod_is_ready_only_once_runpod_reports_a_runtime_and_its_comfyui_answers(
+        pods, fake, alice, sent, django_capture_on_commit_callbacks):
+    fake.pod_start_delay = 0.4
+    waiting_jobs(alice, pods, 2)
+    row = CloudPod.objects.create(backend=pods, name="comfy-hybrid-c")
+    services.pod_spawn(pod_id=row.id)
+
+    assert services.pod_check(pod_id=row.id) == PodStatus.STARTING
+    time.sleep(0.45)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.pod_check(pod_id=row.id) == PodStatus.READY
+
+    assert sent == ["workers.tasks.submit_attempt"] * 2  # the waiting jobs go to it
+    assert CloudPod.objects.get(id=row.id).ready_at is not None
+
+
+def test_a_pod_that_never_gets_ready_is_given_up_and_terminated(pods, fake):
+    fake.pod_start_delay = 3600
+    row = CloudPod.objects.create(backend=pods, name="comfy-hybrid-d")
+    services.pod_spawn(pod_id=row.id)
+    later = timezone.now() + timedelta(seconds=901)
+
+    assert services.pod_check(pod_id=row.id, now=later) == PodStatus.TERMINATING
+    assert services.pod_terminate(pod_id=row.id)
+
+    row.refresh_from_db()
+    assert row.status == PodStatus.FAILED and "not ready after 900s" in row.last_error
+    assert fake.terminated == [row.runpod_id]
+
+
+def test_placing_a_job_picks_the_least_loaded_pod_with_room_and_is_idempotent(pods, fake, alice, settings):
+    settings.RUNPOD_POD_MAX_JOBS = 2
+    one, two = ready_pod(fake, pods), ready_pod(fake, pods)
+    attempts = waiting_jobs(alice, pods, 5)
+
+    placed = [services.pod_place(attempt=a) for a in attempts]
+
+    assert [p["id"] if p else None for p in placed[:4]].count(one.runpod_id) == 2
+    assert [p["id"] for p in placed[:4]].count(two.runpod_id) == 2
+    assert placed[4] is None  # both full: it waits
+    assert services.pod_place(attempt=attempts[0]) == placed[0]
+    assert PodAssignment.objects.count() == 4
+    assert set(CloudPod.objects.values_list("status", flat=True)) == {"busy"}
+
+
+def test_the_reaper_terminates_a_pod_idle_for_five_minutes_after_its_last_job(pods, fake, alice):
+    pod = ready_pod(fake, pods)
+    attempt = waiting_jobs(alice, pods, 1)[0]
+    services.pod_place(attempt=attempt)
+    ended = timezone.now()
+    finish(attempt, ended)
+
+    assert services.pod_reap_idle(now=ended + timedelta(seconds=299)) == []
+    assert services.pod_reap_idle(now=ended + timedelta(seconds=301)) == [pod.id]
+    assert CloudPod.objects.get(id=pod.id).status == PodStatus.TERMINATING
+
+
+def test_an_expensive_pod_is_reaped_after_two_minutes(pods, fake):
+    pod = ready_pod(fake, pods, cost_per_hour=Decimal("3.29"))
+
+    assert services.pod_reap_idle(now=pod.ready_at + timedelta(seconds=119)) == []
+    assert services.pod_reap_idle(now=pod.ready_at + timedelta(seconds=121)) == [pod.id]
+
+
+def test_a_busy_pod_is_never_reaped(pods, fake, alice):
+    pod = ready_pod(fake, pods)
+    services.pod_place(attempt=waiting_jobs(alice, pods, 1)[0])
+
+    assert services.pod_reap_idle(now=timezone.now() + timedelta(hours=5)) == []
+    assert CloudPod.objects.get(id=pod.id).status == PodStatus.BUSY
+
+
+def test_terminating_records_uptime_idle_cost_and_each_jobs_share(pods, fake, alice):
+    pod = ready_pod(fake, pods)
+    now = timezone.now()
+    CloudPod.objects.filter(id=pod.id).update(created_at=now - timedelta(seconds=600), cost_per_hour=Decimal("0.72"))
+    done, failed = waiting_jobs(alice, pods, 2)
+    for attempt in (done, failed):
+        services.pod_place(attempt=attempt)
+    Attempt.objects.filter(id=done.id).update(status=AttemptStatus.SUCCEEDED, started_at=now - timedelta(seconds=300),
+                                              finished_at=now - timedelta(seconds=240))
+    Job.objects.filter(id=done.job_id).update(status=JobStatus.SUCCEEDED)
+    Attempt.objects.filter(id=failed.id).update(status=AttemptStatus.FAILED, started_at=now - timedelta(seconds=250),
+                                                finished_at=now - timedelta(seconds=200))
+    services.pod_give_up(pod_id=pod.id, error="test")
+    CloudPod.objects.filter(id=pod.id).update(last_error="")
+
+    assert services.pod_terminate(pod_id=pod.id, now=now)
+    assert not services.pod_terminate(pod_id=pod.id, now=now)  # a second delivery changes nothing
+
+    pod.refresh_from_db()
+    assert pod.status == PodStatus.TERMINATED and pod.jobs_processed == 1
+    assert pod.uptime_cost == Decimal("0.120000")  # 600 s at $0.72/h
+    assert pod.busy_seconds == 100  # 300→240 and 250→200 overlap: 100 s with work in flight
+    share = PodAssignment.objects.get(attempt=done).cost
+    assert share == Decimal("0.020000")  # the busy cost, all to the one completed job
+    assert pod.idle_cost == Decimal("0.100000") and share + pod.idle_cost == pod.uptime_cost
+    assert Job.objects.get(id=done.job_id).cost == share
+    assert fake.terminated == [pod.runpod_id]
+    # the ledger holds the same money: the job's share as a charge, the rest as idle time
+    from billing.models import LedgerEntry
+
+    ledger = {e.kind: e.amount for e in LedgerEntry.objects.filter(key__in=[f"pod-share:{done.id}", f"pod-idle:{pod.id}"])}
+    assert ledger == {"charge": share, "idle": pod.idle_cost}
+
+
+def test_reconcile_terminates_untracked_pods_and_pods_we_ended_but_never_others(pods, fake):
+    orphan = fake.add_orphan_pod(name="comfy-hybrid-lost")
+    foreign = fake.add_orphan_pod(name="my-notebook")
+    ended = ready_pod(fake, pods)
+    CloudPod.objects.filter(id=ended.id).update(status=PodStatus.TERMINATED)
+
+    report = services.pod_reconcile()
+
+    assert sorted(report["terminated"]) == sorted([orphan, ended.runpod_id])
+    assert sorted(fake.terminated) == sorted([orphan, ended.runpod_id])
+    assert foreign in fake.pods
+
+
+def test_reconcile_closes_a_pod_that_stopped_itself(pods, fake):
+    pod = ready_pod(fake, pods)
+    fake.pods[pod.runpod_id].desired = "EXITED"  # start.sh's watchdog stopped it
+
+    assert services.pod_reconcile()["closed"] == [pod.runpod_id]
+    assert CloudPod.objects.get(id=pod.id).status == PodStatus.TERMINATING
+
+
+def test_a_pod_whose_comfyui_stops_answering_is_replaced(pods, fake, settings):
+    pod = ready_pod(fake, pods)
+    fake.kill_comfy(pod.runpod_id)
+
+    first = services.pod_check(pod_id=pod.id)
+    second = services.pod_check(pod_id=pod.id)
+
+    assert first == PodStatus.READY and second == PodStatus.TERMINATING
+    assert "ComfyUI stopped answering" in CloudPod.objects.get(id=pod.id).last_error
+
+
+def test_an_idle_pod_with_room_is_free_and_a_new_pod_costs_its_spin_up_and_run_time(pods, fake, alice, settings):
+    job = Job.objects.create(user=alice, prompt="x")
+    cost, seconds = estimate(pods, job)
+    assert seconds == 180 + 20 and cost == Decimal("0.038333")  # $0.69/h for 200 s
+
+    ready_pod(fake, pods)
+
+    assert estimate(pods, job) == (Decimal("0"), 20)
+
+
+def test_jobs_waiting_too_long_for_a_pod_fail_over(pods, alice, settings):
+    settings.RUNPOD_MAX_PODS = 0
+    attempt = waiting_jobs(alice, pods, 1)[0]
+
+    services.autoscale(now=timezone.now() + timedelta(seconds=901))
+
+    attempt.refresh_from_db()
+    assert attempt.status == AttemptStatus.FAILED and attempt.retryable
+    assert "No cloud pod became free within 15 minutes" in attempt.error
+
+
+def test_when_runpod_has_no_gpu_the_waiting_jobs_fail_over_at_once(pods, fake, alice):
+    fake.unavailable_gpus.update(["NVIDIA GeForce RTX 4090", "NVIDIA GeForce RTX 3090", "NVIDIA A40"])
+    attempt = waiting_jobs(alice, pods, 1)[0]
+    row = CloudPod.objects.create(backend=pods, name="comfy-hybrid-e")
+
+    services.pod_spawn(pod_id=row.id)
+
+    assert CloudPod.objects.get(id=row.id).status == PodStatus.FAILED
+    attempt.refresh_from_db()
+    assert attempt.status == AttemptStatus.FAILED and attempt.retryable
+    assert "no longer any instances available" in attempt.error
+
+
+def test_the_pod_tasks_are_on_beat_with_an_expiry():
+    names = {task: (every, queue, expires) for _, task, every, queue, expires in SCHEDULES}
+
+    assert names["workers.pod_tasks.autoscale_pods"][:2] == ("RUNPOD_AUTOSCALE_SECONDS", "control")
+    assert names["workers.pod_tasks.reap_idle_pods"][:2] == ("RUNPOD_REAP_SECONDS", "control")
+    assert names["workers.pod_tasks.reconcile_pods"][:2] == ("RUNPOD_RECONCILE_SECONDS", "cloud")
+    assert all(expires for _, _, expires in names.values())
+
+
+def test_busy_time_is_the_union_of_the_jobs_on_the_pod_clipped_to_its_life():
+    t = timezone.now()
+    at = lambda seconds: t + timedelta(seconds=seconds)  # noqa: E731
+
+    assert busy_seconds([(at(10), at(30)), (at(20), at(40)), (at(50), at(60))], at(0), at(100)) == 40
+    assert busy_seconds([(at(-10), at(5)), (at(95), at(120))], at(0), at(100)) == 10
+
+
+def test_the_pods_cost_always_adds_up_to_its_uptime_cost():
+    t = timezone.now()
+    jobs = {1: (t, t + timedelta(seconds=7)), 2: (t, t + timedelta(seconds=7)), 3: (t, t + timedelta(seconds=7))}
+
+    cost = pod_cost(cost_per_hour=Decimal("1.000001"), started=t - timedelta(seconds=50),
+                    ended=t + timedelta(seconds=50), jobs=jobs, completed={1, 2, 3})
+
+    assert sum(cost.shares.values()) + cost.idle_cost == cost.uptime_cost
+    assert len(set(cost.shares.values())) <= 2  # equal thirds, up to the last micro-dollar
+    assert split(Decimal("0.000010"), {"a": 0, "b": 0}) == {"a": Decimal("0.000005"), "b": Decimal("0.000005")}
+
+
+def test_the_pods_backend_probe_reports_the_runpod_api_and_a_missing_image(pods, fake, settings):
+    from routing.backends import client_for_backend
+
+    fake.add_orphan_pod(name="comfy-hybrid-x")
+    assert client_for_backend(pods).health().ok
+    settings.RUNPOD_API_KEY = "sk-wrong"
+    assert client_for_backend(pods).health().detail == "RUNPOD_API_KEY rejected by RunPod (HTTP 401)"
+    settings.RUNPOD_API_KEY, settings.RUNPOD_POD_IMAGE = "test-key", ""
+    assert client_for_backend(pods).health().detail == "RUNPOD_POD_IMAGE not set"

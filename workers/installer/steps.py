@@ -1,0 +1,202 @@
+"""The eight steps. Each takes the Installer (options, hooks, layout, what earlier steps
+found) and its StepReporter, and ends by calling `finish` (done or skipped) or by raising
+Failure / Paused / Cancelled. Every step is a no-op when its work is already done."""
+import shutil
+import sys
+
+from . import autostart, launch
+from .archive import extract_archive
+from .download import Item, file_sha256
+from .environment import Environment
+from .errors import Cancelled, Failure
+from .layout import RELEASE_MARKER, write_json_atomic
+from .manifest import DEFAULT_MANIFEST, load_manifest
+from .plan import check_disk, make_plan, model_path, release_installed, summary
+from .progress import CANCEL, DONE, SKIPPED, check_control, human_bytes
+from .torchbuild import choose_build
+
+
+def step_check(inst, r) -> None:
+    r.update(progress=10, message="Looking for GPUs and drivers")
+    inst.manifest = load_manifest(inst.options.manifest or DEFAULT_MANIFEST)
+    inst.system = inst.hooks.probe()
+    inst.build = choose_build(inst.system, inst.options.torch)
+    r.update(progress=60, message="Measuring what is missing and the free disk space")
+    models = inst.models
+    inst.plan = make_plan(layout=inst.layout, manifest=inst.manifest, models=models, system=inst.system,
+                          build=inst.build, env_ready=inst.environment(r).is_ready(inst.requirements),
+                          free=inst.hooks.free_space(inst.layout.root))
+    if inst.hooks.on_plan:
+        inst.hooks.on_plan(inst.plan)
+    check_disk(inst.plan, models)
+    if inst.hooks.confirm and not inst.hooks.confirm(inst.plan):
+        raise Cancelled()
+    r.finish(DONE, summary(inst.plan) + "".join(f". Note: {w}" for w in inst.plan["warnings"]))
+
+
+def step_download(inst, r) -> None:
+    release = inst.manifest.comfyui
+    if release_installed(inst.layout, release):
+        return r.finish(SKIPPED, f"ComfyUI {release.version} is already installed")
+    archive = inst.layout.downloads / release.archive_name
+    item = Item(url=release.url, dest=archive, sha256=release.sha256, size=release.size,
+                label=f"ComfyUI {release.version}")
+    if archive.exists() and (not release.sha256 or file_sha256(archive) == release.sha256):
+        return r.finish(DONE, f"{archive.name} was already downloaded")
+    result = inst.downloader(r, "").fetch(item)
+    unverified = "" if release.sha256 else f" (the manifest has no checksum; its SHA-256 is {result.sha256})"
+    r.finish(DONE, f"downloaded {archive.name}, {human_bytes(archive.stat().st_size)}{unverified}")
+
+
+def step_extract(inst, r) -> None:
+    release = inst.manifest.comfyui
+    if release_installed(inst.layout, release):
+        return r.finish(SKIPPED, f"ComfyUI {release.version} is already in {inst.layout.comfy_dir}")
+    r.update(progress=10, message=f"Unpacking {release.archive_name}")
+    archive = inst.layout.downloads / release.archive_name
+    _extract_release(archive, inst.layout.comfy_dir, release.strip_components)
+    write_json_atomic(inst.layout.comfy_dir / RELEASE_MARKER,
+                      {"version": release.version, "url": release.url, "sha256": release.sha256})
+    archive.unlink()  # the tree is what counts; the marker remembers where it came from
+    r.finish(DONE, f"ComfyUI {release.version} unpacked into {inst.layout.comfy_dir}")
+
+
+def _extract_release(archive, comfy_dir, strip: int) -> None:
+    if comfy_dir.exists():
+        raise Failure(f"{comfy_dir} already exists but is not the ComfyUI release of this manifest",
+                      "move it away (copy your models back into the new ComfyUI/models afterwards) "
+                      "or choose another --path")
+    extract_archive(archive, comfy_dir, strip_components=strip)
+    if not (comfy_dir / "main.py").exists():
+        shutil.rmtree(comfy_dir)
+        raise Failure(f"{archive.name} has no main.py: it is not a ComfyUI release", "check the manifest's url")
+
+
+def step_models(inst, r) -> None:
+    if inst.options.skip_models:
+        return r.finish(SKIPPED, "skipped (--skip-models)")
+    models = inst.models
+    if not models:
+        return r.finish(SKIPPED, "the manifest lists no models")
+    total, done, fetched = sum(m.size for m in models), 0, 0
+    for artifact in models:
+        if not _in_place(inst, artifact, r):
+            r.update(bytes_done=done, bytes_total=total, message=f"Downloading {artifact.name}")
+            inst.downloader(r, artifact.name, offset=done, total=total).fetch(
+                Item(url=artifact.url, dest=model_path(inst.layout, artifact), sha256=artifact.sha256,
+                     size=artifact.size, label=artifact.name))
+            _remember_verified(inst, artifact)
+            fetched += 1
+        done += artifact.size
+        r.update(bytes_done=done, bytes_total=total, message=f"{artifact.name}: in place and verified")
+    if not fetched:
+        return r.finish(SKIPPED, f"all {len(models)} model(s) already in place and verified")
+    r.finish(DONE, f"{len(models)} model(s) in place, SHA-256 verified ({human_bytes(total)})")
+
+
+def _in_place(inst, artifact, r) -> bool:
+    """Already there and verified: by the record of an earlier check (same size and mtime)
+    or, failing that, by hashing it now."""
+    path = model_path(inst.layout, artifact)
+    if not path.exists() or path.stat().st_size != artifact.size:
+        return False
+    if inst.verified.get(artifact.relative_path) == _fingerprint(path, artifact):
+        return True
+
+    def hashing(done: int) -> None:  # also keeps the heartbeat going through a long hash
+        r.update(message=f"{artifact.name}: checking the file already there ({100 * done // artifact.size}%)")
+    if file_sha256(path, progress=hashing) != artifact.sha256:
+        return False  # replaced by a verified download; the old file stays until then
+    _remember_verified(inst, artifact)
+    return True
+
+
+def _fingerprint(path, artifact) -> dict:
+    stat = path.stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": artifact.sha256}
+
+
+def _remember_verified(inst, artifact) -> None:
+    inst.verified[artifact.relative_path] = _fingerprint(model_path(inst.layout, artifact), artifact)
+    inst.layout.update_state(verified=inst.verified)
+
+
+def step_environment(inst, r) -> None:
+    env = inst.environment(r)
+    if env.is_ready(inst.requirements):
+        return r.finish(SKIPPED, f"PyTorch ({inst.build.key}) and ComfyUI's requirements are already installed")
+    found = env.set_up(inst.requirements)
+    if inst.build.flavor == "cpu":
+        gpu = "CPU only"
+    else:
+        gpu = "it sees the GPU" if found.get("gpu") else "WARNING: it does not see the GPU (check the driver)"
+    r.finish(DONE, f"PyTorch {found.get('torch')} installed for {inst.build.key}; {gpu}")
+
+
+def step_service(inst, r) -> None:
+    script = autostart.write_start_script(inst.launch)
+    if not inst.options.service:
+        inst.layout.update_state(service={})
+        return r.finish(DONE, f"wrote {script}; no service registered (--no-service)")
+    r.update(progress=30, message="Registering the service")
+    registration = autostart.register(inst.launch, inst.hooks.home, inst.hooks.run)
+    inst.layout.update_state(service={"manager": registration.manager, "start_command": registration.start_command})
+    r.finish(DONE, f"wrote {script}; {registration.message}")
+
+
+def step_verify(inst, r) -> None:
+    if not inst.options.start:
+        return r.finish(SKIPPED, f"not started (--no-start); start it with {inst.layout.start_script}")
+    target = inst.launch
+    stats = launch.system_stats(target.url)
+    if stats is None:
+        stats = _start(inst, target, r)
+    inst.stats = stats
+    device = (stats.get("devices") or [{}])[0]
+    r.finish(DONE, f"ComfyUI {stats['system'].get('comfyui_version', '?')} answers at {target.url}/system_stats "
+                   f"(device: {device.get('name', '?')})")
+
+
+def _start(inst, target, r) -> dict:
+    if launch.port_in_use(inst.options.host, inst.options.port):
+        raise Failure(f"port {inst.options.port} is used by a program that is not ComfyUI",
+                      "stop that program, or pass --port with a free port")
+    service = inst.layout.read_state().get("service") or {}
+    process = None
+    if service.get("start_command"):
+        r.update(progress=5, message=f"Starting the {service['manager']} service")
+        done = inst.hooks.run(service["start_command"], timeout=60)
+        if done.code != 0:
+            raise Failure(f"`{' '.join(service['start_command'])}` failed: {done.output.strip()[-300:]}",
+                          "run it yourself to see why, or re-run with --no-service")
+    else:
+        r.update(progress=5, message=f"Starting ComfyUI ({target.layout.log_file})")
+        launch.stop(target)  # one we started before with other settings (another port): replace it
+        process = launch.start_detached(target)
+    timeout = inst.options.start_timeout
+    return launch.wait_until_up(target, timeout=timeout, control=inst.hooks.control, process=process,
+                                tick=lambda waited: r.update(progress=5 + 90 * waited / timeout,
+                                                             message=f"Waiting for ComfyUI to answer ({waited:.0f} s)"))
+
+
+def step_register(inst, r) -> None:
+    url = inst.launch.url
+    if inst.stats is None:
+        return r.finish(SKIPPED, "ComfyUI was not started, so it was not registered; run again without --no-start")
+    if inst.hooks.register is None:
+        return r.finish(SKIPPED, f"no Comfy Hybrid database here: set the 'local' backend's URL to {url} "
+                                 "in the admin (or COMFYUI_URL on the server)")
+    device = (inst.stats.get("devices") or [{}])[0]
+    r.finish(DONE, inst.hooks.register({"url": url, "gpu": device.get("name", ""),
+                                        "vram_total": device.get("vram_total")}))
+
+
+def environment_for(inst, r) -> Environment:
+    def tick():
+        r.update()  # a heartbeat while pip is silent
+        if inst.hooks.control() == CANCEL:
+            raise Cancelled()  # terminates pip; a pause waits for the command to finish
+
+    return Environment(layout=inst.layout, build=inst.build, base_python=inst.options.python or sys.executable,
+                       run=inst.hooks.run, say=lambda progress, message: r.update(progress=progress, message=message),
+                       tick=tick, checkpoint=lambda: check_control(inst.hooks.control))

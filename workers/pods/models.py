@@ -1,0 +1,79 @@
+"""On-demand RunPod pods as rows, so a restart of this server orphans nothing.
+
+A row exists BEFORE the pod is asked for (status starting, no RunPod id yet) and outlives it
+(terminated, with its costs). Which job ran on which pod is a PodAssignment row, so "busy",
+"idle since" and "jobs processed" come from our own job records, never from process memory.
+State changes are conditional updates (services.py), like everywhere else.
+"""
+from decimal import Decimal
+
+from django.db import models
+
+from routing.models import MONEY, Attempt, Backend
+
+
+class PodStatus(models.TextChoices):
+    STARTING = "starting", "Starting"  # asked for (or being asked for); not answering yet
+    READY = "ready", "Ready"  # ComfyUI answers; has not run a job yet
+    BUSY = "busy", "Busy"  # has jobs in flight
+    IDLE = "idle", "Idle"  # answers, ran jobs, none in flight now
+    TERMINATING = "terminating", "Terminating"  # the reaper (or a failure) decided; API call pending
+    TERMINATED = "terminated", "Terminated"
+    FAILED = "failed", "Failed"  # never became usable, or its ComfyUI died; terminated too
+
+
+LIVE = (PodStatus.STARTING, PodStatus.READY, PodStatus.BUSY, PodStatus.IDLE)
+USABLE = (PodStatus.READY, PodStatus.BUSY, PodStatus.IDLE)  # can take a job now
+RUNNING_REMOTELY = LIVE + (PodStatus.TERMINATING,)  # may still be billing
+
+
+class CloudPod(models.Model):
+    backend = models.ForeignKey(Backend, on_delete=models.PROTECT, related_name="pods")
+    name = models.CharField(max_length=100, unique=True, help_text="Name given to RunPod; reconcile matches it")
+    runpod_id = models.CharField(max_length=64, unique=True, null=True, blank=True,
+                                 help_text="RunPod pod id, known once the create call answered")
+    url = models.URLField(blank=True, help_text="The pod's ComfyUI (RunPod proxy)")
+    gpu_type = models.CharField(max_length=100, blank=True)
+    status = models.CharField(max_length=12, choices=PodStatus.choices, default=PodStatus.STARTING, db_index=True)
+    cost_per_hour = models.DecimalField(**MONEY)
+    probe_failures = models.PositiveSmallIntegerField(default=0, help_text="Failed ComfyUI probes in a row")
+    last_error = models.TextField(blank=True)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    ready_at = models.DateTimeField(null=True, blank=True)
+    last_job_ended_at = models.DateTimeField(null=True, blank=True)
+    terminated_at = models.DateTimeField(null=True, blank=True)
+
+    jobs_processed = models.PositiveIntegerField(default=0)
+    busy_seconds = models.FloatField(default=0.0, help_text="Time with at least one job in flight")
+    uptime_cost = models.DecimalField(**MONEY)
+    idle_cost = models.DecimalField(**MONEY, help_text="Pod time that served no job (wasted)")
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"{self.name} ({self.runpod_id or 'not created'}, {self.status})"
+
+    @property
+    def is_expensive(self) -> bool:
+        from django.conf import settings
+
+        return self.cost_per_hour > Decimal(settings.RUNPOD_EXPENSIVE_PER_HOUR)
+
+
+class PodAssignment(models.Model):
+    """This attempt runs (ran) on this pod. Written by the service that chooses the pod,
+    before the attempt is submitted, so a redelivered submit goes to the same pod."""
+
+    attempt = models.OneToOneField(Attempt, on_delete=models.CASCADE, related_name="pod_assignment")
+    pod = models.ForeignKey(CloudPod, on_delete=models.CASCADE, related_name="assignments")
+    created_at = models.DateTimeField(auto_now_add=True)
+    cost = models.DecimalField(**MONEY, help_text="Share of the pod's busy cost, set when the pod ends")
+    cost_settled = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["created_at"]
+
+    def __str__(self):
+        return f"{self.attempt_id} on {self.pod.name}"

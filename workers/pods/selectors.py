@@ -1,0 +1,63 @@
+"""Reads about pods, all from our own rows: room on each pod, jobs waiting for one, idle time."""
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Optional
+
+from django.conf import settings
+from django.db.models import Count, Max
+from django.utils import timezone
+
+from routing.models import ACTIVE_ATTEMPT_STATES, ACTIVE_JOB_STATES, Attempt, AttemptStatus
+
+from .models import LIVE, USABLE, CloudPod, PodAssignment, PodStatus
+
+
+def active_counts(pod_ids) -> dict[int, int]:
+    """Jobs in flight per pod."""
+    rows = (PodAssignment.objects.filter(pod_id__in=list(pod_ids), attempt__status__in=ACTIVE_ATTEMPT_STATES)
+            .values("pod_id").annotate(n=Count("id")))
+    return {row["pod_id"]: row["n"] for row in rows}
+
+
+def room(pods, counts: dict) -> int:
+    return sum(max(0, settings.RUNPOD_POD_MAX_JOBS - counts.get(pod.id, 0)) for pod in pods)
+
+
+def waiting_attempts(backend_id: int):
+    """Attempts routed to pods that no pod has taken yet, oldest first."""
+    return (Attempt.objects.filter(backend_id=backend_id, status=AttemptStatus.PENDING, pod_assignment__isnull=True,
+                                   job__status__in=ACTIVE_JOB_STATES).order_by("created_at"))
+
+
+def last_job_ended(pod: CloudPod) -> Optional[datetime]:
+    return pod.assignments.aggregate(last=Max("attempt__finished_at"))["last"]
+
+
+def idle_since(pod: CloudPod) -> Optional[datetime]:
+    """Idle is measured from our job records: the end of its last job, or when it became ready."""
+    return last_job_ended(pod) or pod.ready_at
+
+
+def pod_estimate(backend, seconds: float, now=None) -> tuple[Decimal, float]:
+    """Marginal cost and time of one more job on the pods backend: nothing extra on a pod that
+    is already paid for and has room (after the jobs already waiting), else a new pod's
+    expected spin-up plus run time at the expected hourly rate."""
+    now = now or timezone.now()
+    pods = list(CloudPod.objects.filter(backend_id=backend.id, status__in=LIVE))
+    counts = active_counts(p.id for p in pods)
+    waiting = waiting_attempts(backend.id).count()
+    ready = [p for p in pods if p.status in USABLE]
+    starting = [p for p in pods if p.status == PodStatus.STARTING]
+    if room(ready, counts) > waiting:
+        return Decimal("0"), seconds
+    if room(ready, counts) + room(starting, counts) > waiting:
+        oldest = min(p.created_at for p in starting)
+        left = max(0.0, settings.RUNPOD_POD_SPINUP_SECONDS - (now - oldest).total_seconds())
+        return Decimal("0"), seconds + left
+    total = settings.RUNPOD_POD_SPINUP_SECONDS + seconds
+    cost = Decimal(settings.RUNPOD_POD_PRICE_PER_HOUR) * Decimal(str(total)) / Decimal(3600)
+    return cost.quantize(Decimal("0.000001")), total
+
+
+def stale(since: Optional[datetime], seconds: float, now: datetime) -> bool:
+    return since is not None and now - since > timedelta(seconds=seconds)

@@ -1,0 +1,68 @@
+"""Reads for the local installer: runs for the page, the control flag for the task, and a
+preview of the system check for the page before any install exists."""
+from datetime import timedelta
+from typing import Optional
+
+from django.core.cache import cache
+from django.utils import timezone
+
+from .installer.errors import InstallError
+from .installer.pipeline import Installer, Options
+from .models import ACTIVE_INSTALL_STATES, InstallRun, InstallStatus
+from .services import HEARTBEAT_STALE_SECONDS
+
+PREVIEW_CACHE_SECONDS = 60
+
+
+def run_get(*, run_id: int) -> InstallRun:
+    return InstallRun.objects.get(id=run_id)
+
+
+def latest_run() -> Optional[InstallRun]:
+    return InstallRun.objects.order_by("-created_at", "-id").first()
+
+
+def active_run() -> Optional[InstallRun]:
+    return InstallRun.objects.filter(status__in=ACTIVE_INSTALL_STATES).order_by("-created_at").first()
+
+
+def install_in_progress() -> bool:
+    """An install is queued or running (the backend cards show the local GPU as "installing")."""
+    return InstallRun.objects.filter(status__in=(InstallStatus.PENDING, InstallStatus.RUNNING)).exists()
+
+
+def recent_runs(*, limit: int = 5):
+    return InstallRun.objects.order_by("-created_at", "-id")[:limit]
+
+
+def run_control(*, run_id: int, generation: int) -> str:
+    """"pause", "cancel" or "none" — and "cancel" once the run is no longer this generation's."""
+    row = InstallRun.objects.filter(id=run_id).values("control", "generation", "status").first()
+    if row is None or row["generation"] != generation or row["status"] != InstallStatus.RUNNING:
+        return "cancel"
+    return row["control"]
+
+
+def is_stalled(run: InstallRun, now=None) -> bool:
+    """Running, but its worker has not written for a while (killed, or the machine slept)."""
+    if run.status != InstallStatus.RUNNING:
+        return False
+    now = now or timezone.now()
+    last = run.heartbeat_at or run.updated_at
+    return now - last > timedelta(seconds=HEARTBEAT_STALE_SECONDS)
+
+
+def install_preview(options: Optional[dict] = None) -> dict:
+    """What an install would do, checked from this process (the web server usually runs on
+    the same machine as the local worker; the install re-checks on the worker). Cached
+    briefly: the check runs nvidia-smi and friends."""
+    key = f"workers:install-preview:{sorted((options or {}).items())}"
+    preview = cache.get(key)
+    if preview is None:
+        installer = Installer(Options.from_dict(options or {}))
+        try:
+            preview = {"plan": installer.check(), "error": ""}
+        except InstallError as error:
+            preview = {"plan": installer.plan, "error": str(error)}
+        cache.set(key, preview, PREVIEW_CACHE_SECONDS)
+    return preview
