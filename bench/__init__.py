@@ -6,5 +6,7 @@ Each benchmark measures the project and a baseline in the same run on the same m
 target, and writes everything to `bench/results/<name>.json`.
 
 Modules: harness (scratch database, private Redis, real workers, figures), celery_app + tasks
-(the raw Celery baseline), one module per benchmark, costsim (the pure trace simulator).
+(the raw Celery baseline), one module per benchmark (throughput, dispatch, completion,
+routing_time, cost, installer), and for the cost benchmark costsim (the pure discrete-event
+simulator), costtrace (the seeded traces) and costbound (the offline references).
 """

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -41,6 +42,7 @@ SYSTEM_ENV = {
     "GEMINI_VIDEO_POLL_SECONDS": "0.3", "GEMINI_IMAGE_GIVE_UP_SECONDS": "30", "GEMINI_VIDEO_GIVE_UP_SECONDS": "60",
     "HEALTH_PROBE_SECONDS": "3", "HEALTH_STALE_SECONDS": "60",
     "SWEEP_AFTER_SECONDS": "10", "SWEEP_EVERY_SECONDS": "2", "JOB_DEADLINE_SECONDS": "900",
+    "SUBMIT_LEASE_SECONDS": "30",  # the submit claim proposed in the issue-11 report (ignored until adopted)
     "SUBMIT_RATE_PER_MINUTE": "100000", "DAILY_CAP_USD": "1000", "MONTHLY_CAP_USD": "10000",
     "GLOBAL_MONTHLY_CAP_USD": "100000",
 }
@@ -112,7 +114,11 @@ class ChaosRunPod(FakeRunPod):
 
 # --- processes ----------------------------------------------------------------------------
 class Processes:
-    """Celery workers and beat as real processes, each in its own process group."""
+    """Celery workers and beat as real processes, each in its own process group, under a
+    supervisor that restarts one that exits on its own (as systemd's Restart=always does in
+    deploy/systemd), and records why it exited."""
+
+    RESTART_SECONDS = 2.0  # deploy/systemd: RestartSec=5 for workers; shorter here
 
     def __init__(self, env: dict, log_dir: Path):
         self.env = env
@@ -121,6 +127,10 @@ class Processes:
         self.beat = None
         self._count = collections.Counter()
         self.started = 0
+        self.lock = threading.RLock()
+        self.crashes: list[dict] = []  # processes that exited without being told to
+        self._supervisor = None
+        self._stop = threading.Event()
 
     def _spawn(self, args, log: Path):
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -128,15 +138,16 @@ class Processes:
                                 stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
 
     def start_worker(self, queue: str, concurrency: int = 2, wait: bool = True):
-        self._count[queue] += 1
-        name = f"{queue}{self._count[queue]}"
-        log = self.log_dir / f"worker-{name}.log"
-        process = self._spawn(["worker", "-Q", queue, "-c", str(concurrency), "-n", f"{name}@%h", "--loglevel",
-                               "INFO", "--without-mingle", "--without-gossip"], log)
-        process.log = log
-        process.queue = queue
-        self.workers[name] = process
-        self.started += 1
+        with self.lock:
+            self._count[queue] += 1
+            name = f"{queue}{self._count[queue]}"
+            log = self.log_dir / f"worker-{name}.log"
+            process = self._spawn(["worker", "-Q", queue, "-c", str(concurrency), "-n", f"{name}@%h",
+                                   "--loglevel", "INFO", "--without-mingle", "--without-gossip"], log)
+            process.log = log
+            process.queue = queue
+            self.workers[name] = process
+            self.started += 1
         if wait:
             self.wait_ready([process])
         return name
@@ -149,15 +160,42 @@ class Processes:
                 raise RuntimeError(f"a worker died at start:\n{process.log.read_text()[-3000:]}")
 
     def start_beat(self):
-        log = self.log_dir / "beat.log"
-        self.beat = self._spawn(["beat", "--loglevel", "INFO", "--pidfile="], log)
-        wait_for(lambda: "beat: Starting" in log.read_text() or self.beat.poll() is not None, 60, 0.2, "beat")
-        if self.beat.poll() is not None:
+        self._count["beat"] += 1
+        log = self.log_dir / f"beat{self._count['beat']}.log"
+        beat = self._spawn(["beat", "--loglevel", "INFO", "--pidfile="], log)
+        beat.log = log
+        wait_for(lambda: "beat: Starting" in log.read_text() or beat.poll() is not None, 60, 0.2, "beat")
+        if beat.poll() is not None:
             raise RuntimeError(f"beat died at start:\n{log.read_text()[-3000:]}")
+        self.beat = beat
+
+    def supervise(self):
+        self._supervisor = threading.Thread(target=self._watch, name="supervisor", daemon=True)
+        self._supervisor.start()
+
+    def _watch(self):
+        while not self._stop.wait(0.5):
+            with self.lock:
+                exited = [(name, p) for name, p in self.workers.items() if p.poll() is not None]
+                for name, _ in exited:
+                    del self.workers[name]
+            if self.beat is not None and self.beat.poll() is not None:
+                exited.append(("beat", self.beat))
+                self.beat = None
+            for name, process in exited:
+                self.crashes.append({"process": name, "exit_code": process.returncode, "at": time.monotonic(),
+                                     "why": _last_critical(process.log)})
+                if self._stop.wait(self.RESTART_SECONDS):
+                    return
+                if name == "beat":
+                    self.start_beat()
+                else:
+                    self.start_worker(process.queue)
 
     def kill(self, name: str) -> subprocess.Popen:
         """SIGKILL the worker's whole process group (the main process and its pool children)."""
-        process = self.workers.pop(name)
+        with self.lock:
+            process = self.workers.pop(name)
         try:
             os.killpg(process.pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -166,6 +204,9 @@ class Processes:
         return process
 
     def stop_all(self):
+        self._stop.set()
+        if self._supervisor is not None:
+            self._supervisor.join(130)
         processes = list(self.workers.values()) + ([self.beat] if self.beat else [])
         for process in processes:
             if process.poll() is None:
@@ -181,6 +222,16 @@ class Processes:
                 process.wait(5)
         self.workers.clear()
         self.beat = None
+
+
+def _last_critical(log: Path) -> str:
+    """The line that says why a celery process stopped (its last CRITICAL or ERROR line)."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    marked = [line for line in lines if "CRITICAL" in line] or [line for line in lines if "ERROR" in line]
+    return (marked[-1] if marked else (lines[-1] if lines else ""))[-300:]
 
 
 # --- the whole world ----------------------------------------------------------------------
@@ -274,6 +325,7 @@ class World:
         names = [self.processes.start_worker(queue, wait=False) for queue in QUEUES]
         self.processes.wait_ready([self.processes.workers[name] for name in names])
         self.processes.start_beat()
+        self.processes.supervise()
 
     def restart_redis(self, down_seconds: float = 1.5, crash: bool = True):
         """Redis goes away (SIGKILL: a crash, only the AOF survives) and comes back on its port."""

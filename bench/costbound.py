@@ -115,7 +115,7 @@ def lower_bound(config, jobs, limits, *, has_local: bool, local_off=()) -> dict:
                     local_seconds += bigger - volume
                     chosen.append((row[0], row[2], row[3]))
                     volume = bigger
-    return {"cost": round(floor - saved, 4), "cloud_floor_everything": round(floor, 4),
+    return {"cost": round(max(0.0, floor - saved), 4), "cloud_floor_everything": round(floor, 4),
             "local_gpu_seconds": round(local_seconds, 1)}
 
 

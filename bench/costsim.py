@@ -154,8 +154,9 @@ class Simulator:
     """One trace under one policy. `policy(sim, outcome) -> backend | "wait" | None`."""
 
     def __init__(self, config: Config, jobs: list, policy, *, has_local: bool = True, local_off=(),
-                 patient_local: bool = False):
+                 patient_local: bool = False, idle_in_estimate: bool = False):
         self.config, self.policy, self.has_local = config, policy, has_local
+        self.idle_in_estimate = idle_in_estimate  # the proposal: a new pod's estimate includes its idle tail
         self.patient_local = patient_local  # local-only: jobs sit in the GPU's queue while it is off
         self.jobs = sorted(jobs, key=lambda j: (j.arrival, j.id))
         self.outcomes = {job.id: Outcome(job) for job in self.jobs}
@@ -247,7 +248,8 @@ class Simulator:
             oldest = min(p.created for p in starting)
             return Decimal("0"), seconds + max(0.0, self.config.pod_spinup - (self.now - oldest))
         total = self.config.pod_spinup + seconds
-        return Decimal(str(self.config.pod_per_hour * total / 3600)), total
+        billed = total + (self.config.pod_idle if self.idle_in_estimate else 0.0)
+        return Decimal(str(self.config.pod_per_hour * billed / 3600)), total
 
     def _room(self, pods) -> int:
         return sum(max(0, self.config.pod_max_jobs - len(p.flight)) for p in pods)
@@ -461,14 +463,18 @@ def round_robin(sim: Simulator, outcome: Outcome):
     return usable[sim.round_robin % len(usable)]
 
 
-POLICIES = {"ours": ours, "cloud-only": cloud_only, "local-only": local_only, "round-robin": round_robin}
+# "ours-before" is the shipped policy as it was before a new pod was priced with the idle
+# minutes the reaper bills after its last job (RUNPOD_IDLE_SECONDS): kept to show the change.
+POLICIES = {"ours": ours, "cloud-only": cloud_only, "local-only": local_only, "round-robin": round_robin,
+            "ours-before": ours}
 
 
 def simulate(config: Config, jobs: list, policy: str, *, has_local: bool, local_off=()) -> Simulator:
     if policy == "local-only" and not has_local:
         raise ValueError("local-only needs a local GPU")
     return Simulator(config, [_copy(job) for job in jobs], POLICIES[policy], has_local=has_local,
-                     local_off=local_off, patient_local=policy == "local-only").run()
+                     local_off=local_off, patient_local=policy == "local-only",
+                     idle_in_estimate=policy != "ours-before").run()
 
 
 def _copy(job: Job) -> Job:

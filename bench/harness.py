@@ -241,13 +241,27 @@ class Context:
         return backend.id
 
 
-def wait_jobs_final(job_ids, timeout: float):
-    """Wait until every job is in a final state; returns their rows."""
+def wait_jobs_final(job_ids, timeout: float, *, stall: float | None = None):
+    """Wait until every job is in a final state; returns their rows. With `stall`, give up
+    (without raising) once no job has finished for that many seconds: the caller reports the
+    stuck ones instead of the whole benchmark failing."""
     from routing.models import FINAL_JOB_STATES, Job
 
     ids = list(job_ids)
-    wait_for(lambda: Job.objects.filter(id__in=ids, status__in=FINAL_JOB_STATES).count() == len(ids),
-             timeout, 0.02, f"{len(ids)} jobs to finish")
+    deadline, done, last_change = time.monotonic() + timeout, -1, time.monotonic()
+    while True:
+        count = Job.objects.filter(id__in=ids, status__in=FINAL_JOB_STATES).count()
+        if count == len(ids):
+            break
+        if count != done:
+            done, last_change = count, time.monotonic()
+        if stall is not None and time.monotonic() - last_change > stall:
+            break
+        if time.monotonic() > deadline:
+            if stall is not None:
+                break
+            raise AssertionError(f"timed out after {timeout}s waiting for {len(ids)} jobs to finish ({count} did)")
+        time.sleep(0.02)
     return list(Job.objects.filter(id__in=ids))
 
 

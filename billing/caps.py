@@ -68,12 +68,27 @@ def used(limit: Limit) -> Decimal:
 
 
 def refusal_for(*, user_id: int, amount: Decimal, now=None) -> str:
-    """Read-only pre-check for the router: the message of the first cap this would break."""
-    now = now or timezone.now()
-    for limit in limits_for(user_id, now):
-        if used(limit) + amount > limit.cap:
-            return refusal_message(limit, used(limit), amount)
-    return ""
+    """Read-only pre-check: the message of the first cap this amount would break."""
+    return Budget.for_user(user_id, now).refusal(amount)
+
+
+@dataclass
+class Budget:
+    """A user's caps and what is used of them, read once, for pricing many candidates."""
+
+    limits: list
+    used: list
+
+    @classmethod
+    def for_user(cls, user_id: int, now=None) -> "Budget":
+        limits = limits_for(user_id, now or timezone.now())
+        return cls(limits=limits, used=[used(limit) for limit in limits])
+
+    def refusal(self, amount: Decimal) -> str:
+        for limit, spent in zip(self.limits, self.used):
+            if spent + amount > limit.cap:
+                return refusal_message(limit, spent, amount)
+        return ""
 
 
 def refusal_message(limit: Limit, used_amount: Decimal, amount: Decimal) -> str:

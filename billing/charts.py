@@ -19,7 +19,7 @@ def stacked_bars(rows: list[dict], series: tuple, title: str) -> str:
                 y -= h
                 parts.append(_rect(PAD + i * slot + 1, y, max(slot - 2, 1), h, COLORS[name],
                                    f"{row['day']}: {row[name]} {name}"))
-    return _svg(title, parts, top, series)
+    return _svg(title, parts, top, series, rows=rows)
 
 
 def bars(rows: list[dict], key: str, title: str, money: bool = True) -> str:
@@ -30,7 +30,7 @@ def bars(rows: list[dict], key: str, title: str, money: bool = True) -> str:
         h = (HEIGHT - 2 * PAD) * float(row[key]) / top
         label = f"{row['day']}: ${Decimal(row[key]):.2f}" if money else f"{row['day']}: {row[key]}"
         parts.append(_rect(PAD + i * slot + 1, HEIGHT - PAD - h, max(slot - 2, 1), h, COLORS["spend"], label))
-    return _svg(title, parts, top, (), money=money)
+    return _svg(title, parts, top, (), money=money, rows=rows)
 
 
 def breakdown(items: dict, title: str) -> str:
@@ -54,10 +54,20 @@ def _rect(x, y, w, h, color, label) -> str:
             f'<title>{escape(label)}</title></rect>')
 
 
-def _svg(title, parts, top, series, money=False) -> str:
+def _days(rows) -> str:
+    """First and last day under the x axis, so a bar can be placed in time."""
+    if not rows:
+        return ""
+    first, last = rows[0]["day"], rows[-1]["day"]
+    return (f'<text x="{PAD}" y="{HEIGHT - 8}" font-size="11" fill="#667085">{escape(str(first))}</text>'
+            f'<text x="{WIDTH - PAD}" y="{HEIGHT - 8}" font-size="11" fill="#667085" text-anchor="end">'
+            f'{escape(str(last))}</text>')
+
+
+def _svg(title, parts, top, series, money=False, rows=()) -> str:
     axis = (f'<line x1="{PAD}" y1="{HEIGHT - PAD}" x2="{WIDTH - PAD}" y2="{HEIGHT - PAD}" stroke="#98a2b3"/>'
             f'<text x="{PAD}" y="{PAD - 8}" font-size="11" fill="#667085">'
-            f'max {"$" if money else ""}{top:.2f}</text>')
+            f'max {"$" if money else ""}{top:.2f}</text>{_days(rows)}')
     legend = "".join(f'<rect x="{WIDTH - PAD - 90 * (len(series) - i)}" y="4" width="10" height="10" '
                      f'fill="{COLORS[name]}"/><text x="{WIDTH - PAD - 90 * (len(series) - i) + 14}" y="13" '
                      f'font-size="11">{name}</text>' for i, name in enumerate(series))

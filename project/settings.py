@@ -195,7 +195,7 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "inte
 # running tasks finish, and the sweeper re-sends whatever a lost connection dropped.
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 CELERY_WORKER_SEND_TASK_EVENTS = True  # worker_send_task_events: Flower shows tasks live
-CELERY_TASK_SEND_SENT_EVENT = True  # task_send_sent_event
+CELERY_TASK_SEND_SENT_EVENT = False  # task_send_sent_event: an extra publish per send; Flower needs it not
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"  # beat_scheduler
 CELERY_TIMEZONE = "UTC"  # timezone
 # Our own redelivery cap (Celery has none for Redis): a task id seen more often is dropped

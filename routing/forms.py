@@ -23,7 +23,8 @@ class JobForm(forms.Form):
     kind = forms.ChoiceField(choices=JobKind.choices, initial=JobKind.IMAGE, widget=forms.RadioSelect)
     preference = forms.ChoiceField(choices=PreferenceChoice.choices, initial=PreferenceChoice.AUTO,
                                    widget=forms.RadioSelect, label="Where to run")
-    prompt = forms.CharField(required=False, max_length=4000, widget=forms.Textarea(attrs={"rows": 3}))
+    prompt = forms.CharField(required=False, max_length=4000, widget=forms.Textarea(
+        attrs={"rows": 3, "placeholder": "a lighthouse at dusk, oil painting"}))
     negative_prompt = forms.CharField(required=False, max_length=4000, widget=forms.Textarea(attrs={"rows": 2}))
     width = forms.IntegerField(min_value=64, max_value=MAX_SIDE, initial=512)
     height = forms.IntegerField(min_value=64, max_value=MAX_SIDE, initial=512)

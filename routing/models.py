@@ -215,6 +215,7 @@ class Attempt(models.Model):
     poll_seq = models.PositiveIntegerField(default=0)
     polled_at = models.DateTimeField(null=True, blank=True)
     poll_errors = models.PositiveSmallIntegerField(default=0, help_text="Failed polls in a row")
+    submit_tries = models.PositiveSmallIntegerField(default=0, help_text="Times a submit was started")
     queue_position = models.PositiveIntegerField(null=True, blank=True, help_text="Jobs ahead on the backend")
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -223,6 +224,7 @@ class Attempt(models.Model):
     class Meta:
         ordering = ["job", "number"]
         constraints = [models.UniqueConstraint(fields=["job", "number"], name="attempt_number_unique")]
+        indexes = [models.Index(fields=["backend", "status"]), models.Index(fields=["status", "polled_at"])]
 
     def __str__(self):
         return f"attempt {self.number} of {self.job_id} on {self.backend_id}"

@@ -26,8 +26,15 @@ def jobs_for_user(*, user, status: str = "", backend: str = ""):
     return jobs
 
 
-def in_flight_by_backend() -> dict[int, int]:
-    rows = Attempt.objects.filter(status__in=ACTIVE_ATTEMPT_STATES).values("backend").annotate(n=Count("id"))
+def in_flight_by_backend(backend_ids=None) -> dict[int, int]:
+    """Our attempts in flight per backend (only for `backend_ids` when given: the router needs
+    them for local GPUs alone, and the count grows with the backlog)."""
+    attempts = Attempt.objects.filter(status__in=ACTIVE_ATTEMPT_STATES)
+    if backend_ids is not None:
+        if not backend_ids:
+            return {}
+        attempts = attempts.filter(backend_id__in=backend_ids)
+    rows = attempts.values("backend").annotate(n=Count("id")).order_by()
     return {row["backend"]: row["n"] for row in rows}
 
 
@@ -56,13 +63,16 @@ def candidates_for(job: Job, refused: dict | None = None) -> list[Candidate]:
     """Every backend as a policy candidate. `refused`: backend id → cap refusal met while
     taking a hold in this same routing pass."""
     refused = refused or {}
-    in_flight = in_flight_by_backend()
     result = []
     # Locked in a fixed order for the routing transaction: concurrent routers decide one
     # after another, so "queue below the limit" can never be true for two of them at once.
-    for backend in Backend.objects.select_for_update().order_by("id"):
+    backends = list(Backend.objects.select_for_update().order_by("id"))
+    in_flight = in_flight_by_backend([b.id for b in backends if b.category == Category.LOCAL])
+    budget = caps.Budget.for_user(job.user_id)  # the caps, read once per decision
+    for backend in backends:
         missing = missing_settings(backend)
-        cost, seconds = estimate(backend, job)
+        usable = backend.enabled and not missing
+        cost, seconds = estimate(backend, job) if usable else (Decimal("0"), 0.0)
         result.append(Candidate(
             id=backend.id, name=backend.name, category=backend.category, enabled=backend.enabled,
             configured=not missing, missing=", ".join(f"{m} not set" for m in missing),
@@ -70,7 +80,7 @@ def candidates_for(job: Job, refused: dict | None = None) -> list[Candidate]:
             supports_video=backend.supports_video, supports_workflows=backend.supports_workflows,
             queue=backend.queue_depth + in_flight.get(backend.id, 0),
             cost=cost, seconds=seconds, priority=backend.priority,
-            cap_refusal=refused.get(backend.id) or (caps.refusal_for(user_id=job.user_id, amount=cost) if cost else ""),
+            cap_refusal=refused.get(backend.id) or (budget.refusal(cost) if cost else ""),
         ))
     return result
 

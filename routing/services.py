@@ -183,8 +183,12 @@ def attempt_submit(*, attempt_id) -> bool:
     if attempt.job.is_final:
         Attempt.objects.filter(id=attempt.id, status=AttemptStatus.PENDING).update(status=AttemptStatus.CANCELLED)
         return False
+    # Counted before the remote call: a second try means a worker died mid-submit, and the
+    # client must look for the first one before sending again (no duplicate execution).
+    Attempt.objects.filter(id=attempt.id, status=AttemptStatus.PENDING).update(submit_tries=F("submit_tries") + 1)
     try:
         spec = job_spec(attempt)
+        spec["resubmit"] = attempt.submit_tries > 0
         if attempt.backend.kind == Backend.Kind.POD:  # the pod services choose the pod, not the client
             from workers.pods.services import pod_place
 
@@ -297,9 +301,11 @@ def attempt_succeed(*, attempt_id, done: Done, client) -> bool:
             status=JobStatus.SUCCEEDED, finished_at=now, progress=100, error="", backend=attempt.backend,
             cost=F("cost") + cost,
         )
-        _learn_time(attempt, done.seconds or (now - (attempt.started_at or now)).total_seconds())
         dispatch.send_on_commit(dispatch.ADMIT, [], queue="control")
         _ended(attempt.job_id)
+    # Backend rows are written after the commit: routing locks backends, then spend counters;
+    # writing counters, then a backend, in one transaction deadlocks with it on PostgreSQL.
+    _learn_time(attempt, done.seconds or (now - (attempt.started_at or now)).total_seconds())
     health_record(backend_id=attempt.backend_id, ok=True)
     return True
 

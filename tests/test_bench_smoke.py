@@ -73,7 +73,7 @@ def test_dispatch_and_completion_report_percentiles_for_ours_and_the_baseline(se
 def test_routing_measures_every_backlog_level(session):
     result = session[0]["routing"]
     levels = result["figures"]["levels"]
-    assert list(levels) == [str(level) for level in result["params"]["levels"]]
+    assert list(levels) == [str(level) for level in result["params"]["levels"]] + ["0 again"]
     assert all(level["n"] == result["params"]["samples"] and level["queries_per_decision"] > 0
                for level in levels.values())
 
@@ -83,7 +83,8 @@ def test_cost_replays_every_scenario_under_every_policy(session):
     assert {key.split("@")[0] for key in scenarios} == {"creator_with_gpu", "creator_without_gpu",
                                                        "burst_local_busy", "month"}
     for key, scenario in scenarios.items():
-        expected = {"ours", "cloud-only", "round-robin"} | ({"local-only"} if scenario["has_local"] else set())
+        expected = {"ours", "cloud-only", "round-robin", "ours-before"} | (
+            {"local-only"} if scenario["has_local"] else set())
         assert set(scenario["policies"]) == expected, key
         assert all(p["failed"] == 0 and p["jobs"] == scenario["jobs"] for p in scenario["policies"].values()), key
         # a relaxation can never cost more than the policy it is computed for

@@ -180,3 +180,12 @@ def test_a_video_workflow_returns_the_animated_output(fake):
     result = _run_to_end(client, client.submit(_spec(template)))
     assert isinstance(result, Done)
     assert result.outputs[0].filename.endswith(".webp")
+
+
+def test_a_first_submit_goes_straight_to_prompt_and_a_resubmit_looks_first(fake):
+    client = _client(fake)
+    client.submit({**_spec(attempt_id="fresh"), "resubmit": False})
+    assert [p for m, p in fake.received if m == "GET"] == []
+    client.submit({**_spec(attempt_id="fresh"), "resubmit": True})
+    assert ("GET", "/history/fresh") in fake.received
+    assert sum(1 for m, p in fake.received if m == "POST" and p == "/prompt") == 1

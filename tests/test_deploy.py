@@ -39,7 +39,8 @@ def _app_services(compose) -> dict:
 
 
 def _workers(compose) -> dict:
-    return {name: s for name, s in _app_services(compose).items() if _command(s)[:4] == ["celery", "-A", "project", "worker"]}
+    return {name: s for name, s in _app_services(compose).items()
+            if _command(s)[:4] == ["celery", "-A", "project", "worker"]}
 
 
 def _queues_of(service: dict) -> list:

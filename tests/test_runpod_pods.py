@@ -264,10 +264,11 @@ def test_a_pod_whose_comfyui_stops_answering_is_replaced(pods, fake, settings):
     assert "ComfyUI stopped answering" in CloudPod.objects.get(id=pod.id).last_error
 
 
-def test_an_idle_pod_with_room_is_free_and_a_new_pod_costs_its_spin_up_and_run_time(pods, fake, alice, settings):
+def test_an_idle_pod_with_room_is_free_and_a_new_pod_costs_spin_up_run_and_idle_tail(pods, fake, alice, settings):
     job = Job.objects.create(user=alice, prompt="x")
     cost, seconds = estimate(pods, job)
-    assert seconds == 180 + 20 and cost == Decimal("0.038333")  # $0.69/h for 200 s
+    # ready after 180 + 20 s, but billed until the reaper stops it 300 s later: $0.69/h × 500 s
+    assert seconds == 180 + 20 and cost == Decimal("0.095833")
 
     ready_pod(fake, pods)
 

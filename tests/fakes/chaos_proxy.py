@@ -1,8 +1,8 @@
 """A fault-injecting HTTP + WebSocket proxy for loopback fakes (the chaos run, bench/chaos.py).
 
 Put it in front of a fake backend and point the backend's URL at the proxy. Every request gets
-one seeded decision, made BEFORE anything is forwarded (so a faulted request never runs on the
-backend; what ran there, ran because the system asked for it):
+one seeded decision, made before anything is forwarded: a faulted request never reaches the
+backend, except with ``lost``.
 
 * ``pass``     forwarded as is (WebSockets too: both directions are pumped);
 * ``http5xx``  a 5xx in the backend's own style (aiohttp's 500 page for ComfyUI, Cloudflare's
@@ -11,7 +11,12 @@ backend; what ran there, ran because the system asked for it):
 * ``hang``     no answer for ``hang_seconds`` (longer than any client timeout), then the
                connection is dropped;
 * ``garbage``  200 with an HTML page where JSON was expected;
-* ``drop``     the TCP connection is aborted without any answer.
+* ``drop``     the TCP connection is aborted without any answer;
+* ``lost``     the request IS forwarded and runs on the backend, then the answer is lost (the
+               connection is aborted): the one fault after which a client cannot know whether
+               its request was done, so it tests idempotent submission. Not in the Gemini
+               style: Google's API has no idempotency key, so a lost answer to generateContent
+               can only be followed by a second generation.
 
 A WebSocket that passes can still be cut mid-stream (no close frame) after a few messages,
 with probability ``ws_drop_rate`` (default: the fault rate).
@@ -38,11 +43,11 @@ import threading
 import aiohttp
 from aiohttp import WSMsgType, web
 
-KINDS = ("http5xx", "http429", "hang", "garbage", "drop")
+KINDS = ("http5xx", "http429", "hang", "garbage", "drop", "lost")
 # What goes wrong most often in front of each kind of backend (weights, normalised).
 STYLES = {
-    "comfyui": {"http5xx": 0.35, "hang": 0.15, "garbage": 0.2, "drop": 0.3},
-    "runpod": {"http5xx": 0.35, "http429": 0.1, "hang": 0.15, "garbage": 0.15, "drop": 0.25},
+    "comfyui": {"http5xx": 0.3, "hang": 0.15, "garbage": 0.2, "drop": 0.25, "lost": 0.1},
+    "runpod": {"http5xx": 0.3, "http429": 0.1, "hang": 0.15, "garbage": 0.15, "drop": 0.2, "lost": 0.1},
     "gemini": {"http429": 0.5, "http5xx": 0.25, "hang": 0.1, "drop": 0.15},
     "plain": {"http5xx": 0.4, "hang": 0.2, "garbage": 0.2, "drop": 0.2},
 }
@@ -193,6 +198,10 @@ class ChaosProxy:
         return await self._forward(request)
 
     async def _fault(self, request: web.Request, kind: str, rng: random.Random) -> web.StreamResponse:
+        if kind == "lost":
+            if request.headers.get("Upgrade", "").lower() != "websocket":
+                await self._forward(request)  # it runs; the answer never arrives
+            kind = "drop"
         if kind == "hang":
             await asyncio.sleep(self.hang_seconds)
             kind = "drop"

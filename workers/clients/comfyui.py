@@ -46,7 +46,7 @@ class ComfyUIClient(Client):
     # --- submit ---------------------------------------------------------------------------
     def submit(self, spec: dict) -> dict:
         handle = {"prompt_id": spec["attempt_id"], "client_id": f"comfy-hybrid-{spec['attempt_id']}"}
-        if self._already_known(handle["prompt_id"]):
+        if spec.get("resubmit", True) and self._already_known(handle["prompt_id"]):
             return handle  # a redelivered submit: the first one reached ComfyUI
         body = {"prompt": spec["workflow"], "client_id": handle["client_id"], "prompt_id": handle["prompt_id"]}
         if spec.get("priority") == HIGH_PRIORITY:

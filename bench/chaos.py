@@ -1,0 +1,306 @@
+"""`python -m bench.chaos [--jobs 300] [--seed 11] [--fault-rate 0.10] [--out DIR]` (`make chaos`)
+
+The chaos run: a few hundred jobs — image and video, mostly auto with some forced local /
+cloud / Gemini, low / normal / high priority, several users (one with a small spending cap),
+a few with an invalid workflow — sent through the JSON API, real Redis and real Celery workers
+(one per queue, plus beat) to the fake ComfyUI (local), fake RunPod (serverless + pods) and
+fake Gemini. Each fake sits behind a ChaosProxy (tests/fakes/chaos_proxy.py) that fails the
+given share of requests (5xx, hangs, garbage, dropped connections, WebSockets cut mid-stream,
+Google-style 429s), decided on the seed. Meanwhile the run SIGKILLs worker processes (and
+starts replacements), kills pods' ComfyUI mid-job, and crashes Redis once.
+
+Then it drives the pod reaper (and reconcile) until RunPod has no pod left, and prints: jobs
+submitted / succeeded / failed and why, success rate, failovers, duplicate executions, ledger
+vs job costs, pods left running, p50/p95 job time. Figures go to DIR/chaos.json (default
+bench/results/); worker logs to DIR/chaos-logs/.
+
+Exit status 1 when a hard invariant breaks: a duplicate execution, the ledger not matching the
+job costs to the cent (or a hold left unsettled), a pod left running. The success-rate target
+(99 % of the jobs that could succeed) and "every failure unavoidable" are reported as targets.
+"""
+import argparse
+import json
+import random
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+USERS = {"ada": 0.3, "ben": 0.25, "cleo": 0.2, "dev": 0.17, "penny": 0.08}
+CAPPED = {"penny": "0.10"}  # USD a day: her paid jobs hit the cap after a few
+PREFERENCES = {"auto": 0.7, "local": 0.1, "cloud": 0.1, "gemini": 0.1}
+PRIORITIES = {"low": 0.2, "normal": 0.6, "high": 0.2}
+SUBJECTS = ["a lighthouse at dusk", "a red fox in snow", "a city of glass", "an old map of the sea",
+            "a bowl of ramen", "a robot reading", "mountains in fog", "a jazz trio", "a paper boat"]
+SUCCESS_TARGET = 0.99
+
+
+@dataclass
+class Plan:
+    index: int
+    user: str
+    kind: str
+    preference: str
+    priority: str
+    invalid: bool
+    body: dict
+    job_id: object = None
+    submit_error: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def _pick(rng, weights: dict):
+    return rng.choices(list(weights), weights=list(weights.values()))[0]
+
+
+def make_plans(n: int, seed: int) -> dict[int, Plan]:
+    rng = random.Random(f"plans|{seed}")
+    plans = {}
+    for i in range(n):
+        user, kind = _pick(rng, USERS), "video" if rng.random() < 0.2 else "image"
+        preference, priority = _pick(rng, PREFERENCES), _pick(rng, PRIORITIES)
+        invalid = preference != "gemini" and rng.random() < 0.02
+        prompt = f"chaos job #{i:04d}: {rng.choice(SUBJECTS)}"
+        body = {"kind": kind, "preference": preference, "priority": priority, "seed": rng.randrange(2**31)}
+        if kind == "video":
+            body.update(width=832, height=480, duration_seconds=rng.choice((2, 4, 6)))
+        if invalid:
+            body["workflow"] = _invalid_workflow(prompt)
+        else:
+            body["prompt"] = prompt
+        plans[i] = Plan(i, user, kind, preference, priority, invalid, body)
+    return plans
+
+
+def _invalid_workflow(prompt: str) -> dict:
+    """Well-formed JSON in API format, but with a node class no ComfyUI has: the backend's
+    validation refuses it, and the job must fail at once with that message."""
+    from workers.workflows import build_workflow
+
+    workflow = build_workflow(kind="image", prompt=prompt, negative_prompt="", width=512, height=512, seed=1,
+                              duration_seconds=0, checkpoint="v1-5-pruned-emaonly.safetensors")
+    workflow["9"]["class_type"] = "NoSuchSaveNode"
+    return workflow
+
+
+# --- the chaos monkey ------------------------------------------------------------------------
+class Monkey(threading.Thread):
+    """Fires the scheduled faults as the submissions progress: worker kills, pod deaths, one
+    Redis crash. A pod death waits for a pod with a running job (gives up after the run)."""
+
+    def __init__(self, world, schedule, progress, started):
+        super().__init__(name="chaos-monkey", daemon=True)
+        self.world, self.schedule, self.progress, self.started = world, schedule, progress, started
+        self.events, self.stop = [], threading.Event()
+        self.rng = random.Random(f"monkey|{world.seed}")
+        self.error = None
+
+    def log(self, what: str, detail: str):
+        self.events.append({"t": round(time.monotonic() - self.started, 1), "what": what, "detail": detail})
+
+    def run(self):
+        try:
+            pending = sorted(self.schedule)
+            while pending and not self.stop.is_set():
+                at, what = pending[0]
+                if self.progress() < at:
+                    time.sleep(0.2)
+                    continue
+                if self.fire(what):
+                    pending.pop(0)
+                else:
+                    time.sleep(0.3)
+            for at, what in pending:
+                self.log(what, "skipped: no occasion before the run ended")
+        except Exception as error:  # reported; the run goes on
+            self.error = repr(error)
+            self.log("monkey error", repr(error))
+        finally:
+            from django.db import connection
+
+            connection.close()
+
+    def fire(self, what: str) -> bool:
+        if what == "kill worker":
+            name = self.rng.choice(sorted(self.world.processes.workers))
+            process = self.world.processes.kill(name)
+            replacement = self.world.processes.start_worker(process.queue)
+            self.log(what, f"SIGKILL {name} (queue {process.queue}); replacement {replacement} ready")
+            return True
+        if what == "restart redis":
+            began = time.monotonic()
+            self.world.restart_redis()
+            self.log(what, f"Redis SIGKILLed and restarted from its AOF, back after {time.monotonic() - began:.1f} s")
+            return True
+        if what == "kill pod":
+            from routing.models import Attempt
+
+            running = list(Attempt.objects.filter(backend__name="pods", status="running")
+                           .values_list("handle", flat=True))
+            live = {pod_id for pod_id, pod in list(self.world.runpod.pods.items()) if pod.comfy is not None}
+            candidates = sorted({h.get("pod_id") for h in running if h.get("pod_id") in live})
+            if not candidates:
+                return False
+            pod_id = self.rng.choice(candidates)
+            self.world.runpod.kill_comfy(pod_id)
+            jobs = sum(1 for h in running if h.get("pod_id") == pod_id)
+            self.log(what, f"ComfyUI of pod {pod_id} killed with {jobs} job(s) running on it")
+            return True
+        raise ValueError(what)
+
+
+def schedule(n: int, seed: int) -> list[tuple[float, str]]:
+    rng = random.Random(f"schedule|{seed}")
+    kills, pods = (3, 3) if n >= 100 else (1, 1)
+    events = [((k + 1) / (kills + 1) + rng.uniform(-0.07, 0.07), "kill worker") for k in range(kills)]
+    events += [((k + 1.5) / (pods + 1.5) + rng.uniform(-0.05, 0.05), "kill pod") for k in range(pods)]
+    events.append((0.45 + rng.uniform(-0.05, 0.05), "restart redis"))
+    return sorted(events)
+
+
+# --- the run ---------------------------------------------------------------------------------
+def submit_all(world, plans: dict, rate: float, progress: dict):
+    from django.test import Client
+
+    clients = {user: Client(HTTP_AUTHORIZATION=f"Bearer {key}") for user, key in world.tokens.items()}
+    started = time.monotonic()
+    for i, plan in plans.items():
+        due = started + i / rate
+        if (wait := due - time.monotonic()) > 0:
+            time.sleep(wait)
+        response = clients[plan.user].post("/api/jobs", plan.body, content_type="application/json")
+        if response.status_code == 201:
+            plan.job_id = uuid.UUID(response.json()["id"])
+        else:
+            plan.submit_error = f"HTTP {response.status_code}: {response.content[:300]!r}"
+        progress["submitted"] = i + 1
+
+
+def wait_final(plans: dict, timeout: float, say):
+    from routing.models import FINAL_JOB_STATES, Job
+
+    ids = [plan.job_id for plan in plans.values() if plan.job_id]
+    deadline, last = time.monotonic() + timeout, 0.0
+    while time.monotonic() < deadline:
+        done = Job.objects.filter(id__in=ids, status__in=FINAL_JOB_STATES).count()
+        if done == len(ids):
+            return True
+        if time.monotonic() - last > 10:
+            say(f"  {done}/{len(ids)} jobs final")
+            last = time.monotonic()
+        time.sleep(0.5)
+    return False
+
+
+def reap_pods(world, timeout: float) -> dict:
+    """After the run: play beat's reaper (and reconcile) with `now` an hour ahead until RunPod has
+    no pod of ours left, as it would be once the idle limit has passed. Faults stay on."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from workers.pods import services as pods
+    from workers.pods.models import RUNNING_REMOTELY, CloudPod, PodStatus
+
+    began, rounds = time.monotonic(), 0
+    while time.monotonic() - began < timeout:
+        later = timezone.now() + timedelta(hours=1)
+        if not world.runpod.live_pod_ids() and not CloudPod.objects.filter(status__in=RUNNING_REMOTELY).exists():
+            break
+        rounds += 1
+        for pod_id in CloudPod.objects.filter(status=PodStatus.STARTING).values_list("id", flat=True):
+            pods.pod_check(pod_id=pod_id, now=later)  # never became ready: given up at its start timeout
+        pods.pod_reap_idle(now=later)
+        pods.pod_reconcile(now=later)  # pods RunPod runs that we do not track (a lost create answer)
+        time.sleep(2)
+    return {"rounds": rounds, "seconds": round(time.monotonic() - began, 1)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__.split("\n\n")[1])
+    parser.add_argument("--jobs", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--fault-rate", type=float, default=0.10, help="share of proxied requests that fail")
+    parser.add_argument("--rate", type=float, default=4.0, help="jobs submitted per second")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds to wait for the jobs after submitting")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--keep", action="store_true", help="keep the scratch database and media")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+
+    from .chaos_env import World
+    from .chaos_report import collect, render
+
+    def say(line: str):
+        print(line, flush=True)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    world = World(seed=args.seed, fault_rate=args.fault_rate, out_dir=args.out, keep=args.keep)
+    monkey = None
+    try:
+        say(f"chaos: {args.jobs} jobs, seed {args.seed}, {args.fault_rate:.0%} of backend requests fail; "
+            f"logs in {world.log_dir}")
+        world.start_backends()
+        world.start_django()
+        world.make_users(USERS, CAPPED)
+        plans = make_plans(args.jobs, args.seed)
+        world.start_processes()
+        say(f"  ready: Redis, 3 fakes behind chaos proxies, {len(world.processes.workers)} workers + beat")
+        progress = {"submitted": 0}
+        started = time.monotonic()
+        monkey = Monkey(world, schedule(args.jobs, args.seed), lambda: progress["submitted"] / args.jobs, started)
+        monkey.start()
+        submit_all(world, plans, args.rate, progress)
+        submitted_at = time.monotonic()
+        say(f"  {args.jobs} jobs submitted in {submitted_at - started:.0f} s")
+        finished = wait_final(plans, args.timeout or max(120.0, args.jobs * 0.8), say)
+        monkey.stop.set()
+        monkey.join(120)
+        say("  all jobs final; reaping pods" if finished else "  TIMED OUT waiting for the jobs; reaping pods")
+        cleanup = reap_pods(world, 120)
+        ended = time.monotonic()
+        world.processes.stop_all()  # before reading the fakes' counters: nothing runs any more
+        crashes = [{"t": round(c["at"] - started, 1), "what": "process exited on its own, restarted by the supervisor",
+                    "detail": f"{c['process']} (exit code {c['exit_code']}): {c['why']}"}
+                   for c in world.processes.crashes]
+        events = sorted(monkey.events + crashes, key=lambda e: e["t"])
+        result = collect(world, plans, started, submitted_at, ended, events, cleanup)
+        result["process_crashes"] = len(crashes)
+    finally:
+        if monkey:
+            monkey.stop.set()
+        world.close()
+
+    hard = {
+        "no duplicate executions": result["duplicates"]["total"] == 0,
+        "ledger equals job costs (to the cent), every hold settled":
+            result["ledger"]["matches_to_the_cent"] and result["ledger"]["holds_not_settled"] == 0,
+        "no pod left running": result["pods"]["left_running"] == 0,
+    }
+    targets = [
+        {"what": "success rate of the jobs that could succeed",
+         "value": result["success_rate_of_jobs_that_could_succeed"], "target": f">= {SUCCESS_TARGET}",
+         "met": result["success_rate_of_jobs_that_could_succeed"] >= SUCCESS_TARGET, "hard": False},
+        {"what": "every failure unavoidable", "value": result["failures"]["avoidable"], "target": "0 avoidable",
+         "met": result["failures"]["avoidable"] == 0, "hard": False},
+    ] + [{"what": what, "value": ok, "target": "true", "met": ok, "hard": True} for what, ok in hard.items()]
+    result = {"name": "chaos", "params": {"jobs": args.jobs, "seed": args.seed, "fault_rate": args.fault_rate,
+                                          "rate": args.rate}, **result, "targets": targets,
+              "invariants_hold": all(hard.values())}
+    path = args.out / "chaos.json"
+    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    say("== chaos run")
+    for line in render(result):
+        say(f"   {line}")
+    for t in targets:
+        say(f"   {'invariant' if t['hard'] else 'target'} {'MET ' if t['met'] else 'MISSED'}  {t['what']}: "
+            f"{t['value']} (target {t['target']})")
+    say(f"   figures in {path}")
+    return 0 if result["invariants_hold"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
