@@ -17,6 +17,9 @@ test: venv browser
 bench: setup
 	@$(PY) -m bench $(ARGS)
 
+chaos: setup
+	@$(PY) -m bench.chaos $(ARGS)
+
 setup: venv
 	@$(PY) manage.py migrate --noinput -v 0
 	@$(PY) manage.py ensure_admin

@@ -139,7 +139,7 @@ class Monkey(threading.Thread):
         if what == "kill pod":
             from routing.models import Attempt
 
-            running = list(Attempt.objects.filter(backend__name="pods", status="running")
+            running = list(Attempt.objects.filter(backend__name="pods", status__in=("submitted", "running"))
                            .values_list("handle", flat=True))
             live = {pod_id for pod_id, pod in list(self.world.runpod.pods.items()) if pod.comfy is not None}
             candidates = sorted({h.get("pod_id") for h in running if h.get("pod_id") in live})
@@ -148,7 +148,7 @@ class Monkey(threading.Thread):
             pod_id = self.rng.choice(candidates)
             self.world.runpod.kill_comfy(pod_id)
             jobs = sum(1 for h in running if h.get("pod_id") == pod_id)
-            self.log(what, f"ComfyUI of pod {pod_id} killed with {jobs} job(s) running on it")
+            self.log(what, f"ComfyUI of pod {pod_id} killed with {jobs} job(s) on it")
             return True
         raise ValueError(what)
 
@@ -172,7 +172,12 @@ def submit_all(world, plans: dict, rate: float, progress: dict):
         due = started + i / rate
         if (wait := due - time.monotonic()) > 0:
             time.sleep(wait)
-        response = clients[plan.user].post("/api/jobs", plan.body, content_type="application/json")
+        try:
+            response = clients[plan.user].post("/api/jobs", plan.body, content_type="application/json")
+        except Exception as error:  # the test client re-raises a view's exception: a 500 for a user
+            plan.submit_error = f"{type(error).__name__}: {error}"[:300]
+            progress["submitted"] = i + 1
+            continue
         if response.status_code == 201:
             plan.job_id = uuid.UUID(response.json()["id"])
         else:
@@ -206,18 +211,25 @@ def reap_pods(world, timeout: float) -> dict:
     from workers.pods import services as pods
     from workers.pods.models import RUNNING_REMOTELY, CloudPod, PodStatus
 
-    began, rounds = time.monotonic(), 0
+    began, rounds, errors = time.monotonic(), 0, []
+
+    def attempt(call, **kwargs):  # the services meet the same faults here; one that raises is reported
+        try:
+            call(**kwargs)
+        except Exception as error:
+            errors.append(f"{call.__name__}: {type(error).__name__}: {error}"[:300])
+
     while time.monotonic() - began < timeout:
         later = timezone.now() + timedelta(hours=1)
         if not world.runpod.live_pod_ids() and not CloudPod.objects.filter(status__in=RUNNING_REMOTELY).exists():
             break
         rounds += 1
         for pod_id in CloudPod.objects.filter(status=PodStatus.STARTING).values_list("id", flat=True):
-            pods.pod_check(pod_id=pod_id, now=later)  # never became ready: given up at its start timeout
-        pods.pod_reap_idle(now=later)
-        pods.pod_reconcile(now=later)  # pods RunPod runs that we do not track (a lost create answer)
+            attempt(pods.pod_check, pod_id=pod_id, now=later)  # never became ready: given up at its start timeout
+        attempt(pods.pod_reap_idle, now=later)
+        attempt(pods.pod_reconcile, now=later)  # pods RunPod runs that we do not track (a lost create answer)
         time.sleep(2)
-    return {"rounds": rounds, "seconds": round(time.monotonic() - began, 1)}
+    return {"rounds": rounds, "seconds": round(time.monotonic() - began, 1), "exceptions": errors}
 
 
 def main(argv=None) -> int:
@@ -229,16 +241,19 @@ def main(argv=None) -> int:
     parser.add_argument("--timeout", type=float, default=None, help="seconds to wait for the jobs after submitting")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--keep", action="store_true", help="keep the scratch database and media")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for this run (workers and this process), e.g. --set JOB_MAX_ATTEMPTS=4")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
 
-    from .chaos_env import World
+    from .chaos_env import SYSTEM_ENV, World
     from .chaos_report import collect, render
 
     def say(line: str):
         print(line, flush=True)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    world = World(seed=args.seed, fault_rate=args.fault_rate, out_dir=args.out, keep=args.keep)
+    overrides = dict(item.split("=", 1) for item in args.set)
+    world = World(seed=args.seed, fault_rate=args.fault_rate, out_dir=args.out, keep=args.keep, settings=overrides)
     monkey = None
     try:
         say(f"chaos: {args.jobs} jobs, seed {args.seed}, {args.fault_rate:.0%} of backend requests fail; "
@@ -288,7 +303,8 @@ def main(argv=None) -> int:
          "met": result["failures"]["avoidable"] == 0, "hard": False},
     ] + [{"what": what, "value": ok, "target": "true", "met": ok, "hard": True} for what, ok in hard.items()]
     result = {"name": "chaos", "params": {"jobs": args.jobs, "seed": args.seed, "fault_rate": args.fault_rate,
-                                          "rate": args.rate}, **result, "targets": targets,
+                                          "rate": args.rate, "settings": {**SYSTEM_ENV, **overrides}},
+              **result, "targets": targets,
               "invariants_hold": all(hard.values())}
     path = args.out / "chaos.json"
     path.write_text(json.dumps(result, indent=2, default=str) + "\n")

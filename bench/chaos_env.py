@@ -236,7 +236,8 @@ def _last_critical(log: Path) -> str:
 
 # --- the whole world ----------------------------------------------------------------------
 class World:
-    def __init__(self, *, seed: int, fault_rate: float, out_dir: Path, keep: bool = False):
+    def __init__(self, *, seed: int, fault_rate: float, out_dir: Path, keep: bool = False, settings=None):
+        self.settings = dict(settings or {})
         self.seed = seed
         self.fault_rate = fault_rate
         self.out_dir = out_dir
@@ -278,6 +279,7 @@ class World:
             "RUNPOD_POD_IMAGE": "comfy-hybrid-worker:chaos",
             "GEMINI_API_KEY": self.gemini.api_key, "GEMINI_BASE_URL": self.proxies["gemini"].url,
             "GEMINI_TRANSPORT": "gemini", "GEMINI_API_VERSION": "", "PYTHONUNBUFFERED": "1",
+            **self.settings,
         }
 
     # -- Django ------------------------------------------------------------------------------

@@ -66,6 +66,20 @@ def classify(job, plan) -> tuple[bool, str]:
     return False, "other: " + normalise(error)[:120]
 
 
+_TASK_ERROR = re.compile(r"Task ([\w.]+)\[[0-9a-f-]+\] raised unexpected: (.*)")
+
+
+def task_exceptions(log_dir) -> dict:
+    """Tasks that ended with an exception the code did not handle, grouped (from the worker logs)."""
+    found = collections.Counter()
+    for log in sorted(log_dir.glob("worker-*.log")):
+        for line in log.read_text(errors="replace").splitlines():
+            match = _TASK_ERROR.search(line)
+            if match:
+                found[f"{match.group(1)}: {normalise(match.group(2))[:160]}"] += 1
+    return dict(found.most_common())
+
+
 def collect(world, plans: dict, started: float, finished_submitting: float, ended: float, events: list,
             cleanup: dict) -> dict:
     from django.db.models import Count, Sum
@@ -112,15 +126,29 @@ def collect(world, plans: dict, started: float, finished_submitting: float, ende
         comfy_runs.update(comfy.executions)
     attempt_ids = {str(a.id): a for a in attempts}
     dup["comfyui_prompt_run_twice"] = sum(n - 1 for n in comfy_runs.values() if n > 1)
+    where = {}  # which duplicates, for the log: job index -> what ran twice
+    for pid, n in comfy_runs.items():
+        if n > 1:
+            servers = ["local" if world.local.executions.get(pid) else ""] + \
+                [f"pod {pod_id}" for pod_id, comfy in world.runpod.all_comfy if comfy.executions.get(pid)]
+            attempt = attempt_ids.get(pid)
+            key = by_id[attempt.job_id].index if attempt else pid
+            where[key] = f"prompt {pid} ran {n} times on {', '.join(s for s in servers if s)}"
     unknown_prompts = sorted(pid for pid in comfy_runs if pid not in attempt_ids)
     per_backend_attempts = collections.Counter((by_id[a.job_id].index, a.backend.name) for a in attempts)
     serverless_runs = collections.Counter(tag_of(job.input) for job in list(world.runpod.jobs.values()))
     dup["serverless_runs_beyond_attempts"] = sum(max(0, n - per_backend_attempts[(index, "runpod")])
                                                  for index, n in serverless_runs.items() if index is not None)
+    where.update({index: f"{n} serverless runs for {per_backend_attempts[(index, 'runpod')]} attempt(s)"
+                  for index, n in serverless_runs.items()
+                  if index is not None and n > per_backend_attempts[(index, "runpod")]})
     gemini_runs = collections.Counter(tag_of(r["body"]) for r in list(world.gemini.requests)
                                       if r["action"] in ("generateContent", "predictLongRunning"))
     dup["gemini_runs_beyond_attempts"] = sum(max(0, n - per_backend_attempts[(index, "gemini")])
                                              for index, n in gemini_runs.items() if index is not None)
+    where.update({index: f"{n} Gemini generations for {per_backend_attempts[(index, 'gemini')]} attempt(s)"
+                  for index, n in gemini_runs.items()
+                  if index is not None and n > per_backend_attempts[(index, "gemini")]})
     succeeded_attempts = collections.Counter(a.job_id for a in attempts if a.status == "succeeded")
     dup["jobs_with_two_succeeded_attempts"] = sum(1 for n in succeeded_attempts.values() if n > 1)
     output_sets = Output.objects.filter(job_id__in=list(by_id)).values("job_id").annotate(
@@ -198,7 +226,8 @@ def collect(world, plans: dict, started: float, finished_submitting: float, ende
         "failovers": {"total": failovers, "jobs_with_a_failover": sum(1 for job in jobs if job.failovers),
                       "attempts": len(attempts),
                       "attempts_by_backend": {name: dict(c) for name, c in sorted(by_backend.items())}},
-        "duplicates": {"total": duplicates, **dup, "unknown_prompt_ids": unknown_prompts[:20]},
+        "duplicates": {"total": duplicates, **dup, "unknown_prompt_ids": unknown_prompts[:20],
+                       "which": {str(k): v for k, v in sorted(where.items(), key=lambda kv: str(kv[0]))}},
         "orphaned_remote_work": orphans,
         "ledger": ledger,
         "pods": pods,
@@ -209,6 +238,7 @@ def collect(world, plans: dict, started: float, finished_submitting: float, ende
                    "requests_total": sum(p["requests"] for p in proxies.values()),
                    "events": events},
         "cleanup": cleanup,
+        "task_exceptions": task_exceptions(world.log_dir),
         "wall_seconds": {"submitting": round(finished_submitting - started, 1), "total": round(ended - started, 1)},
     }
 
@@ -240,6 +270,7 @@ def render(result: dict) -> list[str]:
                  f"extra serverless runs {d['serverless_runs_beyond_attempts']}, extra Gemini runs "
                  f"{d['gemini_runs_beyond_attempts']}, jobs with 2 succeeded attempts "
                  f"{d['jobs_with_two_succeeded_attempts']}, with 2 output sets {d['jobs_with_two_output_sets']})")
+    lines += [f"  job #{index}: {what}" for index, what in d["which"].items()]
     o = result["orphaned_remote_work"]
     lines.append(f"  remote work of given-up attempts (not duplicates): {o['comfyui_prompts_of_failed_attempts']} "
                  f"ComfyUI prompts, {o['serverless_jobs_of_failed_or_unknown_attempts']} serverless jobs")
@@ -256,6 +287,13 @@ def render(result: dict) -> list[str]:
                  + "; ".join(f"{name} {_fmt(s['faults'])}" for name, s in faults["proxies"].items()))
     for event in faults["events"]:
         lines.append(f"  t+{event['t']:6.1f}s {event['what']}: {event['detail']}")
+    c = result["cleanup"]
+    lines.append(f"pod cleanup after the run: {c['rounds']} reaper/reconcile round(s) in {c['seconds']} s"
+                 + (f"; exceptions from the pod services: {len(c['exceptions'])}" if c["exceptions"] else ""))
+    lines += [f"  {e}" for e in c["exceptions"][:5]]
+    if result["task_exceptions"]:
+        lines.append("tasks that raised an exception the code does not handle (worker logs):")
+        lines += [f"  {n:4d} × {what}" for what, n in result["task_exceptions"].items()]
     lines.append(f"worker/beat processes that died on their own (restarted by the supervisor): "
                  f"{result.get('process_crashes', 0)}")
     lines.append(f"wall time {result['wall_seconds']['total']} s (submitting {result['wall_seconds']['submitting']} s)")
