@@ -8,3 +8,32 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 app = Celery("project")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+def _survive_redis_restarts():
+    """Keep a worker alive when Redis goes away while it holds unacked messages.
+
+    On a lost connection kombu (5.7) closes the channel, then still uses it: it restores the
+    unacked messages, and later acks messages delivered before the loss, through a channel
+    whose connection it has already dropped. That fails in Channel._connparams with an
+    AttributeError ('NoneType' object has no attribute 'hostname' / 'client'), which is not a
+    connection error, so the worker stops with "Unrecoverable error" instead of reconnecting
+    (seen here in tests/test_faults.py; celery/kombu#582 and #970 show the same path). Raising
+    a connection error there lets kombu and Celery handle it as the lost connection it is: the
+    messages stay in Redis's unacked hash, come back after the visibility timeout, and the
+    sweeper re-sends what a job needs anyway.
+    """
+    import redis
+    from kombu.transport import redis as kombu_redis
+
+    original = kombu_redis.Channel._connparams
+
+    def _connparams(self, *args, **kwargs):
+        if self.connection is None or self.connection.client is None:
+            raise redis.exceptions.ConnectionError("this channel's broker connection is closed")
+        return original(self, *args, **kwargs)
+
+    kombu_redis.Channel._connparams = _connparams
+
+
+_survive_redis_restarts()
