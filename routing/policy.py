@@ -13,6 +13,9 @@ Rules, in order (DESIGN.md, Routing):
 - When the only usable backend is a local one whose queue is full, the job waits (no
   backend now, `wait` set): it is admitted later in fair order, so one user's burst cannot
   fill the GPU's queue ahead of everyone else.
+- A backend that already failed this job is used again only when nothing else can run it
+  (a forced preference, or the only backend up): a transient fault then costs one more try,
+  not the job. Attempts stay bounded by the caller (JOB_MAX_ATTEMPTS).
 - Nothing left: no backend, and one clear reason per candidate.
 """
 from dataclasses import dataclass, field
@@ -61,6 +64,16 @@ class Decision:
 
 
 def decide(job: JobFacts, candidates: list[Candidate], *, local_queue_limit: int) -> Decision:
+    decision = _decide(job, candidates, local_queue_limit)
+    if decision.backend_id is None and not decision.wait and job.excluded:
+        retry = _decide(JobFacts(job.kind, job.preference, job.custom_workflow), candidates, local_queue_limit)
+        if retry.backend_id is not None or retry.wait:
+            retry.reason = f"{retry.reason} (trying again: it failed this job before and nothing else can run it)"
+            return retry
+    return decision
+
+
+def _decide(job: JobFacts, candidates: list[Candidate], local_queue_limit: int) -> Decision:
     reasons, usable = {}, []
     for candidate in candidates:
         refusal = _refusal(job, candidate)

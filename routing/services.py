@@ -169,9 +169,8 @@ def _no_backend_message(job: Job, summary: str, tried: int) -> str:
     last = job.attempts.order_by("-number").first()
     if last is None:
         return f"No backend can run this job — {summary}"
-    if tried >= settings.JOB_MAX_ATTEMPTS:
-        return f"{last.error} (gave up after {tried} attempts)"
-    return f"{last.error} No other backend could take the job — {summary}"
+    gave_up = f" (gave up after {tried} attempts)" if tried >= settings.JOB_MAX_ATTEMPTS else ""
+    return f"{last.error}{gave_up} No other backend could take the job — {summary}"
 
 
 # --- submit to the backend ----------------------------------------------------------------

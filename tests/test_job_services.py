@@ -70,13 +70,13 @@ def test_an_unreachable_local_comfyui_fails_the_job_with_one_clear_reason_per_ba
     local_backend.url = "http://127.0.0.1:9"
     local_backend.save()
     job = _job(alice)
-    attempt = services.job_route(job_id=job.id)
-    services.attempt_submit(attempt_id=attempt.id)
-    assert Job.objects.get(id=job.id).status == JobStatus.QUEUED  # failing over
-    assert services.job_route(job_id=job.id) is None
+    while (attempt := services.job_route(job_id=job.id)) is not None:  # tried again while nothing else can
+        services.attempt_submit(attempt_id=attempt.id)
+        assert Job.objects.get(id=job.id).status in (JobStatus.QUEUED, JobStatus.FAILED)
     job.refresh_from_db()
-    assert job.status == JobStatus.FAILED and job.failovers == 1
+    assert job.status == JobStatus.FAILED and job.failovers == job.attempts.count() == 3
     assert job.error.startswith("ComfyUI at http://127.0.0.1:9 is not reachable (is it running?)")
+    assert "local: " in job.error and "gemini: not configured (GEMINI_API_KEY not set)" in job.error
     assert "runpod: not configured (RUNPOD_API_KEY not set" in job.error
     assert "gemini: not configured (GEMINI_API_KEY not set)" in job.error
 

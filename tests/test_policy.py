@@ -65,6 +65,16 @@ def test_a_backend_past_the_users_cap_is_skipped_with_the_caps_reason():
     assert decision.backend_id == 4 and decision.reasons["runpod"] == "daily cap $5.00 reached"
 
 
+def test_a_backend_that_failed_this_job_is_tried_again_when_nothing_else_can_run_it():
+    decision = choose(job(preference="local", excluded=frozenset({1})), local(), serverless())
+    assert decision.backend_id == 1 and "trying again" in decision.reason
+
+
+def test_a_backend_that_failed_this_job_is_not_retried_while_it_is_down():
+    decision = choose(job(preference="local", excluded=frozenset({1})), local(health="down"), serverless())
+    assert decision.backend_id is None
+
+
 def test_a_backend_that_already_failed_this_job_is_excluded():
     decision = choose(job(excluded=frozenset({1})), local(), serverless())
     assert decision.backend_id == 2 and decision.reasons["local"] == "already failed this job"
