@@ -5,9 +5,12 @@ cloud / Gemini, low / normal / high priority, several users (one with a small sp
 a few with an invalid workflow — sent through the JSON API, real Redis and real Celery workers
 (one per queue, plus beat) to the fake ComfyUI (local), fake RunPod (serverless + pods) and
 fake Gemini. Each fake sits behind a ChaosProxy (tests/fakes/chaos_proxy.py) that fails the
-given share of requests (5xx, hangs, garbage, dropped connections, WebSockets cut mid-stream,
-Google-style 429s), decided on the seed. Meanwhile the run SIGKILLs worker processes (and
-starts replacements), kills pods' ComfyUI mid-job, and crashes Redis once.
+given share of requests (5xx, hangs, garbage, dropped connections, answers lost after the
+work was done, WebSockets cut mid-stream, Google-style 429s), decided on the seed. Meanwhile
+the run SIGKILLs a worker of another queue a few times (and starts a replacement), kills a
+pod's ComfyUI mid-job a few times, and crashes Redis once. A supervisor restarts any worker or
+beat that exits on its own, as systemd does in production (deploy/systemd: Restart=always),
+and the report lists those exits.
 
 Then it drives the pod reaper (and reconcile) until RunPod has no pod left, and prints: jobs
 submitted / succeeded / failed and why, success rate, failovers, duplicate executions, ledger
@@ -27,6 +30,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .chaos_env import QUEUES, SYSTEM_ENV, World
+from .chaos_report import collect, render
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -53,17 +59,30 @@ class Plan:
     extra: dict = field(default_factory=dict)
 
 
-def _pick(rng, weights: dict):
-    return rng.choices(list(weights), weights=list(weights.values()))[0]
+def _quota(rng, n: int, weights: dict) -> list:
+    """n values in the given shares exactly (largest remainders), shuffled: a short run has the
+    same mix as a long one."""
+    total = sum(weights.values())
+    exact = {k: n * w / total for k, w in weights.items()}
+    counts = {k: int(v) for k, v in exact.items()}
+    for k in sorted(exact, key=lambda k: exact[k] - counts[k], reverse=True)[:n - sum(counts.values())]:
+        counts[k] += 1
+    values = [k for k, c in counts.items() for _ in range(c)]
+    rng.shuffle(values)
+    return values
 
 
 def make_plans(n: int, seed: int) -> dict[int, Plan]:
     rng = random.Random(f"plans|{seed}")
+    users, kinds = _quota(rng, n, USERS), _quota(rng, n, {"image": 0.8, "video": 0.2})
+    preferences, priorities = _quota(rng, n, PREFERENCES), _quota(rng, n, PRIORITIES)
+    # About 2 % invalid workflows (at least one), never for Gemini (which refuses any workflow).
+    eligible = [i for i in range(n) if preferences[i] != "gemini"]
+    invalids = set(rng.sample(eligible, min(len(eligible), max(1, round(n * 0.02)))))
     plans = {}
     for i in range(n):
-        user, kind = _pick(rng, USERS), "video" if rng.random() < 0.2 else "image"
-        preference, priority = _pick(rng, PREFERENCES), _pick(rng, PRIORITIES)
-        invalid = preference != "gemini" and rng.random() < 0.02
+        user, kind, preference, priority = users[i], kinds[i], preferences[i], priorities[i]
+        invalid = i in invalids
         prompt = f"chaos job #{i:04d}: {rng.choice(SUBJECTS)}"
         body = {"kind": kind, "preference": preference, "priority": priority, "seed": rng.randrange(2**31)}
         if kind == "video":
@@ -98,6 +117,7 @@ class Monkey(threading.Thread):
         self.events, self.stop = [], threading.Event()
         self.rng = random.Random(f"monkey|{world.seed}")
         self.error = None
+        self.victims = self.rng.sample(QUEUES, len(QUEUES))  # each kill hits another queue's worker
 
     def log(self, what: str, detail: str):
         self.events.append({"t": round(time.monotonic() - self.started, 1), "what": what, "detail": detail})
@@ -106,14 +126,11 @@ class Monkey(threading.Thread):
         try:
             pending = sorted(self.schedule)
             while pending and not self.stop.is_set():
-                at, what = pending[0]
-                if self.progress() < at:
-                    time.sleep(0.2)
-                    continue
-                if self.fire(what):
-                    pending.pop(0)
-                else:
-                    time.sleep(0.3)
+                due = [event for event in pending if self.progress() >= event[0]]
+                for event in due:  # one waiting for its occasion (a pod with a job) holds up no other
+                    if self.fire(event[1]):
+                        pending.remove(event)
+                time.sleep(0.3)
             for at, what in pending:
                 self.log(what, "skipped: no occasion before the run ended")
         except Exception as error:  # reported; the run goes on
@@ -126,8 +143,15 @@ class Monkey(threading.Thread):
 
     def fire(self, what: str) -> bool:
         if what == "kill worker":
-            name = self.rng.choice(sorted(self.world.processes.workers))
+            queue = self.victims[0]
+            names = sorted(n for n, p in list(self.world.processes.workers.items()) if p.queue == queue)
+            if not names:
+                return False  # its worker is being restarted by the supervisor: a moment later
+            name = names[0]
             process = self.world.processes.kill(name)
+            if process is None:
+                return False
+            self.victims.append(self.victims.pop(0))
             replacement = self.world.processes.start_worker(process.queue)
             self.log(what, f"SIGKILL {name} (queue {process.queue}); replacement {replacement} ready")
             return True
@@ -241,19 +265,20 @@ def main(argv=None) -> int:
     parser.add_argument("--timeout", type=float, default=None, help="seconds to wait for the jobs after submitting")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--keep", action="store_true", help="keep the scratch database and media")
+    parser.add_argument("--gemini-latency", type=float, default=0.0,
+                        help="seconds the fake Gemini takes to answer (like a real image call: 10-30 s)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="a setting for this run (workers and this process), e.g. --set JOB_MAX_ATTEMPTS=4")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
 
-    from .chaos_env import SYSTEM_ENV, World
-    from .chaos_report import collect, render
 
     def say(line: str):
         print(line, flush=True)
 
     args.out.mkdir(parents=True, exist_ok=True)
     overrides = dict(item.split("=", 1) for item in args.set)
-    world = World(seed=args.seed, fault_rate=args.fault_rate, out_dir=args.out, keep=args.keep, settings=overrides)
+    world = World(seed=args.seed, fault_rate=args.fault_rate, out_dir=args.out, keep=args.keep, settings=overrides,
+                  gemini_latency=args.gemini_latency)
     monkey = None
     try:
         say(f"chaos: {args.jobs} jobs, seed {args.seed}, {args.fault_rate:.0%} of backend requests fail; "
@@ -303,7 +328,8 @@ def main(argv=None) -> int:
          "met": result["failures"]["avoidable"] == 0, "hard": False},
     ] + [{"what": what, "value": ok, "target": "true", "met": ok, "hard": True} for what, ok in hard.items()]
     result = {"name": "chaos", "params": {"jobs": args.jobs, "seed": args.seed, "fault_rate": args.fault_rate,
-                                          "rate": args.rate, "settings": {**SYSTEM_ENV, **overrides}},
+                                          "rate": args.rate, "gemini_latency": args.gemini_latency,
+                                          "settings": {**SYSTEM_ENV, **overrides}},
               **result, "targets": targets,
               "invariants_hold": all(hard.values())}
     path = args.out / "chaos.json"

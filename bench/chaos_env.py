@@ -6,8 +6,10 @@ Nothing here touches the developer's database or Redis. The fakes are the test s
 counters added by subclassing (tests/fakes/ is not modified): every ComfyUI prompt execution
 per prompt id (= attempt id), every serverless job, every Gemini request.
 """
+import asyncio
 import collections
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -17,20 +19,22 @@ import threading
 import time
 from pathlib import Path
 
+from aiohttp import web
+
 from tests.conftest import RedisServer, wait_for
 from tests.fakes.chaos_proxy import ChaosProxy
 from tests.fakes.comfyui import DEFAULT_MODELS, FakeComfyUI, node_table
 from tests.fakes.gemini import FakeGemini
-from tests.fakes.runpod import API_KEY, ENDPOINT_ID, FakeJob, FakeRunPod, GraphQLError, _arg, png_b64
+from tests.fakes.runpod import API_KEY, ENDPOINT_ID, NO_CAPACITY, FakeJob, FakeRunPod, GraphQLError, _arg, png_b64
 
 ROOT = Path(__file__).resolve().parent.parent
 VIDEO_MODEL = "wan2.1_t2v_1.3B_fp16.safetensors"
 MODELS = DEFAULT_MODELS + [VIDEO_MODEL]
 QUEUES = ("control", "local", "cloud", "gemini")  # one worker per queue, like deploy/Procfile
 
-# Retries and timeouts of the system under test, set through its settings only. Shorter than
-# the production defaults so the run takes minutes, not hours; the reasoning for each is in
-# the report of issue 11 (bench/chaos.py's docstring lists which defaults should change).
+# Retries and timeouts of the system under test, set through its settings only: shorter than
+# the production defaults so that a run takes minutes (a 10 s HTTP timeout, a 60 s sweeper age
+# and a 5-minute idle pod would make a hang, a lost message or a pod's end take that long).
 SYSTEM_ENV = {
     "COMFYUI_HTTP_TIMEOUT": "2", "COMFYUI_HEALTH_TIMEOUT": "1", "COMFYUI_WATCH_SECONDS": "1",
     "COMFYUI_POLL_INTERVAL": "0.2", "POLL_INTERVAL_SECONDS": "0.3",
@@ -74,24 +78,18 @@ class ChaosRunPod(FakeRunPod):
     async def _create_pod(self, query):
         gpu_id = _arg(query, "gpuTypeId")
         if gpu_id in self.unavailable_gpus:
-            raise GraphQLError("There are no longer any instances available with the requested specifications.")
-        import re
-
+            raise GraphQLError(NO_CAPACITY)
         env = [f"{k}={v}" for k, v in re.findall(r'\{\s*key:\s*"([^"]*)",\s*value:\s*"([^"]*)"\s*\}', query)]
         cloud = re.search(r"cloudType:\s*(\w+)", query)
         pod = self._new_pod(name=_arg(query, "name") or "", image=_arg(query, "imageName") or "", gpu_id=gpu_id,
                             env=env, ports=_arg(query, "ports") or "", cloud_type=cloud.group(1) if cloud else "ALL")
         pod.comfy = CountingComfyUI(**self.pod_comfy_kwargs)
         self.all_comfy.append((pod.id, pod.comfy))
-        import asyncio
-
         await asyncio.get_running_loop().run_in_executor(None, pod.comfy.start)
         return {"id": pod.id, "imageName": pod.image, "env": pod.env, "machineId": "m" + pod.id[:11],
                 "machine": {"podHostId": f"{pod.id}-64410065"}}
 
     async def _run(self, request):
-        from aiohttp import web
-
         if (refused := await self._public_gate(request)) is not None:
             return refused
         body = await request.json()
@@ -192,10 +190,13 @@ class Processes:
                 else:
                     self.start_worker(process.queue)
 
-    def kill(self, name: str) -> subprocess.Popen:
-        """SIGKILL the worker's whole process group (the main process and its pool children)."""
+    def kill(self, name: str):
+        """SIGKILL the worker's whole process group (the main process and its pool children).
+        None when it is already gone (the supervisor saw it exit)."""
         with self.lock:
-            process = self.workers.pop(name)
+            process = self.workers.pop(name, None)
+        if process is None:
+            return None
         try:
             os.killpg(process.pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -236,8 +237,10 @@ def _last_critical(log: Path) -> str:
 
 # --- the whole world ----------------------------------------------------------------------
 class World:
-    def __init__(self, *, seed: int, fault_rate: float, out_dir: Path, keep: bool = False, settings=None):
+    def __init__(self, *, seed: int, fault_rate: float, out_dir: Path, keep: bool = False, settings=None,
+                 gemini_latency: float = 0.0):
         self.settings = dict(settings or {})
+        self.gemini_latency = gemini_latency
         self.seed = seed
         self.fault_rate = fault_rate
         self.out_dir = out_dir
@@ -260,7 +263,7 @@ class World:
         self.local = CountingComfyUI(**comfy).start()
         self.runpod = ChaosRunPod(queue_delay=0.2, run_delay=0.5, pod_start_delay=1.0,
                                   pod_comfy_kwargs={**comfy, "models": MODELS}).start()
-        self.gemini = FakeGemini(op_seconds=1.0).start()
+        self.gemini = FakeGemini(op_seconds=1.0, latency=self.gemini_latency).start()
         for name, upstream, style in (("local", self.local.url, "comfyui"), ("runpod", self.runpod.url, "runpod"),
                                       ("gemini", self.gemini.url, "gemini")):
             self.proxies[name] = ChaosProxy(upstream, seed=self.seed, fault_rate=self.fault_rate, style=style,

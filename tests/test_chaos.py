@@ -102,8 +102,11 @@ def test_the_proxys_decisions_follow_the_seed_not_the_order_of_requests(comfy):
     assert decisions[0] == decisions[1] and {"pass", "http5xx"} <= set(decisions[0])
 
 
-@pytest.mark.parametrize("kind, seen", [("http5xx", "not json"), ("garbage", "200 not json"),
-                                        ("drop", "connection error"), ("hang", "timeout"), ("lost", "connection error")])
+FAULTS_SEEN = [("http5xx", "not json"), ("garbage", "200 not json"), ("drop", "connection error"),
+               ("hang", "timeout"), ("lost", "connection error")]
+
+
+@pytest.mark.parametrize("kind, seen", FAULTS_SEEN)
 def test_each_fault_looks_to_a_client_like_the_real_thing(comfy, kind, seen):
     with ChaosProxy(comfy.url, fault_rate=1.0, faults={kind: 1}, hang_seconds=2) as proxy:
         outcome = _outcome(proxy.url + "/queue")
@@ -111,6 +114,8 @@ def test_each_fault_looks_to_a_client_like_the_real_thing(comfy, kind, seen):
         assert _outcome(proxy.url + "/queue") == 200
     assert seen in str(outcome)
     assert proxy.stats()["faults"] == {kind: 1}
+    # Only a lost answer means the backend did the work.
+    assert comfy.received.count(("GET", "/queue")) == (2 if kind == "lost" else 1)
 
 
 def test_gemini_style_faults_are_googles_json_errors():
