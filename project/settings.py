@@ -245,7 +245,7 @@ RUNPOD_EXPENSIVE_PER_HOUR = env_decimal("RUNPOD_EXPENSIVE_PER_HOUR", "1.00")
 # server is down; longer than the reaper's limit so the reaper normally acts first.
 RUNPOD_POD_SELF_STOP_SECONDS = env_int("RUNPOD_POD_SELF_STOP_SECONDS", 900)
 RUNPOD_POD_START_TIMEOUT = env_int("RUNPOD_POD_START_TIMEOUT", 900)  # image pull + ComfyUI start
-RUNPOD_POD_WAIT_SECONDS = env_int("RUNPOD_POD_WAIT_SECONDS", 900)  # a job waiting longer fails over
+RUNPOD_POD_WAIT_SECONDS = env_int("RUNPOD_POD_WAIT_SECONDS", 300)  # a job waiting longer fails over
 RUNPOD_POD_FAILURES_TO_REPLACE = env_int("RUNPOD_POD_FAILURES_TO_REPLACE", 2)  # failed probes in a row
 # Routing estimate of a new pod before RunPod tells us its rate (RTX 4090 secure, ~2026).
 RUNPOD_POD_PRICE_PER_HOUR = env_decimal("RUNPOD_POD_PRICE_PER_HOUR", "0.69")
@@ -272,8 +272,9 @@ GEMINI_IMAGE_MODEL = env_str("GEMINI_IMAGE_MODEL", "gemini-3.1-flash-image")
 # Veo 3.1 GA id on Vertex ("retirement on or after 2026-11-17": check Google's model-versions
 # page); the Developer API's 3.1 preview ids were shut down 2026-10-22. Google moves: a setting.
 GEMINI_VIDEO_MODEL = env_str("GEMINI_VIDEO_MODEL", "veo-3.1-generate-001")
-# Seconds per HTTP call to Google (an image call takes ~10-30 s).
-GEMINI_HTTP_TIMEOUT = env_float("GEMINI_HTTP_TIMEOUT", 120.0)
+# Seconds per HTTP call to Google (an image call takes 10-30 s). Below SWEEP_AFTER_SECONDS: a
+# poll still inside Google's call when the sweeper re-sends it would pay for the image twice.
+GEMINI_HTTP_TIMEOUT = env_float("GEMINI_HTTP_TIMEOUT", 50.0)
 # Seconds between polls of a running Veo operation (Google's samples use 10).
 GEMINI_VIDEO_POLL_SECONDS = env_float("GEMINI_VIDEO_POLL_SECONDS", 10.0)
 # Backoff after a 429/5xx/timeout: the first wait and the longest wait, in seconds.
@@ -291,6 +292,11 @@ BROKER_PRIORITIES = {name: int(step) for name, step in
 # Aging: a waiting job gains one priority level per this many seconds, so low jobs behind a
 # stream of high ones still start.
 PRIORITY_AGING_SECONDS = env_int("PRIORITY_AGING_SECONDS", 600)
+# A submit that failed on a transient error is tried again on the same backend up to this many
+# times in all (when resending is safe) before the job fails over. One delivery at a time holds
+# an attempt's submit, for at most SUBMIT_LEASE_SECONDS (more than any submit's HTTP timeouts).
+SUBMIT_RETRIES = env_int("SUBMIT_RETRIES", 3)
+SUBMIT_LEASE_SECONDS = env_int("SUBMIT_LEASE_SECONDS", 300)
 # Default seconds between polls of a remote job, when its client does not say.
 POLL_INTERVAL_SECONDS = env_float("POLL_INTERVAL_SECONDS", 1.0)
 LOCAL_QUEUE_LIMIT = env_int("LOCAL_QUEUE_LIMIT", 5)

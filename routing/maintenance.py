@@ -24,7 +24,10 @@ def backends_to_probe() -> list[tuple[int, str]]:
 
 def backend_probe(*, backend_id: int) -> None:
     backend = Backend.objects.get(id=backend_id)
-    health = client_for_backend(backend).health()
+    client = client_for_backend(backend)
+    health = client.health()
+    if not health.ok:  # one lost request is not an outage: look again before counting a failure
+        health = client.health()
     # The remote queue holds our own prompts too; the router adds ours from the database,
     # so store only the others' share (someone using ComfyUI directly, another install).
     ours = Attempt.objects.filter(backend=backend, status__in=(AttemptStatus.SUBMITTED, AttemptStatus.RUNNING)).count()

@@ -11,7 +11,7 @@ from typing import Optional
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from billing import caps
@@ -174,13 +174,22 @@ def _no_backend_message(job: Job, summary: str, tried: int) -> str:
 
 
 # --- submit to the backend ----------------------------------------------------------------
-def attempt_submit(*, attempt_id) -> bool:
-    """Send the attempt to its backend. True when a poll chain should start."""
+def attempt_submit(*, attempt_id):
+    """Send the attempt to its backend. True when a poll chain should start; a number: send the
+    submit again after that many seconds (a transient error, safe to resend); else False."""
     attempt = Attempt.objects.select_related("job", "backend").get(id=attempt_id)
     if attempt.status != AttemptStatus.PENDING:
         return False
     if attempt.job.is_final:
         Attempt.objects.filter(id=attempt.id, status=AttemptStatus.PENDING).update(status=AttemptStatus.CANCELLED)
+        return False
+    # One delivery at a time: a sweeper re-send or a pod dispatch racing this one would submit the
+    # same attempt twice (the "already known?" look-up and the send are not atomic; /run is not
+    # idempotent at all). A claim older than the lease is a dead worker's: taken over.
+    now = timezone.now()
+    lease = now - timedelta(seconds=settings.SUBMIT_LEASE_SECONDS)
+    if not Attempt.objects.filter(id=attempt.id, status=AttemptStatus.PENDING).filter(
+            Q(polled_at__isnull=True) | Q(polled_at__lt=lease)).update(polled_at=now):
         return False
     # Counted before the remote call: a second try means a worker died mid-submit, and the
     # client must look for the first one before sending again (no duplicate execution).
@@ -193,22 +202,31 @@ def attempt_submit(*, attempt_id) -> bool:
 
             spec["pod"] = pod_place(attempt=attempt)
             if spec["pod"] is None:
+                _release_submit(attempt)
                 return False  # no pod has room yet: it waits; the pod services send it again
         handle = client_for_backend(attempt.backend).submit(spec)
     except WorkflowError as error:
         attempt_fail(attempt_id=attempt.id, error=str(error), retryable=False)
         return False
     except BackendError as error:
+        if error.retryable and error.resend_safe and attempt.poll_errors + 1 < settings.SUBMIT_RETRIES:
+            Attempt.objects.filter(id=attempt.id).update(poll_errors=F("poll_errors") + 1)
+            _release_submit(attempt)
+            return max(0.1, settings.POLL_INTERVAL_SECONDS * 2 ** attempt.poll_errors)  # the same backend, soon
         attempt_fail(attempt_id=attempt.id, error=error.message, retryable=error.retryable)
         return False
     now = timezone.now()
     with transaction.atomic():
         updated = Attempt.objects.filter(id=attempt.id, status=AttemptStatus.PENDING).update(
-            status=AttemptStatus.SUBMITTED, handle=handle, started_at=now, polled_at=now,
+            status=AttemptStatus.SUBMITTED, handle=handle, started_at=now, polled_at=now, poll_errors=0,
         )
         Job.objects.filter(id=attempt.job_id, status=JobStatus.ROUTED).update(status=JobStatus.SUBMITTED)
         Job.objects.filter(id=attempt.job_id, started_at__isnull=True).update(started_at=now)
     return bool(updated)
+
+
+def _release_submit(attempt: Attempt) -> None:
+    Attempt.objects.filter(id=attempt.id, status=AttemptStatus.PENDING).update(polled_at=None)
 
 
 def job_spec(attempt: Attempt) -> dict:
@@ -338,9 +356,13 @@ def attempt_fail(*, attempt_id, error: str, retryable: bool) -> None:
         )
         if not updated:
             return
-        attempt = Attempt.objects.select_related("job").get(id=attempt_id)
+        attempt = Attempt.objects.select_related("job", "backend").get(id=attempt_id)
         caps.release(attempt=attempt)
         job = attempt.job
+        if retryable and attempt.backend.kind == Backend.Kind.POD:
+            from workers.pods.services import pod_attempt_failed
+
+            pod_attempt_failed(attempt_id=attempt.id)
         if retryable:
             requeued = Job.objects.filter(id=job.id, status__in=ACTIVE_JOB_STATES).update(
                 status=JobStatus.QUEUED, failovers=F("failovers") + 1, progress=0)

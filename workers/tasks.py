@@ -39,9 +39,13 @@ def route_job(job_id):
 
 @shared_task(**{**SLOW, "base": AttemptTask})
 def submit_attempt(attempt_id):
-    if services.attempt_submit(attempt_id=attempt_id):
+    result = services.attempt_submit(attempt_id=attempt_id)
+    if result is True:
         poll_attempt.apply_async([attempt_id, 0], queue=_same_queue(submit_attempt),
                                  priority=_same_priority(submit_attempt))
+    elif result:  # a transient error: the same backend again, after a short wait
+        submit_attempt.apply_async([attempt_id], countdown=result, queue=_same_queue(submit_attempt),
+                                   priority=_same_priority(submit_attempt))
 
 
 @shared_task(**{**SLOW, "base": AttemptTask})

@@ -10,10 +10,13 @@ class BackendError(Exception):
     """A backend call failed. `retryable` says whether another try (or backend) may work:
     down, timeout, 5xx, missing model → retryable; the user's own bad input → permanent."""
 
-    def __init__(self, message: str, *, retryable: bool):
+    def __init__(self, message: str, *, retryable: bool, resend_safe: bool = False):
         super().__init__(message)
         self.message = message
         self.retryable = retryable
+        # True when sending the same request again cannot run the job twice: the backend
+        # dedupes it (ComfyUI prompt ids) or certainly did not act on it (429, 503, refused).
+        self.resend_safe = resend_safe
 
 
 @dataclass

@@ -45,6 +45,14 @@ class ComfyUIClient(Client):
 
     # --- submit ---------------------------------------------------------------------------
     def submit(self, spec: dict) -> dict:
+        try:
+            return self._submit(spec)
+        except BackendError as error:
+            # Our prompt id makes a second submit (spec["resubmit"]) find the first one.
+            error.resend_safe = error.retryable
+            raise
+
+    def _submit(self, spec: dict) -> dict:
         handle = {"prompt_id": spec["attempt_id"], "client_id": f"comfy-hybrid-{spec['attempt_id']}"}
         if spec.get("resubmit", True) and self._already_known(handle["prompt_id"]):
             return handle  # a redelivered submit: the first one reached ComfyUI

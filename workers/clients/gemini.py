@@ -309,7 +309,9 @@ class GeminiClient(Client):
         message = self._scrub(error.message or status or "no message")
         text = f"Gemini: {message} (HTTP {code}{' ' + status if status else ''})"
         if code in (408, 429) or code >= 500:
-            return GeminiError(text, retryable=True, transient=True, retry_after=_retry_delay(error.details))
+            classified = GeminiError(text, retryable=True, transient=True, retry_after=_retry_delay(error.details))
+            classified.resend_safe = code in (429, 503)  # Google did not start anything
+            return classified
         # 400/401/403: the request or the key is wrong; trying again will not help.
         # 404 (a retired model, an expired operation): another backend may still run the job.
         return GeminiError(text, retryable=code == 404)

@@ -104,6 +104,9 @@ class PodApi:
                 raise BackendError(f"RunPod is not reachable (could not {what})", retryable=True)
             except ValueError as error:  # not JSON, or get_gpu's "No GPU found"
                 raise BackendError(f"RunPod could not {what}: {error}", retryable=True)
+            except (KeyError, TypeError, AttributeError) as error:  # JSON without "data" (a 429 or 5xx body)
+                raise BackendError(f"RunPod sent an answer without the expected data when asked to {what} "
+                                   f"({type(error).__name__}: {error})", retryable=True)
 
 
 class PodClient(Client):

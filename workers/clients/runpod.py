@@ -164,8 +164,9 @@ class RunPodClient(Client):
             raise BackendError(f"RunPod could not {what}: {error}", retryable=False)
         except requests.Timeout:
             raise BackendError(f"RunPod did not answer in time when asked to {what}", retryable=True)
-        except requests.ConnectionError:
-            raise BackendError(f"RunPod is not reachable (could not {what})", retryable=True)
+        except requests.ConnectionError as error:
+            refused = "NewConnectionError" in repr(error)  # nothing was sent (not: sent, then reset)
+            raise BackendError(f"RunPod is not reachable (could not {what})", retryable=True, resend_safe=refused)
         except requests.HTTPError as error:
             raise http_error(what, error.response)
         except ValueError:
@@ -177,9 +178,11 @@ def http_error(what: str, response) -> BackendError:
     if code == 401:
         return BackendError(API_KEY_REJECTED, retryable=False)
     if code == 429:
-        return BackendError(f"RunPod rate limit reached (HTTP 429) when asked to {what}", retryable=True)
+        return BackendError(f"RunPod rate limit reached (HTTP 429) when asked to {what}", retryable=True,
+                            resend_safe=True)
     if code >= 500 or code == 408:
-        return BackendError(f"RunPod failed with HTTP {code} when asked to {what}", retryable=True)
+        return BackendError(f"RunPod failed with HTTP {code} when asked to {what}", retryable=True,
+                            resend_safe=code in (502, 503))
     if code == 404:
         return NotFound(f"RunPod answered HTTP 404 when asked to {what} (unknown endpoint or job)",
                         retryable=True)

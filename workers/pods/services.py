@@ -94,6 +94,15 @@ def pod_place(*, attempt: Attempt) -> Optional[dict]:
     return {"id": existing.pod.runpod_id, "url": existing.pod.url}
 
 
+def pod_attempt_failed(*, attempt_id) -> None:
+    """A job failed on its pod for a reason that was not its own: give that pod no new job until
+    a probe says it answers again (the autoscaler probes it every RUNPOD_AUTOSCALE_SECONDS)."""
+    assignment = PodAssignment.objects.filter(attempt_id=attempt_id).first()
+    if assignment is not None:
+        CloudPod.objects.filter(id=assignment.pod_id, status__in=USABLE).update(
+            probe_failures=F("probe_failures") + 1)
+
+
 def pods_dispatch_waiting(*, backend_id: int) -> int:
     """Send waiting attempts to submit again, as many as the usable pods have room for."""
     pods = list(CloudPod.objects.filter(backend_id=backend_id, status__in=USABLE))
@@ -219,7 +228,12 @@ def pod_spawn(*, pod_id: int, now=None) -> None:
 
 
 def _adopt_by_name(api, name: str) -> Optional[dict]:
-    for remote in api.list():
+    try:
+        listed = api.list()
+    except BackendError as error:  # only a redelivered spawn needs it; reconcile ends any twin
+        log.warning("could not list pods before creating %s: %s", name, error.message)
+        return None
+    for remote in listed:
         if remote.get("name") == name and pod_is_running(remote):
             gpu = (remote.get("machine") or {}).get("gpuDisplayName") or ""
             return {"id": remote["id"], "gpu_type": gpu, "cost_per_hour": Decimal(str(remote.get("costPerHr") or 0))}
@@ -269,7 +283,10 @@ def _check_starting(pod: CloudPod, now) -> str:
 
 
 def _probe_usable(pod: CloudPod) -> str:
-    health = _pod_client(pod.backend).comfy(pod.url).health()
+    comfy = _pod_client(pod.backend).comfy(pod.url)
+    health = comfy.health()
+    if not health.ok:  # one lost request is not a dead pod: look again before counting it
+        health = comfy.health()
     if health.ok:
         CloudPod.objects.filter(id=pod.id).update(probe_failures=0, last_error="")
         return pod.status
@@ -440,11 +457,18 @@ def _reconcile_one(api, pod: dict, row: Optional[CloudPod]) -> Optional[str]:
         if CloudPod.objects.filter(name=pod.get("name"), status=PodStatus.STARTING, runpod_id__isnull=True).exists():
             return None  # its spawn call is in flight and will adopt it by name
         log.warning("reconcile: pod %s (%s) is not tracked here; terminating it", pod["id"], pod.get("name"))
-        api.terminate(pod["id"])
-        return "terminated"
+        return _reconcile_terminate(api, pod["id"])
     if row.status in (PodStatus.TERMINATED, PodStatus.FAILED):
         log.warning("reconcile: pod %s is %s here but RunPod still has it (%s); terminating it",
                     pod["id"], row.status, pod.get("desiredStatus"))
-        api.terminate(pod["id"])
-        return "terminated"
+        return _reconcile_terminate(api, pod["id"])
     return None
+
+
+def _reconcile_terminate(api, pod_id: str) -> Optional[str]:
+    try:
+        api.terminate(pod_id)
+    except BackendError as error:  # the next pass tries again; the other pods are still reconciled
+        log.warning("reconcile: could not terminate pod %s: %s", pod_id, error.message)
+        return None
+    return "terminated"
