@@ -13,7 +13,7 @@ from . import dispatch
 from .backends import client_for_backend, missing_settings
 from .health import health_record
 from .models import ACTIVE_ATTEMPT_STATES, ACTIVE_JOB_STATES, Attempt, AttemptStatus, Backend, Job, JobStatus
-from .services import _job_fail, attempt_fail
+from .services import job_fail, attempt_fail
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def sweep(now=None) -> dict:
         message = f"Timed out: no result after {settings.JOB_DEADLINE_SECONDS // 60} minutes"
         for attempt_id in job.attempts.filter(status__in=ACTIVE_ATTEMPT_STATES).values_list("id", flat=True):
             attempt_fail(attempt_id=attempt_id, error=message, retryable=False)
-        _job_fail(job, message)  # a job with no attempt in flight (queued or waiting)
+        job_fail(job, message)  # a job with no attempt in flight (queued or waiting)
         counts["expired"] += 1
     queued = Job.objects.filter(status=JobStatus.QUEUED, updated_at__lt=cutoff)
     for job_id, priority in queued.filter(waiting=False).values_list("id", "priority"):

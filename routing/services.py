@@ -95,14 +95,14 @@ def job_route(*, job_id) -> Optional[Attempt]:
                     waiting=True, reason=decision.reason, decision=decision.reasons)
                 return None
             if tried >= settings.JOB_MAX_ATTEMPTS or decision.backend_id is None:
-                _job_fail(job, _no_backend_message(job, decision.summary, tried))
+                job_fail(job, _no_backend_message(job, decision.summary, tried))
                 return None
             chosen = next(c for c in candidates if c.id == decision.backend_id)
             attempt, refused[chosen.id] = _place(job, chosen, tried + 1)
             if attempt:
                 break
         else:
-            _job_fail(job, _no_backend_message(job, decision.summary, tried))
+            job_fail(job, _no_backend_message(job, decision.summary, tried))
             return None
         Job.objects.filter(id=job.id, status=JobStatus.QUEUED).update(
             status=JobStatus.ROUTED, backend=attempt.backend, reason=decision.reason, decision=decision.reasons,
@@ -369,13 +369,13 @@ def attempt_fail(*, attempt_id, error: str, retryable: bool) -> None:
             if requeued:
                 dispatch.send_on_commit(dispatch.ROUTE, [str(job.id)], queue="control", priority=job.priority)
         else:
-            _job_fail(job, error)
+            job_fail(job, error)
         dispatch.send_on_commit(dispatch.ADMIT, [], queue="control")
     if retryable:
         health_record(backend_id=attempt.backend_id, ok=False, detail=error)
 
 
-def _job_fail(job: Job, error: str) -> None:
+def job_fail(job: Job, error: str) -> None:
     failed = Job.objects.filter(id=job.id, status__in=ACTIVE_JOB_STATES).update(
         status=JobStatus.FAILED, error=error[:4000], finished_at=timezone.now())
     if failed:

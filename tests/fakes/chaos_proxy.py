@@ -42,6 +42,7 @@ import threading
 
 import aiohttp
 from aiohttp import WSMsgType, web
+from tests.fakes.loopback import serve_until_terminated
 
 KINDS = ("http5xx", "http429", "hang", "garbage", "drop", "lost")
 # What goes wrong most often in front of each kind of backend (weights, normalised).
@@ -297,7 +298,6 @@ class ChaosProxy:
 
 def main(argv=None):  # pragma: no cover - a manual tool
     import argparse
-    import signal
     import sys
 
     parser = argparse.ArgumentParser(description="Fault-injecting proxy in front of a loopback server")
@@ -309,15 +309,7 @@ def main(argv=None):  # pragma: no cover - a manual tool
     args = parser.parse_args(argv)
     proxy = ChaosProxy(args.upstream, port=args.port, seed=args.seed, fault_rate=args.fault_rate,
                        style=args.style).start()
-    print(f"listening on {proxy.url}", flush=True)
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    try:
-        while not done.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        pass
-    proxy.stop()
+    serve_until_terminated(proxy)
     print(json.dumps(proxy.stats(), indent=2), file=sys.stderr)
 
 

@@ -26,7 +26,6 @@ import mimetypes
 import os
 import random
 import shutil
-import signal
 import struct
 import sys
 import tempfile
@@ -39,6 +38,7 @@ import weakref
 import zlib
 
 from aiohttp import WSCloseCode, WSMsgType, web
+from tests.fakes.loopback import serve_until_terminated
 
 # server.py registers these too, so /view answers with the same Content-Type as the real server.
 mimetypes.add_type("image/webp", ".webp")
@@ -1120,15 +1120,7 @@ def main(argv=None):
                        latency=args.latency, fail_mode=args.fail_mode, models=args.models,
                        gpu_name=args.gpu_name, vram_total=args.vram_total, extra_queue=args.extra_queue,
                        cache=args.cache, base_dir=args.base_dir).start()
-    print(f"listening on {fake.url}", flush=True)
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    try:
-        while not done.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        pass
-    fake.stop()
+    serve_until_terminated(fake)
 
 
 if __name__ == "__main__":

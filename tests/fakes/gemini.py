@@ -46,7 +46,6 @@ import asyncio
 import base64
 import json
 import re
-import signal
 import struct
 import threading
 import time
@@ -54,6 +53,7 @@ import uuid
 import zlib
 
 from aiohttp import web
+from tests.fakes.loopback import serve_until_terminated
 
 DEFAULT_API_KEY = "fake-gemini-key-0123456789"
 DEVELOPER_HOST = "https://generativelanguage.googleapis.com"
@@ -385,15 +385,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     fake = FakeGemini(host=args.host, port=args.port, api_key=args.api_key, op_seconds=args.op_seconds,
                       latency=args.latency).start()
-    print(f"listening on {fake.url}", flush=True)
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    try:
-        while not done.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        pass
-    fake.stop()
+    serve_until_terminated(fake)
 
 
 if __name__ == "__main__":
