@@ -76,16 +76,31 @@ def test_an_image_job_for_gemini_succeeds_with_its_png_stored_and_charged_per_im
     assert len(fake.calls("generateContent")) == 1
 
 
+def _polled_while_running(job_id, polls=1) -> None:
+    """Wait until the held Veo operation of the job has been polled `polls` times without a result."""
+    def check():
+        attempt = Job.objects.get(id=job_id).attempts.first()
+        return attempt if attempt and (attempt.handle or {}).get("operation") and attempt.poll_seq >= polls else None
+
+    return wait_for(check, 30, 0.05, "the Veo operation to be polled")
+
+
 def test_a_video_job_for_gemini_succeeds_with_its_mp4_stored_and_charged_per_second(
         gemini_workers, fake, alice_client):
+    fake.held = True  # the operation runs until the test lets it finish: no race with the poll interval
     gemini_workers.start(queues="control,gemini")
+    job = _submit(alice_client, kind="video", duration_seconds=4)
+    _polled_while_running(job.id)
+    assert not Job.objects.get(id=job.id).is_final and fake.calls("getOperation")
 
-    job = _final(_submit(alice_client, kind="video", duration_seconds=4).id)
+    fake.held = False
+    job = _final(job.id)
 
     assert job.status == JobStatus.SUCCEEDED, job.error
     output = job.outputs.get()
     assert output.mime == "video/mp4" and _body(alice_client, output)[4:8] == b"ftyp"
     assert job.cost == Decimal("4") * Backend.objects.get(name="gemini").price_per_video_second
+    # one start; at least one poll saw it running and one saw it done
     assert len(fake.calls("predictLongRunning")) == 1 and len(fake.calls("getOperation")) >= 2
 
 
@@ -101,19 +116,16 @@ def test_a_safety_filtered_video_fails_with_googles_reason_and_is_not_charged(ge
 
 
 def test_a_video_jobs_poll_survives_a_worker_killed_in_the_middle(gemini_workers, fake, alice_client, settings):
-    fake.op_seconds = 3.0
+    fake.held = True  # the operation cannot end while the worker is killed and replaced
     settings.SWEEP_AFTER_SECONDS = 1  # this process plays beat: the sweeper re-sends the lost poll
     first = gemini_workers.start(queues="control,gemini", name="first")
     job = _submit(alice_client, kind="video", duration_seconds=4)
 
-    def being_polled():  # the operation runs and the poll chain is going (a countdown is pending)
-        attempt = job.attempts.first()
-        return attempt if attempt and (attempt.handle or {}).get("operation") and attempt.poll_seq >= 2 else None
-
-    attempt = wait_for(being_polled, 20, 0.05, "the Veo operation to be polled")
+    attempt = _polled_while_running(job.id, polls=2)  # the poll chain is going (a countdown is pending)
     gemini_workers.kill(first)
     assert not Job.objects.get(id=job.id).is_final  # killed in the middle of the operation
     gemini_workers.start(queues="control,gemini", name="second")
+    fake.held = False
     job = _final(job.id, tick=maintenance.sweep)
 
     assert job.status == JobStatus.SUCCEEDED, job.error

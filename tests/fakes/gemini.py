@@ -122,6 +122,7 @@ class FakeGemini:
         self.host, self.port = host, port
         self.api_key = api_key
         self.op_seconds = op_seconds  # how long a Veo operation stays not-done
+        self.held = False  # True: every Veo operation stays not-done, whatever its age, until set False
         self.latency = latency  # added to every API answer
         self.filtered = False  # True: outputs are safety-filtered; "prompt": the prompt is blocked
         self.fail_429 = 0  # the next N API calls answer 429 RESOURCE_EXHAUSTED
@@ -322,7 +323,7 @@ class FakeGemini:
         state = self.operations.get(op_id)
         if state is None or state["transport"] != transport:
             return _error(404, "NOT_FOUND", f"Operation {op_id} not found.")
-        if time.monotonic() - state["started"] < self.op_seconds:
+        if self.held or time.monotonic() - state["started"] < self.op_seconds:
             return web.json_response({"name": state["name"]})
         response = self._vertex_result(state) if transport == "vertex" else self._developer_result(state)
         return web.json_response({"name": state["name"], "done": True, "response": response})
