@@ -77,7 +77,7 @@ def test_an_image_job_for_gemini_succeeds_with_its_png_stored_and_charged_per_im
 
 
 def _polled_while_running(job_id, polls=1) -> None:
-    """Wait until the held Veo operation of the job has been polled `polls` times without a result."""
+    """Wait until the poll chain of the job's held Veo operation has started `polls` polls."""
     def check():
         attempt = Job.objects.get(id=job_id).attempts.first()
         return attempt if attempt and (attempt.handle or {}).get("operation") and attempt.poll_seq >= polls else None
@@ -90,8 +90,8 @@ def test_a_video_job_for_gemini_succeeds_with_its_mp4_stored_and_charged_per_sec
     fake.held = True  # the operation runs until the test lets it finish: no race with the poll interval
     gemini_workers.start(queues="control,gemini")
     job = _submit(alice_client, kind="video", duration_seconds=4)
-    _polled_while_running(job.id)
-    assert not Job.objects.get(id=job.id).is_final and fake.calls("getOperation")
+    wait_for(lambda: fake.calls("getOperation"), 30, 0.05, "a poll of the running Veo operation")
+    assert not Job.objects.get(id=job.id).is_final
 
     fake.held = False
     job = _final(job.id)
