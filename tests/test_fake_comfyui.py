@@ -1,6 +1,7 @@
 """The fake ComfyUI, driven with requests + websocket-client exactly as a real client would.
 
-Expected shapes are copied from /work/shared/reference/comfyui-capture.json (ComfyUI 0.3.64).
+Expected shapes are copied from /work/shared/reference/comfyui-0.8.0-capture.json (ComfyUI 0.8.0);
+tests/test_fake_comfyui_capture.py replays that capture's validation cases and schemas.
 """
 import json
 import os
@@ -166,6 +167,8 @@ def test_history_is_already_written_when_executing_null_arrives(fake):
     events_until_done(ws, prompt_id)
     entry = history(fake, prompt_id)  # no polling: the real server writes history first
     ws.close()
+    create_time = entry["prompt"][3].pop("create_time")  # 0.8.0: epoch ms of the POST
+    assert abs(create_time - time.time() * 1000) < 60_000
     assert entry["prompt"] == [0, prompt_id, minimal(), {"client_id": "c1"}, ["2"]]
     assert entry["outputs"] == {"2": {"images": [{"filename": "apiref_00001_.png", "subfolder": "",
                                                   "type": "output"}]}}
@@ -272,7 +275,8 @@ def test_client_prompt_id_extra_data_and_front_are_honoured(fake):
     assert first == "mine-1"
     assert post_prompt(fake, minimal(), front=True).json()["number"] == -1
     wait_for_history(fake, first)
-    assert history(fake, first)["prompt"][3] == {"extra_pnginfo": {"workflow": {"x": 1}}}  # key stripped
+    extra_data = history(fake, first)["prompt"][3]
+    assert extra_data == {"extra_pnginfo": {"workflow": {"x": 1}}, "create_time": extra_data["create_time"]}
     assert fake.prompts["mine-1"] == txt2img()
 
 
@@ -391,6 +395,7 @@ def test_queue_lists_running_and_pending_and_delete_removes_pending(fake):
     pending = submit(fake, minimal())
     wait_until_running(fake, running)
     queue = requests.get(f"{fake.url}/queue", timeout=5).json()
+    assert isinstance(queue["queue_running"][0][3].pop("create_time"), int)
     assert queue["queue_running"] == [[0, running, txt2img(), {"client_id": "c1"}, ["9"]]]
     assert [item[1] for item in queue["queue_pending"]] == [pending]
     response = requests.post(f"{fake.url}/queue", json={"delete": [pending]}, timeout=5)
@@ -543,10 +548,10 @@ def test_it_runs_as_a_subprocess_that_can_be_killed(tmp_path):
 
 def test_system_stats_look_like_the_capture_and_can_report_a_gpu(fake):
     stats = requests.get(f"{fake.url}/system_stats", timeout=5).json()
-    assert stats["system"]["comfyui_version"] == "0.3.64"
-    assert stats["devices"][0] == {"name": "cpu", "type": "cpu", "index": None, "vram_total": 25276063744,
-                                        "vram_free": 23849340928, "torch_vram_total": 25276063744,
-                                        "torch_vram_free": 23849340928}
+    assert stats["system"]["comfyui_version"] == "0.8.0" and stats["system"]["os"] == "linux"
+    assert stats["devices"][0] == {"name": "cpu", "type": "cpu", "index": None, "vram_total": 25275973632,
+                                   "vram_free": 23460638720, "torch_vram_total": 25275973632,
+                                   "torch_vram_free": 23460638720}
     fake.gpu_name, fake.vram_total = "NVIDIA GeForce RTX 4090", 25757220864
     device = requests.get(f"{fake.url}/system_stats", timeout=5).json()["devices"][0]
     assert device["name"] == "cuda:0 NVIDIA GeForce RTX 4090 : cudaMallocAsync"
@@ -563,8 +568,9 @@ def test_object_info_lists_the_fake_models_and_unknown_classes_are_empty(fake):
     empty_image = requests.get(f"{fake.url}/object_info/EmptyImage", timeout=5).json()
     assert empty_image["EmptyImage"]["input_order"] == {"required": ["width", "height", "batch_size", "color"]}
     assert requests.get(f"{fake.url}/object_info/NoSuchNode", timeout=5).json() == {}
-    assert requests.get(f"{fake.url}/features", timeout=5).json() == {"supports_preview_metadata": True,
-                                                                       "max_upload_size": 104857600}
+    assert requests.get(f"{fake.url}/features", timeout=5).json() == {
+        "supports_preview_metadata": True, "max_upload_size": 104857600,
+        "extension": {"manager": {"supports_v4": True}}}
 
 
 def test_every_route_is_mirrored_under_api(fake):

@@ -1,13 +1,31 @@
-"""A fake ComfyUI server for tests, speaking the 0.3.64 HTTP + WebSocket protocol.
+"""A fake ComfyUI server for tests, speaking the ComfyUI 0.8.0 HTTP + WebSocket protocol.
 
-Shapes, ordering and quirks follow /work/shared/reference/external-apis.md section 1 and the real
-responses recorded in comfyui-capture.json ("the capture" below). Where the capture has no example,
-the logic is a small port of the named ComfyUI function (server.py, execution.py, folder_paths.py).
+Shapes, ordering and quirks follow the real responses recorded in
+/work/shared/reference/comfyui-0.8.0-capture.json ("the capture" below; its companion .md says how
+it was taken). Where the capture has no example, the logic is a small port of the named ComfyUI
+0.8.0 function (server.py, execution.py, folder_paths.py, nodes.py, comfy_api/latest/_io.py).
+
+Node schemas are the capture's full /object_info body (545 nodes, vendored as
+tests/data/comfyui-0.8.0-object_info.json.gz, see `vendor_object_info`). Every combo that the real
+nodes fill from the disk (model folders, the input folder) is filled at request time from
+`FakeComfyUI.models` and the fake's input folder, so changing `models` while the server runs is
+seen by the next /object_info, /models/{folder} and POST /prompt, as the real server rescans.
+POST /prompt validates like execution.py:validate_prompt (v1 and v3 schemas, dynamic inputs,
+custom VALIDATE_INPUTS / validate_inputs) with the capture's exact error bodies. Execution simulates
+the nodes of the project's templates (KSampler reports `progress` per step, savers write real
+PNG/WEBP/WEBM/MP4 files) and runs every other node generically (opaque placeholder outputs; an
+IMAGE output is a small image), so any valid workflow runs to the end.
 
 In-process use::
 
     with FakeComfyUI(steps=3, step_delay=0.01) as fake:
         requests.post(fake.url + "/prompt", json={"prompt": workflow, "client_id": "c1"})
+
+    FakeComfyUI()                                   # a fully installed ComfyUI: the manifest's models
+    FakeComfyUI(models={})                          # no model files at all (the capture's "no models")
+    FakeComfyUI(models=["sd15.safetensors"])        # a list: checkpoints only, every other folder empty
+    FakeComfyUI(models={"checkpoints": [...], "loras": [...]})
+    fake.models["diffusion_models"] = []            # takes effect on the next request
 
 As a process (tests kill -9 it)::
 
@@ -18,10 +36,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
+import gzip
 import hashlib
 import heapq
 import ipaddress
 import json
+import math
 import mimetypes
 import os
 import random
@@ -36,6 +57,9 @@ import urllib.parse
 import uuid
 import weakref
 import zlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import NamedTuple
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from tests.fakes.loopback import serve_until_terminated
@@ -45,258 +69,646 @@ mimetypes.add_type("image/webp", ".webp")
 mimetypes.add_type("video/webm", ".webm")
 mimetypes.add_type("video/mp4", ".mp4")
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
+OBJECT_INFO_PATH = REPO_ROOT / "tests" / "data" / "comfyui-0.8.0-object_info.json.gz"
+CAPTURE_PATH = REPO_ROOT.parent / "shared" / "reference" / "comfyui-0.8.0-capture.json"
+MANIFEST_PATH = REPO_ROOT / "deploy" / "comfyui-manifest.json"
+
 FAIL_MODES = (None, "http500", "garbage", "hang", "runtime_error", "drop_ws")
-DEFAULT_MODELS = ["v1-5-pruned-emaonly.safetensors"]
-FEATURES = {"supports_preview_metadata": True, "max_upload_size": 104857600}  # capture: features
+DEFAULT_MODELS = ["v1-5-pruned-emaonly.safetensors"]  # the default checkpoints (kept for bench/)
+FEATURES = {"supports_preview_metadata": True, "max_upload_size": 104857600,
+            "extension": {"manager": {"supports_v4": True}}}  # capture: features
 MAX_SIDE = 64  # generated images are capped at 64x64 so tests stay fast
 MAX_HISTORY = 10000  # execution.py MAXIMUM_HISTORY_SIZE
 SENSITIVE_EXTRA_DATA_KEYS = ("auth_token_comfy_org", "api_key_comfy_org")  # stripped before storing
 AIOHTTP_500 = "500 Internal Server Error\n\nServer got itself in trouble"  # aiohttp's own 500 body
 GARBAGE = b"<!DOCTYPE html><html><body><h1>502 Bad Gateway</h1>not JSON at all</body></html>"
-SAMPLER_NODES = {"KSampler"}  # nodes that report `progress` per step
-OUTPUT_NODES = {"SaveImage", "PreviewImage", "SaveAnimatedWEBP", "SaveWEBM", "SaveVideo"}
-MODEL_FOLDERS = ["checkpoints", "loras", "vae", "text_encoders", "diffusion_models", "clip_vision",
-                 "style_models", "embeddings", "diffusers", "vae_approx", "controlnet", "gligen",
-                 "upscale_models", "custom_nodes", "hypernetworks", "photomaker", "classifiers"]
-SAMPLERS = ["euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "heunpp2",
-            "dpm_2", "dpm_2_ancestral", "lms", "dpm_fast", "dpm_adaptive", "dpmpp_2s_ancestral",
-            "dpmpp_2s_ancestral_cfg_pp", "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_cfg_pp",
-            "dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm",
-            "ipndm", "ipndm_v", "deis", "res_multistep", "gradient_estimation", "er_sde", "seeds_2",
-            "seeds_3", "sa_solver", "ddim", "uni_pc", "uni_pc_bh2"]
-SCHEDULERS = ["simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta", "normal",
-              "linear_quadratic", "kl_optimal"]
+SAMPLER_NODES = {"KSampler", "KSamplerAdvanced"}  # nodes that report `progress` per step
 
 
 # --------------------------------------------------------------------------- node schemas
 
-def _int(default, lo, hi, step=None, **extra):
-    opts = {"default": default, "min": lo, "max": hi}
-    if step is not None:
-        opts["step"] = step
-    return ["INT", {**opts, **extra}]
+@functools.cache
+def object_info():
+    """The vendored 0.8.0 /object_info body (no model files). Shared: never mutate it."""
+    with gzip.open(OBJECT_INFO_PATH, "rt", encoding="utf-8") as f:
+        return json.load(f)
 
 
-def _float(default, lo, hi, step, **extra):
-    return ["FLOAT", {"default": default, "min": lo, "max": hi, "step": step, **extra}]
+def vendor_object_info(capture=CAPTURE_PATH, target=OBJECT_INFO_PATH):
+    """Write the capture's object_info body to `target` (gzip, reproducible). Run once by hand:
+
+        python -c "from tests.fakes.comfyui import vendor_object_info; vendor_object_info()"
+    """
+    with open(capture, encoding="utf-8") as f:
+        body = json.load(f)["object_info"]["body"]
+    data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    with open(target, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as out:
+        out.write(data)
 
 
-def _str(default, **extra):
-    return ["STRING", {"default": default, **extra}]
+def is_v3(entry):
+    """v3 (comfy_api) nodes report every NodeInfoV1 field; server.py's v1 node_info never has this one."""
+    return "output_matchtypes" in entry
 
 
-def _node(name, display, category, required, outputs=(), *, optional=None, hidden=None,
-          output_node=False, description="", module="nodes"):
-    """One /object_info entry, keys in the order server.py:node_info writes them (capture)."""
-    inputs = {"required": required}
-    if optional:
-        inputs["optional"] = optional
-    if hidden:
-        inputs["hidden"] = hidden
-    return {"input": inputs, "input_order": {k: list(v) for k, v in inputs.items()},
-            "output": list(outputs), "output_is_list": [False] * len(outputs),
-            "output_name": list(outputs), "name": name, "display_name": display,
-            "description": description, "python_module": module, "category": category,
-            "output_node": output_node}
+# --------------------------------------------------------------------------- model folders
+# folder_paths.py: the folders ComfyUI knows (GET /models lists them in this order), the
+# directories behind each one and the file extensions get_filename_list keeps.
+
+MODEL_FOLDERS = ["checkpoints", "configs", "loras", "vae", "text_encoders", "diffusion_models", "clip_vision",
+                 "style_models", "embeddings", "diffusers", "vae_approx", "controlnet", "gligen",
+                 "upscale_models", "latent_upscale_models", "custom_nodes", "hypernetworks", "photomaker",
+                 "classifiers", "model_patches", "audio_encoders"]  # capture: models_folders
+PT_EXTENSIONS = {".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"}
+FOLDER_EXTENSIONS = {"configs": {".yaml"}, "diffusers": {"folder"}, "custom_nodes": set(), "classifiers": {""}}
+FOLDER_DIRS = {"text_encoders": ["text_encoders", "clip"], "diffusion_models": ["unet", "diffusion_models"],
+               "controlnet": ["controlnet", "t2i_adapter"]}  # a folder may read several directories
+LEGACY_FOLDERS = {"unet": "diffusion_models", "clip": "text_encoders"}  # folder_paths.map_legacy
+# What a fresh ComfyUI checkout already has in its folders (a folder missing from `models` holds this).
+SHIPPED_FILES = {
+    "configs": ["anything_v3.yaml", "v1-inference.yaml", "v1-inference_clip_skip_2.yaml",
+                "v1-inference_clip_skip_2_fp16.yaml", "v1-inference_fp16.yaml", "v1-inpainting-inference.yaml",
+                "v2-inference-v.yaml", "v2-inference-v_fp32.yaml", "v2-inference.yaml", "v2-inference_fp32.yaml",
+                "v2-inpainting-inference.yaml"],
+    "custom_nodes": ["example_node.py.example", "websocket_image_save.py"],
+}
 
 
-_SAVE_HIDDEN = {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
-_PREFIX_TIP = ("The prefix for the file to save. This may include formatting information such as "
-               "%date:yyyy-MM-dd% or %Empty Latent Image.width% to include values from nodes.")
-_SAVES_DESC = "Saves the input images to your ComfyUI output directory."
+def manifest_model_folders(path=MANIFEST_PATH):
+    """{folder: [file]} of deploy/comfyui-manifest.json: dest "models/checkpoints" -> "checkpoints"."""
+    folders = {}
+    for model in json.loads(Path(path).read_text(encoding="utf-8"))["models"]:
+        parts = model["dest"].strip("/").split("/")
+        parts = parts[1:] if parts[0] == "models" else parts
+        folder = LEGACY_FOLDERS.get(parts[0], parts[0])
+        folders.setdefault(folder, []).append("/".join(parts[1:] + [model["filename"]]))
+    return folders
 
 
-def node_table(models, input_files):
-    """Every node class the fake knows. EmptyImage/SaveImage are copied from the capture."""
-    video, anim = "comfy_extras.nodes_video", "comfy_extras.nodes_images"
-    nodes = [
-        _node("EmptyImage", "EmptyImage", "image", {
-            "width": _int(512, 1, 16384, 1), "height": _int(512, 1, 16384, 1),
-            "batch_size": _int(1, 1, 4096), "color": _int(0, 0, 16777215, 1, display="color")},
-            ["IMAGE"]),
-        _node("SaveImage", "Save Image", "image", {
-            "images": ["IMAGE", {"tooltip": "The images to save."}],
-            "filename_prefix": _str("ComfyUI", tooltip=_PREFIX_TIP)},
-            hidden=_SAVE_HIDDEN, output_node=True, description=_SAVES_DESC),
-        _node("PreviewImage", "Preview Image", "image", {"images": ["IMAGE"]},
-              hidden=_SAVE_HIDDEN, output_node=True, description=_SAVES_DESC),
-        _node("LoadImage", "Load Image", "image",
-              {"image": [sorted(input_files), {"image_upload": True}]}, ["IMAGE", "MASK"]),
-        _node("CheckpointLoaderSimple", "Load Checkpoint", "loaders", {
-            "ckpt_name": [list(models), {"tooltip": "The name of the checkpoint (model) to load."}]},
-            ["MODEL", "CLIP", "VAE"],
-            description="Loads a diffusion model checkpoint, diffusion models are used to denoise latents."),
-        _node("CLIPTextEncode", "CLIP Text Encode (Prompt)", "conditioning", {
-            "text": ["STRING", {"multiline": True, "dynamicPrompts": True}], "clip": ["CLIP"]},
-            ["CONDITIONING"]),
-        _node("EmptyLatentImage", "Empty Latent Image", "latent", {
-            "width": _int(512, 16, 16384, 8), "height": _int(512, 16, 16384, 8),
-            "batch_size": _int(1, 1, 4096)}, ["LATENT"]),
-        _node("EmptyHunyuanLatentVideo", "EmptyHunyuanLatentVideo", "latent/video", {
-            "width": _int(848, 16, 16384, 16), "height": _int(480, 16, 16384, 16),
-            "length": _int(25, 1, 16384, 4), "batch_size": _int(1, 1, 4096)},
-            ["LATENT"], module="comfy_extras.nodes_hunyuan"),
-        _node("KSampler", "KSampler", "sampling", {
-            "model": ["MODEL"], "seed": _int(0, 0, 0xFFFFFFFFFFFFFFFF, control_after_generate=True),
-            "steps": _int(20, 1, 10000), "cfg": _float(8.0, 0.0, 100.0, 0.1, round=0.01),
-            "sampler_name": [SAMPLERS], "scheduler": [SCHEDULERS], "positive": ["CONDITIONING"],
-            "negative": ["CONDITIONING"], "latent_image": ["LATENT"],
-            "denoise": _float(1.0, 0.0, 1.0, 0.01)}, ["LATENT"]),
-        _node("VAEDecode", "VAE Decode", "latent", {"samples": ["LATENT"], "vae": ["VAE"]}, ["IMAGE"]),
-        _node("SaveAnimatedWEBP", "SaveAnimatedWEBP", "image/animation", {
-            "images": ["IMAGE"], "filename_prefix": _str("ComfyUI"), "fps": _float(6.0, 0.01, 1000.0, 0.01),
-            "lossless": ["BOOLEAN", {"default": True}], "quality": _int(80, 0, 100),
-            "method": [["default", "fastest", "slowest"]]},
-            hidden=_SAVE_HIDDEN, output_node=True, module=anim),
-        _node("CreateVideo", "Create Video", "image/video", {
-            "images": ["IMAGE"], "fps": _float(30.0, 1.0, 120.0, 1.0)}, ["VIDEO"],
-            optional={"audio": ["AUDIO"]}, module=video),
-        _node("SaveVideo", "Save Video", "image/video", {
-            "video": ["VIDEO"], "filename_prefix": _str("video/ComfyUI"),
-            "format": [["auto", "mp4"], {"default": "auto"}], "codec": [["auto", "h264"], {"default": "auto"}]},
-            hidden=_SAVE_HIDDEN, output_node=True, module=video),
-        _node("SaveWEBM", "SaveWEBM", "image/video", {
-            "images": ["IMAGE"], "filename_prefix": _str("ComfyUI"), "codec": [["vp9", "av1"]],
-            "fps": _float(24.0, 0.01, 1000.0, 0.01), "crf": _float(32.0, 0, 63.0, 1)},
-            hidden=_SAVE_HIDDEN, output_node=True, module=video),
-    ]
-    return {n["name"]: n for n in nodes}
+def model_folders(models=None):
+    """FakeComfyUI(models=...) as {folder: [file]}: None = the manifest, a list = checkpoints only."""
+    if models is None:
+        return manifest_model_folders()
+    if isinstance(models, Mapping):
+        return {folder: list(files) for folder, files in models.items()}
+    return {"checkpoints": list(models)}
+
+
+def filename_list(models, folder):
+    """folder_paths.get_filename_list: the folder's files with a known extension, sorted, no duplicates."""
+    folder = LEGACY_FOLDERS.get(folder, folder)
+    extensions = FOLDER_EXTENSIONS.get(folder, PT_EXTENSIONS)
+    files = set()
+    for directory in FOLDER_DIRS.get(folder, [folder]):
+        files.update(models.get(directory, SHIPPED_FILES.get(directory, [])))
+    return sorted(f for f in files if not extensions or os.path.splitext(f)[-1].lower() in extensions)
+
+
+def vae_list(models):
+    """nodes.py VAELoader.vae_list: vae files, video TAEs, complete TAESD pairs, then pixel_space."""
+    vaes, found = filename_list(models, "vae"), set()
+    for name in filename_list(models, "vae_approx"):
+        prefix = next((p for p in TAESD_PARTS if name.startswith(p)), None)
+        if prefix is not None:
+            found.add(TAESD_PARTS[prefix])
+        elif any(name.startswith(tae) for tae in VIDEO_TAES):
+            vaes.append(name)
+    vaes += [tae for tae in IMAGE_TAES if {(tae, "enc"), (tae, "dec")} <= found]
+    return vaes + ["pixel_space"]
+
+
+VIDEO_TAES = ["taehv", "lighttaew2_2", "lighttaew2_1", "lighttaehy1_5"]
+IMAGE_TAES = ["taesd", "taesdxl", "taesd3", "taef1"]
+TAESD_PARTS = {f"{tae}_{part}.": (tae, part[:3]) for tae in IMAGE_TAES for part in ("decoder", "encoder")}
+
+
+# --------------------------------------------------------------------------- combos read from disk
+# Every node input whose list the real node builds from a folder when its schema is asked for.
+
+def _folder(name, *extra):
+    return lambda src: filename_list(src.models, name) + list(extra)
+
+
+def _input_files(keep):
+    """Files directly in the input folder that `keep(name, path)` accepts, sorted (nodes.py LoadImage)."""
+    def options(src):
+        if not src.input_dir or not os.path.isdir(src.input_dir):
+            return []
+        paths = ((f, os.path.join(src.input_dir, f)) for f in os.listdir(src.input_dir))
+        return sorted(f for f, path in paths if os.path.isfile(path) and keep(f, path))
+    return options
+
+
+def content_type(name):
+    """folder_paths.filter_files_content_types: the MIME major type of a file name ("image", ...)."""
+    extension = name.split(".")[-1]
+    if extension in ("webp", "fbx"):
+        return {"webp": "image", "fbx": "model"}[extension]
+    mime = mimetypes.guess_type(name, strict=False)[0]
+    return mime.split("/")[0] if mime else None
+
+
+def _text_or_pdf(limit):
+    return lambda name, path: name.endswith((".txt", ".pdf")) and os.path.getsize(path) < limit
+
+
+def _models_3d(src):
+    """nodes_load_3d Load3D: model files anywhere under input/3d, as paths relative to input/."""
+    if not src.input_dir:
+        return []
+    base = Path(src.input_dir)
+    found = [p.relative_to(base).as_posix() for p in (base / "3d").rglob("*")
+             if p.suffix.lower() in {".gltf", ".glb", ".obj", ".fbx", ".stl"}]
+    return sorted(found)
+
+
+def _input_subfolders(src):
+    """folder_paths.get_input_subfolders: every folder below input/, relative, sorted."""
+    if not src.input_dir:
+        return []
+    return sorted(os.path.relpath(root, src.input_dir).replace(os.sep, "/")
+                  for root, _, _ in os.walk(src.input_dir) if root != src.input_dir)
+
+
+def _diffusers(src):
+    """nodes.py DiffusersLoader: model folders under models/diffusers (names in models["diffusers"])."""
+    return sorted(src.models.get("diffusers", []))
+
+
+_CKPT, _TE, _LORA = _folder("checkpoints"), _folder("text_encoders"), _folder("loras")
+LIVE_COMBOS = {
+    "CheckpointLoaderSimple": {"ckpt_name": _CKPT}, "unCLIPCheckpointLoader": {"ckpt_name": _CKPT},
+    "CheckpointLoader": {"config_name": _folder("configs"), "ckpt_name": _CKPT},
+    "ImageOnlyCheckpointLoader": {"ckpt_name": _CKPT}, "CreateHookModelAsLora": {"ckpt_name": _CKPT},
+    "CreateHookModelAsLoraModelOnly": {"ckpt_name": _CKPT},
+    "UNETLoader": {"unet_name": _folder("diffusion_models")},
+    "CLIPLoader": {"clip_name": _TE}, "DualCLIPLoader": {"clip_name1": _TE, "clip_name2": _TE},
+    "TripleCLIPLoader": {f"clip_name{i}": _TE for i in (1, 2, 3)},
+    "QuadrupleCLIPLoader": {f"clip_name{i}": _TE for i in (1, 2, 3, 4)},
+    "VAELoader": {"vae_name": lambda src: vae_list(src.models)},
+    "LoraLoader": {"lora_name": _LORA}, "LoraLoaderModelOnly": {"lora_name": _LORA},
+    "CreateHookLora": {"lora_name": _LORA}, "CreateHookLoraModelOnly": {"lora_name": _LORA},
+    "TrainLoraNode": {"existing_lora": _folder("loras", "[None]")},
+    "ControlNetLoader": {"control_net_name": _folder("controlnet")},
+    "DiffControlNetLoader": {"control_net_name": _folder("controlnet")},
+    "CLIPVisionLoader": {"clip_name": _folder("clip_vision")},
+    "StyleModelLoader": {"style_model_name": _folder("style_models")},
+    "GLIGENLoader": {"gligen_name": _folder("gligen")},
+    "HypernetworkLoader": {"hypernetwork_name": _folder("hypernetworks")},
+    "UpscaleModelLoader": {"model_name": _folder("upscale_models")},
+    "LatentUpscaleModelLoader": {"model_name": _folder("latent_upscale_models")},
+    "ModelPatchLoader": {"name": _folder("model_patches")},
+    "PhotoMakerLoader": {"photomaker_model_name": _folder("photomaker")},
+    "DiffusersLoader": {"model_path": _diffusers},
+    "LoadImage": {"image": _input_files(lambda name, path: content_type(name) == "image")},
+    "LoadImageMask": {"image": _input_files(lambda name, path: True)},
+    "LoadLatent": {"latent": _input_files(lambda name, path: name.endswith(".latent"))},
+    "LoadVideo": {"file": _input_files(lambda name, path: content_type(name) == "video")},
+    "GeminiInputFiles": {"file": _input_files(_text_or_pdf(20 * 1024 * 1024))},
+    "OpenAIInputFiles": {"file": _input_files(_text_or_pdf(32 * 1024 * 1024))},
+    "Load3D": {"model_file": _models_3d},
+    "LoadImageDataSetFromFolder": {"folder": _input_subfolders},
+    "LoadImageTextDataSetFromFolder": {"folder": _input_subfolders},
+}
+
+
+def _with_options(spec, options):
+    """A combo input spec with new options, in its own format: v3 ["COMBO", {..."options"}] or v1 [[...], ...]."""
+    if spec[0] == "COMBO":
+        return ["COMBO", {**spec[1], "options": options}]
+    return [options, *spec[1:]]
+
+
+class NodeSchemas(Mapping):
+    """The live /object_info: the vendored schema, combos read from `models` and `input_dir` on lookup."""
+
+    def __init__(self, models, input_dir):
+        self.models, self.input_dir = models, input_dir
+
+    def __getitem__(self, name):
+        entry = object_info()[name]
+        live = LIVE_COMBOS.get(name)
+        if not live:
+            return entry
+        inputs = {category: dict(specs) for category, specs in entry["input"].items()}
+        for input_name, options in live.items():
+            for specs in inputs.values():
+                if input_name in specs:
+                    specs[input_name] = _with_options(specs[input_name], options(self))
+        return {**entry, "input": inputs}
+
+    def __iter__(self):
+        return iter(object_info())
+
+    def __len__(self):
+        return len(object_info())
+
+
+def node_table(models=None, input_files=()):
+    """Every node class the fake knows, {name: /object_info entry} (input_files: ignored, kept for bench/)."""
+    return dict(NodeSchemas(model_folders(models), None))
 
 
 # --------------------------------------------------------------------------- validation
-# A port of execution.py:validate_prompt / validate_inputs, producing the capture's 400 shapes.
+# A port of execution.py (0.8.0) validate_prompt / validate_inputs with the capture's 400 shapes.
+# Where the real code iterates a set (the inputs of a node, the output nodes) the fake uses the
+# schema's / prompt's order; the real order is arbitrary.
 
 def _err(type_, message, details="", extra_info=None):
     return {"type": type_, "message": message, "details": details, "extra_info": extra_info or {}}
 
 
 def _is_link(value):
+    """validate_inputs' test: any list input is a link (its shape is checked separately)."""
     return isinstance(value, list)
+
+
+def is_link(value):
+    """comfy_execution/graph_utils.is_link: what get_input_data treats as a connection."""
+    return (isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
+            and isinstance(value[1], (int, float)))
 
 
 def _type_name(cls):
     return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
 
 
-def validate_prompt(prompt, defs, targets, input_exists):
+class _Site(NamedTuple):
+    """One traceback frame of the real execution.py (0.8.0, Python 3.11 format)."""
+    line: int
+    function: str
+    code: str
+    tildes: str  # the part of `code` Python 3.11 underlines with ~ (may be empty), then ^ for the rest
+    marked: str
+
+    def format(self, root):
+        start = self.code.index(self.tildes + self.marked) + 4
+        carets = " " * start + "~" * len(self.tildes) + "^" * len(self.marked) + "\n"
+        return f'  File "{root}/execution.py", line {self.line}, in {self.function}\n    {self.code}\n{carets}'
+
+
+SITES = {
+    "output": _Site(1043, "validate_prompt", "m = await validate_inputs(prompt_id, prompt, o, validated)", "",
+                    "await validate_inputs(prompt_id, prompt, o, validated)"),
+    "inner": _Site(838, "validate_inputs", "r = await validate_inputs(prompt_id, prompt, o_id, validated)", "",
+                   "await validate_inputs(prompt_id, prompt, o_id, validated)"),
+    "inputs": _Site(755, "validate_inputs", "inputs = prompt[unique_id]['inputs']", "prompt[unique_id]",
+                    "['inputs']"),
+    "link_node": _Site(818, "validate_inputs", "o_class_type = prompt[o_id]['class_type']", "prompt", "[o_id]"),
+    "link_slot": _Site(820, "validate_inputs", "received_type = r[val[1]]", "r", "[val[1]]"),
+    "custom": _Site(965, "validate_inputs", "ret = await _async_map_node_over_list(prompt_id, unique_id, obj_class, "
+                    "input_filtered, validate_function_name, v3_data=v3_data)", "",
+                    "await _async_map_node_over_list(prompt_id, unique_id, obj_class, input_filtered, "
+                    "validate_function_name, v3_data=v3_data)"),
+}
+
+
+def _at(site, action):
+    """Run `action`; an exception it raises remembers the real frame it would come from."""
+    try:
+        return action()
+    except Exception as ex:
+        if not hasattr(ex, "comfy_sites"):
+            ex.comfy_sites = [site]
+        raise
+
+
+def _traceback(ctx, caller, ex):
+    return [SITES[s].format(ctx.root) for s in [caller, *getattr(ex, "comfy_sites", [])]]
+
+
+class _Validation:
+    """One validate_prompt call: the prompt, the live schemas, the `validated` memo, the input folder."""
+
+    def __init__(self, prompt, defs, input_exists, root):
+        self.prompt, self.defs, self.input_exists, self.root = prompt, defs, input_exists, root
+        self.validated = {}
+
+
+def validate_prompt(prompt, defs, targets, input_exists, root="<comfyui>"):
     """Return (ok, error, good_outputs, node_errors) exactly like execution.py:validate_prompt."""
     outputs = []
-    for nid, node in prompt.items():
-        if "class_type" not in node:
+    for nid in prompt:
+        if "class_type" not in prompt[nid]:
             return False, _err("invalid_prompt", "Cannot execute because a node is missing the "
                                "class_type property.", f"Node ID '#{nid}'"), [], {}
-        if node["class_type"] not in defs:
-            return False, _err("invalid_prompt", f"Cannot execute because node {node['class_type']} "
+        entry = defs.get(prompt[nid]["class_type"])
+        if entry is None:
+            return False, _err("invalid_prompt", f"Cannot execute because node {prompt[nid]['class_type']} "
                                "does not exist.", f"Node ID '#{nid}'"), [], {}
-        if defs[node["class_type"]]["output_node"] and (targets is None or nid in targets):
+        if entry["output_node"] is True and (targets is None or nid in targets):
             outputs.append(nid)
     if not outputs:
         return False, _err("prompt_no_outputs", "Prompt has no outputs"), [], {}
-    good, failed, node_errors, validated = [], [], {}, {}
+    ctx = _Validation(prompt, defs, input_exists, root)
+    good, failed, node_errors = [], [], {}
     for out in outputs:
-        try:
-            ok, reasons = _validate_node(prompt, out, defs, validated, input_exists)
-        except Exception as ex:  # e.g. a link to a node id that is not in the prompt
-            ok, reasons = False, [_err("exception_during_validation", "Exception when validating node",
-                                       str(ex), {"exception_type": _type_name(type(ex)),
-                                                 "traceback": traceback.format_tb(ex.__traceback__)})]
-            validated[out] = (False, reasons)
-        if ok:
+        valid, reasons = _validate_output(ctx, out)
+        if valid is True:
             good.append(out)
             continue
-        failed += reasons
-        for nid, (valid, node_reasons) in validated.items():  # real quirk: all failed nodes so far
-            if not valid and node_reasons:
-                entry = node_errors.setdefault(nid, {"errors": node_reasons, "dependent_outputs": [],
-                                                     "class_type": prompt[nid]["class_type"]})
-                entry["dependent_outputs"].append(out)
+        failed.append((out, reasons))
+        _collect_node_errors(ctx, out, node_errors)
     if not good:
-        details = "\n".join(f"{r['message']}: {r['details']}" for r in failed)
+        details = "\n".join(f"{r['message']}: {r['details']}" for _, reasons in failed for r in reasons)
         return False, _err("prompt_outputs_failed_validation", "Prompt outputs failed validation",
                            details), [], node_errors
     return True, None, good, node_errors
 
 
-def _validate_node(prompt, nid, defs, validated, input_exists):
-    if nid in validated:
-        return validated[nid]
-    inputs, class_type = prompt[nid]["inputs"], prompt[nid]["class_type"]
-    spec = defs[class_type]["input"]
-    errors, valid = [], True
-    for category in ("required", "optional"):
-        for name, info in spec.get(category, {}).items():
-            if name not in inputs:
-                if category == "required":
-                    errors.append(_err("required_input_missing", "Required input is missing", name,
-                                       {"input_name": name}))
-                continue
-            value = inputs[name]
-            if _is_link(value):
-                error, upstream_ok = _check_link(prompt, name, info, value, defs, validated, input_exists)
-                valid = valid and upstream_ok
-            else:
-                error = _check_value(class_type, name, info, value, input_exists)
-            if error:
-                errors.append(error)
-    result = (not errors and valid, errors)
-    validated[nid] = result
+def _validate_output(ctx, out):
+    try:
+        return _validate_inputs(ctx, out)[:2]
+    except Exception as ex:
+        reasons = [_err("exception_during_validation", "Exception when validating node", str(ex),
+                        {"exception_type": _type_name(type(ex)), "traceback": _traceback(ctx, "output", ex)})]
+        ctx.validated[out] = (False, reasons, out)
+        return False, reasons
+
+
+def _collect_node_errors(ctx, out, node_errors):
+    """Real quirk: every failed node validated so far gets this output, related or not."""
+    for nid, (valid, reasons, _) in ctx.validated.items():
+        if valid is not True and reasons:
+            entry = node_errors.setdefault(nid, {"errors": reasons, "dependent_outputs": [],
+                                                 "class_type": ctx.prompt[nid]["class_type"]})
+            entry["dependent_outputs"].append(out)
+
+
+def _validate_inputs(ctx, nid):
+    """execution.py validate_inputs: (valid, errors, nid), memoised in ctx.validated."""
+    if nid in ctx.validated:
+        return ctx.validated[nid]
+    inputs = _at("inputs", lambda: ctx.prompt[nid]["inputs"])
+    entry = ctx.defs[ctx.prompt[nid]["class_type"]]
+    validator = VALIDATORS.get(entry["name"])
+    args = validator.args if validator else ()
+    errors, valid, received_types = [], True, {}
+    for name, category, spec in finalized_inputs(entry, inputs):
+        if name not in inputs:
+            if category == "required":
+                details = name.split(".")[-1] if is_v3(entry) else name
+                errors.append(_err("required_input_missing", "Required input is missing", details,
+                                   {"input_name": name}))
+            continue
+        info = [spec[0], spec[1] if len(spec) > 1 else {}]
+        if isinstance(inputs[name], list):
+            error, upstream_ok = _check_link(ctx, name, info, inputs[name], args, received_types)
+            valid = valid and upstream_ok
+        else:
+            error = _check_value(name, info, inputs, args)
+        if error:
+            errors.append(error)
+    if validator:
+        errors += _custom_validation(ctx, nid, entry, inputs, validator, received_types)
+    result = (False, errors, nid) if errors or valid is not True else (True, [], nid)
+    ctx.validated[nid] = result
     return result
 
 
-def _check_link(prompt, name, info, link, defs, validated, input_exists):
-    """Returns (error or None, upstream_valid). KeyError/IndexError escape on purpose (real does)."""
+def _check_link(ctx, name, info, link, args, received_types):
+    """Returns (error or None, upstream valid). A missing node / bad slot raises, as the real one does."""
     if len(link) != 2:
         return _err("bad_linked_input", "Bad linked input, must be a length-2 list of [node_id, slot_index]",
                     name, {"input_name": name, "input_config": info, "received_value": link}), True
-    received = defs[prompt[link[0]]["class_type"]]["output"][link[1]]
-    wanted = info[0]
-    if isinstance(wanted, str) and "*" not in (wanted, received) and received != wanted:
+    o_id = link[0]
+    o_class = _at("link_node", lambda: ctx.prompt[o_id]["class_type"])
+    returns = return_types(ctx.defs[o_class])
+    received = _at("link_slot", lambda: returns[link[1]])
+    received_types[name] = received
+    if "input_types" not in args and not validate_node_input(received, info[0]):
         return _err("return_type_mismatch", "Return type mismatch between linked nodes",
-                    f"{name}, received_type({received}) mismatch input_type({wanted})",
+                    f"{name}, received_type({received}) mismatch input_type({info[0]})",
                     {"input_name": name, "input_config": info, "received_type": received,
                      "linked_node": link}), True
     try:
-        ok, _ = _validate_node(prompt, link[0], defs, validated, input_exists)
+        return None, _validate_inputs(ctx, o_id)[0] is not False
     except Exception as ex:
-        reasons = [_err("exception_during_inner_validation", "Exception when validating inner node",
-                        str(ex), {"input_name": name, "input_config": info, "exception_message": str(ex),
-                                  "exception_type": _type_name(type(ex)),
-                                  "traceback": traceback.format_tb(ex.__traceback__), "linked_node": link})]
-        validated[link[0]] = (False, reasons)
-        ok = False
-    return None, ok
+        ctx.validated[o_id] = (False, [_err(
+            "exception_during_inner_validation", "Exception when validating inner node", str(ex),
+            {"input_name": name, "input_config": info, "exception_message": str(ex),
+             "exception_type": _type_name(type(ex)), "traceback": _traceback(ctx, "inner", ex),
+             "linked_node": link})], o_id)
+        return None, False
+
+
+def return_types(entry):
+    """RETURN_TYPES: a tuple on v1 nodes, a list on v3 ones (so a bad slot's IndexError reads alike)."""
+    return list(entry["output"]) if is_v3(entry) else tuple(entry["output"])
+
+
+def validate_node_input(received, wanted):
+    """comfy_execution/validation.py validate_node_input (non-strict)."""
+    if received == wanted or "*" in (received, wanted) or "COMFY_MATCHTYPE_V3" in (received, wanted):
+        return True
+    if isinstance(received, list) and wanted == "COMBO":
+        return True
+    if not isinstance(received, str) or not isinstance(wanted, str):
+        return False
+    got, accepted = {t.strip() for t in received.split(",")}, {t.strip() for t in wanted.split(",")}
+    return "*" in got or "*" in accepted or bool(got & accepted)
 
 
 _CONVERT = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool}
 
 
-def _check_value(class_type, name, info, value, input_exists):
-    wanted, opts = info[0], (info[1] if len(info) > 1 else {})
-    if isinstance(value, dict) and "__value__" in value:
-        value = value["__value__"]
+def _check_value(name, info, inputs, args):
+    """Convert a widget value in place (the queued prompt keeps it), then min/max and combo checks."""
+    wanted, opts, value = info[0], info[1], inputs[name]
     try:
+        if isinstance(value, dict) and "__value__" in value:
+            value = inputs[name] = value["__value__"]
         if isinstance(wanted, str) and wanted in _CONVERT:
-            value = _CONVERT[wanted](value)
+            value = inputs[name] = _CONVERT[wanted](value)
     except Exception as ex:
         return _err("invalid_input_type", f"Failed to convert an input value to a {wanted} value",
                     f"{name}, {value}, {ex}", {"input_name": name, "input_config": info,
                                                "received_value": value, "exception_message": str(ex)})
-    extra = {"input_name": name, "input_config": info, "received_value": value}
-    if class_type == "LoadImage":  # nodes.py LoadImage.VALIDATE_INPUTS replaces the combo check
-        if not input_exists(value):
-            return _err("custom_validation_failed", "Custom validation failed for node",
-                        f"LoadImage - Invalid image file: {value}", extra)
+    if name in args:  # the node's own validator checks this input instead
         return None
+    extra = {"input_name": name, "input_config": info, "received_value": value}
     if "min" in opts and value < opts["min"]:
         return _err("value_smaller_than_min", f"Value {value} smaller than min of {opts['min']}", name, extra)
     if "max" in opts and value > opts["max"]:
         return _err("value_bigger_than_max", f"Value {value} bigger than max of {opts['max']}", name, extra)
-    if isinstance(wanted, list) and value not in wanted:
-        # Long lists (many model files) are not echoed back: input_config becomes null.
-        listing = f"(list of length {len(wanted)})" if len(wanted) > 20 else str(wanted)
-        return _err("value_not_in_list", "Value not in list", f"{name}: '{value}' not in {listing}",
-                    {**extra, "input_config": None if len(wanted) > 20 else info})
+    if isinstance(wanted, list) or wanted == "COMBO":
+        return _check_combo(name, info, value, wanted if isinstance(wanted, list) else opts.get("options", []))
     return None
+
+
+def _check_combo(name, info, value, options):
+    if value in options:
+        return None
+    long_list = len(options) > 20  # gigantic lists (scanned model files) are not echoed back
+    listing = f"(list of length {len(options)})" if long_list else str(options)
+    return _err("value_not_in_list", "Value not in list", f"{name}: '{value}' not in {listing}",
+                {"input_name": name, "input_config": None if long_list else info, "received_value": value})
+
+
+# ---- v3 dynamic inputs (comfy_api/latest/_io.py get_finalized_class_inputs)
+
+def finalized_inputs(entry, live_inputs):
+    """[(name, category, spec)] a node validates: required first; v3 dynamic inputs expanded."""
+    spec = entry["input"]
+    if is_v3(entry):
+        out = {"required": {}, "optional": {}}
+        _parse_class_inputs(out, live_inputs, {k: v for k, v in spec.items() if k != "hidden"})
+        spec = out
+    required = spec.get("required", {})
+    return ([(name, "required", s) for name, s in required.items()]
+            + [(name, "optional", s) for name, s in spec.get("optional", {}).items() if name not in required])
+
+
+def _prefixed(prefix, name=None):
+    """_io.finalize_prefix: "images.image0" style ids of nested inputs."""
+    if prefix is None:
+        return name
+    return ".".join(prefix + ([name] if name is not None else []))
+
+
+def _parse_class_inputs(out, live, current, prefix=None):
+    for category, specs in current.items():
+        for name, value in specs.items():
+            expand = DYNAMIC_INPUTS.get(value[0])
+            if expand:
+                expand(out, live, value, category, (prefix or []) + [name])
+            else:
+                out.setdefault(category, {})[_prefixed(prefix, name)] = value
+
+
+def _expand_autogrow(out, live, value, category, prefix):
+    template = value[1]["template"]
+    if "names" in template:
+        names = template["names"]
+    else:
+        names = [f"{template['prefix']}{i}" for i in range(template["max"])]
+    item = [next(iter(specs.values())) for specs in template["input"].values()][-1]
+    grown = {}
+    for i, name in enumerate(names):
+        if _prefixed(prefix, name) in live:
+            grown.setdefault("required" if i < template["min"] else "optional", {})[name] = item
+    _parse_class_inputs(out, live, grown, prefix)
+
+
+def _expand_dynamic_combo(out, live, value, category, prefix):
+    own_id = _prefixed(prefix)
+    if own_id in live:
+        option = next((o for o in value[1]["options"] if o["key"] == live[own_id]), None)
+        if option is not None:
+            _parse_class_inputs(out, live, option["inputs"], prefix)
+            out.setdefault(category, {})[own_id] = value
+
+
+def _expand_dynamic_slot(out, live, value, category, prefix):
+    own_id = _prefixed(prefix)
+    if own_id in live:
+        _parse_class_inputs(out, live, value[1]["inputs"], prefix)
+        out.setdefault(category, {})[own_id] = value
+
+
+DYNAMIC_INPUTS = {"COMFY_AUTOGROW_V3": _expand_autogrow, "COMFY_DYNAMICCOMBO_V3": _expand_dynamic_combo,
+                  "COMFY_DYNAMICSLOT_V3": _expand_dynamic_slot}
+
+
+# ---- custom validation (VALIDATE_INPUTS on v1 nodes, validate_inputs on v3 ones)
+
+class _Validator(NamedTuple):
+    qualname: str  # what Python names the function in a TypeError
+    args: tuple  # inspect.getfullargspec(...).args, `s`/`cls` included like the real one
+    check: object  # check(ctx, **kwargs) -> True, False or a message
+
+
+def _custom_validation(ctx, nid, entry, inputs, validator, received_types):
+    """Call the node's validator with its literal inputs (links arrive as None); one error per argument."""
+    data = _validation_input_data(entry, inputs, nid)
+    given = {name: values[0] for name, values in data.items() if name in validator.args}
+    if "input_types" in validator.args:
+        given["input_types"] = received_types
+    result = _at("custom", lambda: _call_validator(ctx, validator, given))
+    if result is True:
+        return []
+    suffix = "" if result is False else f" - {result}"
+    return [_err("custom_validation_failed", "Custom validation failed for node", f"{name}{suffix}",
+                 {"input_name": name}) for name in given]
+
+
+def _validation_input_data(entry, inputs, nid):
+    """execution.py get_input_data without an execution list: links are missing (None)."""
+    known = {name for name, _, _ in finalized_inputs(entry, inputs)}
+    if not is_v3(entry):
+        known |= set(entry["input"].get("hidden", {}))
+    data = {}
+    for name, value in inputs.items():
+        if is_link(value):
+            data[name] = (None,)
+        elif name in known:
+            data[name] = [value]
+    if not is_v3(entry):
+        hidden = {"PROMPT": {}, "DYNPROMPT": None, "EXTRA_PNGINFO": None, "UNIQUE_ID": nid}
+        data.update({name: [hidden[kind]] for name, kind in entry["input"].get("hidden", {}).items()
+                     if kind in hidden})
+    return data
+
+
+def _call_validator(ctx, validator, given):
+    missing = [f"'{a}'" for a in validator.args[1:] if a not in given]
+    if missing:
+        names = missing[0] if len(missing) == 1 else ", ".join(missing[:-1]) + \
+            ("," if len(missing) > 2 else "") + " and " + missing[-1]
+        plural = "s" if len(missing) > 1 else ""
+        raise TypeError(f"{validator.qualname}() missing {len(missing)} required positional argument{plural}: {names}")
+    return validator.check(ctx, **given)
+
+
+def _file_exists(message):
+    return lambda ctx, **kw: True if ctx.input_exists(*kw.values()) else message.format(*kw.values())
+
+
+def _camera_controls(ctx, **values):
+    if any(not math.isclose(v, 0.0) for v in values.values()):
+        return True
+    return "Invalid camera control configs: at least one of the values must be non-zero"
+
+
+def _aspect_ratio_1_4_to_4_1(ctx, aspect_ratio):
+    """comfy_api_nodes validate_aspect_ratio_string(aspect_ratio, (1, 4), (4, 1)): raises ValueError."""
+    parts = aspect_ratio.split(":")
+    if len(parts) != 2:
+        raise ValueError(f"Aspect ratio must be 'X:Y' (e.g., 16:9), got '{aspect_ratio}'.")
+    try:
+        a, b = int(parts[0].strip()), int(parts[1].strip())
+    except ValueError as exc:
+        raise ValueError(f"Aspect ratio must contain integers separated by ':', got '{aspect_ratio}'.") from exc
+    if a <= 0 or b <= 0:
+        raise ValueError(f"Aspect ratio parts must be positive integers, got {a}:{b}.")
+    for bound, outside in ((0.25, a / b < 0.25), (4.0, a / b > 4.0)):
+        if outside:
+            raise ValueError(f"Aspect ratio `{a / b:.2g}` must be ≤ {bound:.2g}.")
+    return True
+
+
+def _tripo_task_id(ctx, input_types):
+    if input_types["original_model_task_id"] not in ("MODEL_TASK_ID", "RIG_TASK_ID", "RETARGET_TASK_ID"):
+        return "original_model_task_id must be MODEL_TASK_ID, RIG_TASK_ID or RETARGET_TASK_ID type"
+    return True
+
+
+_IMAGE_FILE = _file_exists("Invalid image file: {}")
+_CAMERA = ("horizontal_movement", "vertical_movement", "pan", "tilt", "roll", "zoom")
+VALIDATORS = {  # every node of the 545 with its own validator (nodes.py, comfy_extras, comfy_api_nodes)
+    "LoadImage": _Validator("LoadImage.VALIDATE_INPUTS", ("s", "image"), _IMAGE_FILE),
+    "LoadImageOutput": _Validator("LoadImage.VALIDATE_INPUTS", ("s", "image"), _IMAGE_FILE),  # inherited
+    "LoadImageMask": _Validator("LoadImageMask.VALIDATE_INPUTS", ("s", "image"), _IMAGE_FILE),
+    "LoadLatent": _Validator("LoadLatent.VALIDATE_INPUTS", ("s", "latent"), _file_exists("Invalid latent file: {}")),
+    "LoadVideo": _Validator("LoadVideo.validate_inputs", ("s", "file"), _file_exists("Invalid video file: {}")),
+    "CustomCombo": _Validator("CustomComboNode.validate_inputs", ("cls", "choice"), lambda ctx, **kw: True),
+    "KlingCameraControls": _Validator("KlingCameraControls.validate_inputs", ("cls", *_CAMERA), _camera_controls),
+    "FluxProUltraImageNode": _Validator("FluxProUltraImageNode.validate_inputs", ("cls", "aspect_ratio"),
+                                        _aspect_ratio_1_4_to_4_1),
+    "TripoConversionNode": _Validator("TripoConversionNode.validate_inputs", ("cls", "input_types"),
+                                      _tripo_task_id),
+}
 
 
 # --------------------------------------------------------------------------- files
@@ -431,10 +843,119 @@ def _ms():
     return int(time.time() * 1000)
 
 
+
+# --------------------------------------------------------------------------- what nodes "compute"
+# Small dicts stand in for tensors: an image {w, h, n, rgb}, a latent {w, h, n, frames[, rgb]},
+# a video {images, fps}. Nodes without a simulation below run generically.
+
+def _image(w, h, n, rgb):
+    return {"w": int(w), "h": int(h), "n": int(n), "rgb": tuple(rgb)}
+
+
+def _is_image(value):
+    return isinstance(value, dict) and {"w", "h", "n", "rgb"} <= set(value) and "frames" not in value
+
+
+def _is_latent(value):
+    return isinstance(value, dict) and "frames" in value
+
+
+def _as_image(value, seed=""):
+    """What a saver gets: an image, the frames of a video, or a small grey stand-in for anything else."""
+    if isinstance(value, dict) and _is_image(value.get("images")):
+        return value["images"]
+    return value if _is_image(value) else _image(64, 64, 1, _rgb(seed))
+
+
+def generic_outputs(entry, nid, args):
+    """Opaque placeholders per output type; IMAGE/LATENT pass an upstream one through (or a small new one)."""
+    image = next((v for v in args.values() if _is_image(v)), None)
+    latent = next((v for v in args.values() if _is_latent(v)), None)
+    return tuple(_placeholder(t, entry["name"], nid, image, latent) for t in entry["output"])
+
+
+def _placeholder(io_type, cls, nid, image, latent):
+    if io_type == "IMAGE":
+        return dict(image) if image else _image(64, 64, 1, _rgb(cls, nid))
+    if io_type == "LATENT":
+        return dict(latent) if latent else {"w": 64, "h": 64, "n": 1, "frames": 1}
+    if io_type == "VIDEO":
+        return {"images": image or _image(64, 64, 1, _rgb(cls, nid)), "fps": 24.0}
+    return f"{io_type}:{cls}#{nid}"
+
+
+def _sim_empty_image(fake, run, a):
+    c = int(a["color"])
+    return (_image(a["width"], a["height"], a["batch_size"], ((c >> 16) & 255, (c >> 8) & 255, c & 255)),), None
+
+
+def _sim_empty_latent(fake, run, a):
+    return ({"w": int(a["width"]), "h": int(a["height"]), "n": int(a["batch_size"]),
+             "frames": int(a.get("length", 1))},), None
+
+
+def _sim_sampler(fake, run, a):
+    latent = a["latent_image"] if _is_latent(a.get("latent_image")) else {"w": 64, "h": 64, "n": 1, "frames": 1}
+    return ({**latent, "rgb": _rgb(a.get("seed", a.get("noise_seed")), a.get("positive"), a.get("negative"))},), None
+
+
+def _sim_vae_decode(fake, run, a):
+    lat = a["samples"] if _is_latent(a.get("samples")) else {"w": 64, "h": 64, "n": 1, "frames": 1}
+    return (_image(lat["w"], lat["h"], lat["n"] * lat["frames"], lat.get("rgb", (128, 128, 128))),), None
+
+
+def _sim_image_invert(fake, run, a):
+    img = _as_image(a["image"])
+    return ({**img, "rgb": tuple(255 - c for c in img["rgb"])},), None
+
+
+def _sim_preview_any(fake, run, a):
+    """comfy_extras/nodes_preview_any.py: the value as text in the ui."""
+    source = a.get("source")
+    if isinstance(source, str):
+        value = source
+    elif isinstance(source, (int, float, bool)):
+        value = str(source)
+    else:
+        value = "None" if source is None else json.dumps(source, indent=4, default=str)
+    return (), {"text": [value]}
+
+
+def _sim_checkpoint(fake, run, a):
+    name = a["ckpt_name"]
+    return ("MODEL:" + name, "CLIP:" + name, "VAE:" + name), None
+
+
+SIMULATIONS = {
+    "EmptyImage": _sim_empty_image,
+    "LoadImage": lambda fake, run, a: (fake._load_image(a["image"]), None),
+    "CheckpointLoaderSimple": _sim_checkpoint,
+    "UNETLoader": lambda fake, run, a: (("MODEL:" + a["unet_name"],), None),
+    "CLIPLoader": lambda fake, run, a: ((f"CLIP:{a['clip_name']}:{a['type']}",), None),
+    "VAELoader": lambda fake, run, a: (("VAE:" + a["vae_name"],), None),
+    "CLIPTextEncode": lambda fake, run, a: (({"text": str(a["text"])},), None),
+    "EmptyLatentImage": _sim_empty_latent, "EmptyHunyuanLatentVideo": _sim_empty_latent,
+    "KSampler": _sim_sampler, "KSamplerAdvanced": _sim_sampler,
+    "VAEDecode": _sim_vae_decode,
+    "ImageInvert": _sim_image_invert,
+    "GetImageSize": lambda fake, run, a: ((lambda i: (i["w"], i["h"], i["n"]))(_as_image(a["image"])), None),
+    "PreviewAny": _sim_preview_any,
+    "CreateVideo": lambda fake, run, a: (({"images": _as_image(a["images"]), "fps": a["fps"]},), None),
+    **{saver: (lambda cls: lambda fake, run, a: ((), fake._save(run, cls, a)))(saver)
+       for saver in ("SaveImage", "PreviewImage", "SaveAnimatedWEBP", "SaveAnimatedPNG", "SaveWEBM", "SaveVideo")},
+}
+
+
 # --------------------------------------------------------------------------- the server
 
 class FakeComfyUI:
-    """Fake ComfyUI on 127.0.0.1. Knobs are plain attributes and may be changed while running."""
+    """Fake ComfyUI on 127.0.0.1. Knobs are plain attributes and may be changed while running.
+
+    `models` is {folder: [file names]} (folders named as ComfyUI names them: checkpoints,
+    diffusion_models, text_encoders, vae, loras, ...). None (the default) = the files of
+    deploy/comfyui-manifest.json in their dest folders; a plain list = checkpoints only. A folder
+    missing from the dict is empty (configs/ and custom_nodes/ hold what ComfyUI ships).
+    """
 
     def __init__(self, *, port=0, host="127.0.0.1", steps=3, step_delay=0.02, latency=0.0,
                  fail_mode=None, models=None, gpu_name=None, vram_total=None, extra_queue=0,
@@ -446,7 +967,7 @@ class FakeComfyUI:
         self.step_delay = step_delay
         self.latency = latency
         self.fail_mode = fail_mode
-        self.models = list(DEFAULT_MODELS if models is None else models)
+        self.models = models
         self.gpu_name, self.vram_total = gpu_name, vram_total
         self.extra_queue = extra_queue
         self.cache = cache  # True = ComfyUI's classic cache (identical reruns write no new file)
@@ -455,15 +976,25 @@ class FakeComfyUI:
         if base_dir is None:
             base_dir = tempfile.mkdtemp(prefix="fake-comfyui-")
             weakref.finalize(self, shutil.rmtree, base_dir, True)
-        base_dir = os.path.realpath(base_dir)
+        self.base_dir = base_dir = os.path.realpath(base_dir)  # plays the ComfyUI root
         self.output_dir, self.input_dir, self.temp_dir = (
             os.path.join(base_dir, d) for d in ("output", "input", "temp"))
-        for d in (self.output_dir, self.input_dir, self.temp_dir):
-            os.makedirs(d, exist_ok=True)
+        for d in (self.output_dir, self.input_dir, self.temp_dir, os.path.join(self.input_dir, "3d")):
+            os.makedirs(d, exist_ok=True)  # input/3d: the real Load3D node creates it at startup
         self._thread = self._loop = None
         self._reset_state()
 
     # ---- lifecycle
+
+    @property
+    def models(self):
+        """{folder: [file]}: mutate it, or assign a dict (copied), a list (checkpoints only) or None
+        (the manifest's files again); the next request sees the change."""
+        return self._model_files
+
+    @models.setter
+    def models(self, models):
+        self._model_files = model_folders(models)
 
     @property
     def url(self):
@@ -574,8 +1105,8 @@ class FakeComfyUI:
                 ("POST", "/upload/image", self._upload), ("POST", "/upload/mask", self._upload),
                 ("GET", "/system_stats", self._system_stats), ("GET", "/features", self._features),
                 ("GET", "/object_info", self._object_info), ("GET", "/object_info/{node_class}", self._object_info_one),
-                ("GET", "/models", self._models), ("GET", "/models/{folder}", self._models_in),
-                ("GET", "/embeddings", self._empty_list), ("GET", "/extensions", self._empty_list)]
+                ("GET", "/models", self._model_types), ("GET", "/models/{folder}", self._models_in),
+                ("GET", "/embeddings", self._embeddings), ("GET", "/extensions", self._empty_list)]
 
     def _middleware(self):
         @web.middleware
@@ -663,7 +1194,7 @@ class FakeComfyUI:
                                       "node_errors": {}}, status=400)
         prompt, pid = body["prompt"], str(body.get("prompt_id") or uuid.uuid4())
         ok, error, outputs, node_errors = validate_prompt(
-            prompt, self._defs(), body.get("partial_execution_targets"), self._input_exists)
+            prompt, self._defs(), body.get("partial_execution_targets"), self._input_exists, self.base_dir)
         if not ok:
             return web.json_response({"error": error, "node_errors": node_errors}, status=400)
         extra = dict(body.get("extra_data") or {})
@@ -671,6 +1202,7 @@ class FakeComfyUI:
             extra["client_id"] = body["client_id"]
         for key in SENSITIVE_EXTRA_DATA_KEYS:
             extra.pop(key, None)
+        extra["create_time"] = _ms()  # 0.8.0: queue items and history carry it
         self.prompts[pid] = prompt
         self._seq += 1
         heapq.heappush(self._pending, (number, self._seq, [number, pid, prompt, extra, outputs]))
@@ -758,7 +1290,8 @@ class FakeComfyUI:
         return name, None
 
     def _input_exists(self, name):
-        name, base = self._annotated(str(name))
+        """folder_paths.exists_annotated_filepath (a non-string name raises, as there)."""
+        name, base = self._annotated(name)
         return os.path.exists(os.path.join(base or self.input_dir, name))
 
     async def _view(self, request):
@@ -824,46 +1357,48 @@ class FakeComfyUI:
         return web.json_response(FEATURES)
 
     async def _system_stats(self, request):
-        ram_total, ram_free = 25276063744, 23849340928  # the capture's --cpu box
+        ram_total, ram_free = 25275973632, 23460638720  # the capture's --cpu box
         argv = ["main.py", "--listen", self.host, "--port", str(self.port), "--disable-auto-launch"]
         if self.gpu_name:
             total = int(self.vram_total or 25757220864)
             name = self.gpu_name if self.gpu_name.startswith("cuda:") else f"cuda:0 {self.gpu_name} : cudaMallocAsync"
             device = {"name": name, "type": "cuda", "index": 0, "vram_total": total,
                       "vram_free": int(total * 0.96), "torch_vram_total": 0, "torch_vram_free": 0}
-            torch_version = "2.13.0+cu130"
+            torch_version = "2.14.1+cu130"
         else:
             total = int(self.vram_total or ram_total)
             device = {"name": "cpu", "type": "cpu", "index": None, "vram_total": total,
                       "vram_free": min(ram_free, total), "torch_vram_total": total,
                       "torch_vram_free": min(ram_free, total)}
-            torch_version, argv = "2.13.0+cpu", argv[:1] + ["--cpu"] + argv[1:]
-        system = {"os": os.name, "ram_total": ram_total, "ram_free": ram_free, "comfyui_version": "0.3.64",
-                  "required_frontend_version": "1.27.10", "installed_templates_version": "0.1.95",
-                  "required_templates_version": "0.1.95", "python_version": sys.version,
+            torch_version, argv = "2.14.1+cu130", argv[:1] + ["--cpu"] + argv[1:]  # capture: a cu130 build
+        system = {"os": sys.platform, "ram_total": ram_total, "ram_free": ram_free, "comfyui_version": "0.8.0",
+                  "required_frontend_version": "1.35.9", "installed_templates_version": "0.7.67",
+                  "required_templates_version": "0.7.67", "python_version": sys.version,
                   "pytorch_version": torch_version, "embedded_python": False, "argv": argv}
         return web.json_response({"system": system, "devices": [device]})
 
     def _defs(self):
-        files = [f for f in os.listdir(self.input_dir) if os.path.isfile(os.path.join(self.input_dir, f))
-                 and (mimetypes.guess_type(f)[0] or "").startswith("image/")]
-        return node_table(self.models, files)
+        """The live node schemas: lists rescanned from `models` and the input folder on every lookup."""
+        return NodeSchemas(self.models, self.input_dir)
 
     async def _object_info(self, request):
-        return web.json_response(self._defs())
+        return web.json_response(dict(self._defs()))
 
     async def _object_info_one(self, request):
         defs, name = self._defs(), request.match_info["node_class"]
         return web.json_response({name: defs[name]} if name in defs else {})  # unknown -> {}
 
-    async def _models(self, request):
+    async def _model_types(self, request):
         return web.json_response(MODEL_FOLDERS)
 
     async def _models_in(self, request):
         folder = request.match_info["folder"]
         if folder not in MODEL_FOLDERS:
             return web.Response(status=404)
-        return web.json_response(list(self.models) if folder == "checkpoints" else [])
+        return web.json_response(filename_list(self.models, folder))
+
+    async def _embeddings(self, request):
+        return web.json_response(filename_list(self.models, "embeddings"))
 
     async def _empty_list(self, request):
         return web.json_response([])
@@ -953,7 +1488,7 @@ class FakeComfyUI:
         args = {}
         try:
             args = {k: (values[v[0]][v[1]] if _is_link(v) else v) for k, v in run.prompt[nid]["inputs"].items()}
-            if self.fail_mode == "runtime_error" and cls in OUTPUT_NODES:
+            if self.fail_mode == "runtime_error" and self._defs()[cls]["output_node"]:
                 raise RuntimeError(f"fake ComfyUI: simulated failure in {cls} (fail_mode='runtime_error')")
             if cls in SAMPLER_NODES:
                 await self._sample(run, nid, args)
@@ -976,8 +1511,10 @@ class FakeComfyUI:
     def _error_payload(self, run, nid, cls, args, values, ex):
         """The execution_error body of the capture's runtime error entry."""
         inputs = {k: [_formatted(v)] for k, v in args.items()}
-        if self._defs()[cls]["input"].get("hidden"):
-            inputs.update(prompt=[str(run.prompt)], extra_pnginfo=[run.extra.get("extra_pnginfo")])
+        entry = self._defs()[cls]
+        if not is_v3(entry):  # v1 nodes get their hidden inputs as inputs (v3 ones elsewhere)
+            hidden = {"PROMPT": str(run.prompt), "EXTRA_PNGINFO": run.extra.get("extra_pnginfo"), "UNIQUE_ID": nid}
+            inputs.update({k: [hidden[v]] for k, v in entry["input"].get("hidden", {}).items() if v in hidden})
         return {"node_id": nid, "node_type": cls, "executed": list(run.executed),
                 "exception_message": str(ex), "exception_type": _type_name(type(ex)),
                 "traceback": traceback.format_tb(ex.__traceback__), "current_inputs": inputs,
@@ -1001,48 +1538,32 @@ class FakeComfyUI:
             self._drop_socket(run.client_id)
             await asyncio.sleep(0)  # let the socket's handler notice before we send more
 
-    # ---- what each node "computes": small dicts standing in for tensors
+    # ---- what each node "computes" (see SIMULATIONS)
 
     def _compute(self, run, cls, a):
         """Returns (output tuple, ui dict or None)."""
-        if cls == "EmptyImage":
-            c = int(a["color"])
-            return ({"w": int(a["width"]), "h": int(a["height"]), "n": int(a["batch_size"]),
-                     "rgb": ((c >> 16) & 255, (c >> 8) & 255, c & 255)},), None
-        if cls == "LoadImage":
-            return self._load_image(a["image"]), None
-        if cls == "CheckpointLoaderSimple":
-            return ("MODEL:" + a["ckpt_name"], "CLIP:" + a["ckpt_name"], "VAE:" + a["ckpt_name"]), None
-        if cls == "CLIPTextEncode":
-            return ({"text": str(a["text"])},), None
-        if cls in ("EmptyLatentImage", "EmptyHunyuanLatentVideo"):
-            return ({"w": int(a["width"]), "h": int(a["height"]), "n": int(a["batch_size"]),
-                     "frames": int(a.get("length", 1))},), None
-        if cls == "KSampler":
-            return ({**a["latent_image"], "rgb": _rgb(a["seed"], a["positive"], a["negative"])},), None
-        if cls == "VAEDecode":
-            lat = a["samples"]
-            return ({"w": lat["w"], "h": lat["h"], "n": lat["n"] * lat["frames"],
-                     "rgb": lat.get("rgb", (128, 128, 128))},), None
-        if cls == "CreateVideo":
-            return ({"images": a["images"], "fps": a["fps"]},), None
-        return (), self._save(run, cls, a)
+        simulate = SIMULATIONS.get(cls)
+        if simulate is not None:
+            return simulate(self, run, a)
+        return generic_outputs(self._defs()[cls], run.current[0], a), None
 
     def _load_image(self, name):
         name, base = self._annotated(str(name))
         with open(os.path.join(base or self.input_dir, name), "rb") as f:
             data = f.read()
         w, h = struct.unpack(">II", data[16:24]) if data[:8] == b"\x89PNG\r\n\x1a\n" else (64, 64)
-        image = {"w": w, "h": h, "n": 1, "rgb": _rgb(hashlib.sha1(data).hexdigest())}
-        return image, {"w": w, "h": h, "n": 1}
+        return _image(w, h, 1, _rgb(hashlib.sha1(data).hexdigest())), {"w": w, "h": h, "n": 1}
 
     def _save(self, run, cls, a):
+        img = _as_image(a["video"] if cls == "SaveVideo" else a["images"], cls)
         if cls in ("SaveImage", "PreviewImage"):
-            return self._save_pngs(run, a["images"], a.get("filename_prefix", "ComfyUI"), cls == "PreviewImage")
-        img = a["video"]["images"] if cls == "SaveVideo" else a["images"]
+            return self._save_pngs(run, img, a.get("filename_prefix", "ComfyUI"), cls == "PreviewImage")
         if cls == "SaveAnimatedWEBP":
             return self._save_blob(a["filename_prefix"], img, "webp", img["n"] != 1,
                                    lambda seed, w, h: make_webp(seed, w, h, img["n"] != 1))
+        if cls == "SaveAnimatedPNG":  # a one-frame PNG stands in for the APNG
+            return self._save_blob(a["filename_prefix"], img, "png", True,
+                                   lambda seed, w, h: make_png(w, h, img["rgb"]))
         ext, maker = ("webm", make_webm) if cls == "SaveWEBM" else ("mp4", make_mp4)
         return self._save_blob(a["filename_prefix"], img, ext, True, lambda seed, w, h: maker(seed))
 
@@ -1109,15 +1630,17 @@ def main(argv=None):
     p.add_argument("--step-delay", type=float, default=0.02)
     p.add_argument("--latency", type=float, default=0.0)
     p.add_argument("--fail-mode", choices=[m for m in FAIL_MODES if m], default=None)
-    p.add_argument("--models", nargs="*", default=None)
+    p.add_argument("--models", nargs="*", default=None, help="checkpoint files (every other folder empty)")
+    p.add_argument("--models-json", default=None, help='{"folder": ["file", ...]} (default: the manifest)')
     p.add_argument("--gpu-name", default=None)
     p.add_argument("--vram-total", type=int, default=None)
     p.add_argument("--extra-queue", type=int, default=0)
     p.add_argument("--cache", action="store_true")
     p.add_argument("--base-dir", default=None)
     args = p.parse_args(argv)
+    models = json.loads(args.models_json) if args.models_json else args.models
     fake = FakeComfyUI(host=args.host, port=args.port, steps=args.steps, step_delay=args.step_delay,
-                       latency=args.latency, fail_mode=args.fail_mode, models=args.models,
+                       latency=args.latency, fail_mode=args.fail_mode, models=models,
                        gpu_name=args.gpu_name, vram_total=args.vram_total, extra_queue=args.extra_queue,
                        cache=args.cache, base_dir=args.base_dir).start()
     serve_until_terminated(fake)
