@@ -34,6 +34,8 @@ class Artifact:
     size: Optional[int] = None
     sha256: Optional[str] = None
     optional: bool = False
+    loads_with: str = ""  # "NodeClass.input" that loads it, e.g. "UNETLoader.unet_name"
+    templates: tuple = ()  # the bundled prompt templates that use it (workers/workflows)
 
     @property
     def relative_path(self) -> str:
@@ -105,8 +107,16 @@ def _artifact(entry: dict, where: str) -> Artifact:
         name=entry.get("name") or filename, url=_url(entry.get("url", ""), where),
         dest=_relative(_text(entry, "dest", where), "dest", where), filename=filename,
         size=_size(entry, "size", where, required=True), sha256=_sha256(entry, where, required=True),
-        optional=bool(entry.get("optional", False)),
+        optional=bool(entry.get("optional", False)), loads_with=_loader(entry, where),
+        templates=tuple(str(name) for name in entry.get("templates") or ()),
     )
+
+
+def _loader(entry: dict, where: str) -> str:
+    value = entry.get("loads_with") or ""
+    if value and not re.match(r"^[A-Za-z0-9_]+\.[A-Za-z0-9_]+$", value):
+        raise _invalid(where, "loads_with", "must be NodeClass.input_name")
+    return value
 
 
 def _text(entry: dict, key: str, where: str) -> str:

@@ -1,5 +1,9 @@
 """Bundled workflow templates that prompt jobs fill in, and workflow validation.
 
+The templates' model files come from one place, `deploy/comfyui-manifest.json`: each model
+names the loader input that loads it (`loads_with`) and the templates that use it, so the
+installer, the templates and the routing inventory check cannot drift apart.
+
 Validation runs at submit (a clear form error) and again in the worker before anything is
 sent, so a workflow that reaches a backend is always well-formed.
 """
@@ -8,8 +12,13 @@ import json
 from functools import cache
 from pathlib import Path
 
+from workers.installer.manifest import DEFAULT_MANIFEST, load_manifest
+
+from .requirements import STORABLE_OUTPUT_NODES, stored_outputs
+
 HERE = Path(__file__).parent
 VIDEO_FPS = 16
+TEMPLATES = {"image": "txt2img", "video": "txt2video"}
 
 
 class WorkflowError(ValueError):
@@ -18,14 +27,22 @@ class WorkflowError(ValueError):
 
 @cache
 def _template(name: str) -> dict:
-    return json.loads((HERE / f"{name}.json").read_text())
+    """The template with its model files filled in from the manifest."""
+    workflow = json.loads((HERE / f"{name}.json").read_text())
+    for model in load_manifest(DEFAULT_MANIFEST).models:
+        if name not in model.templates or not model.loads_with:
+            continue
+        class_type, input_name = model.loads_with.split(".")
+        for node in workflow.values():
+            if node["class_type"] == class_type:
+                node["inputs"][input_name] = model.filename
+    return workflow
 
 
 def build_workflow(*, kind: str, prompt: str, negative_prompt: str, width: int, height: int,
-                   seed: int, duration_seconds: int, checkpoint: str) -> dict:
+                   seed: int, duration_seconds: int) -> dict:
     """A ComfyUI API workflow for a prompt job (txt2img or txt2video)."""
-    workflow = copy.deepcopy(_template("txt2video" if kind == "video" else "txt2img"))
-    workflow["4"]["inputs"]["ckpt_name"] = checkpoint
+    workflow = copy.deepcopy(_template(TEMPLATES[kind]))
     workflow["6"]["inputs"]["text"] = prompt
     workflow["7"]["inputs"]["text"] = negative_prompt
     workflow["3"]["inputs"]["seed"] = seed
@@ -49,6 +66,14 @@ def validate_workflow(workflow, *, max_nodes: int, allowed_classes=None) -> None
         raise WorkflowError(f"The workflow has {len(workflow)} nodes; at most {max_nodes} are allowed.")
     for node_id, node in workflow.items():
         _validate_node(workflow, str(node_id), node, allowed_classes)
+    if not stored_outputs(workflow):
+        raise WorkflowError(NOTHING_STORED)
+
+
+NOTHING_STORED = (
+    "This workflow saves nothing Comfy Hybrid can keep: add a Save Image or Save Video node "
+    "(PreviewImage only shows a temporary preview and SaveLatent writes a latent file). "
+    f"Nodes that save results: {', '.join(sorted(STORABLE_OUTPUT_NODES))}.")
 
 
 def _validate_node(workflow: dict, node_id: str, node, allowed_classes) -> None:
