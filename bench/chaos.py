@@ -101,8 +101,8 @@ def _invalid_workflow(prompt: str) -> dict:
     from workers.workflows import build_workflow
 
     workflow = build_workflow(kind="image", prompt=prompt, negative_prompt="", width=512, height=512, seed=1,
-                              duration_seconds=0, checkpoint="v1-5-pruned-emaonly.safetensors")
-    workflow["9"]["class_type"] = "NoSuchSaveNode"
+                              duration_seconds=0)
+    workflow["3"]["class_type"] = "NoSuchSamplerNode"
     return workflow
 
 

@@ -23,13 +23,12 @@ from aiohttp import web
 
 from tests.conftest import RedisServer, wait_for
 from tests.fakes.chaos_proxy import ChaosProxy
-from tests.fakes.comfyui import DEFAULT_MODELS, FakeComfyUI, node_table
+from tests.fakes.comfyui import FakeComfyUI, node_table
 from tests.fakes.gemini import FakeGemini
 from tests.fakes.runpod import API_KEY, ENDPOINT_ID, NO_CAPACITY, FakeJob, FakeRunPod, GraphQLError, _arg, png_b64
 
 ROOT = Path(__file__).resolve().parent.parent
-VIDEO_MODEL = "wan2.1_t2v_1.3B_fp16.safetensors"
-MODELS = DEFAULT_MODELS + [VIDEO_MODEL]
+MODELS = None  # the fake ComfyUI then holds every file of deploy/comfyui-manifest.json, where the installer puts it
 QUEUES = ("control", "local", "cloud", "gemini")  # one worker per queue, like deploy/Procfile
 
 # Retries and timeouts of the system under test, set through its settings only: shorter than

@@ -41,6 +41,7 @@ def metrics(*, start: datetime, end: datetime, user=None, now=None) -> dict:
         "saved": money(savings_for(jobs)),
         "success_rate": _success_rates(jobs),
         "failovers": jobs.aggregate(n=Sum("failovers"))["n"] or 0,
+        "retries": jobs.aggregate(n=Sum("retries"))["n"] or 0,
         "pods": _pod_figures(ledger, start, end, include=user is None),
         "projected_month": projected_month(user=user, now=now),
         "per_day": _per_day(jobs, ledger, start, end),

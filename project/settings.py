@@ -212,8 +212,10 @@ COMFYUI_HEALTH_TIMEOUT = env_float("COMFYUI_HEALTH_TIMEOUT", 2.0)
 # hands the worker back and re-schedules itself.
 COMFYUI_WATCH_SECONDS = env_float("COMFYUI_WATCH_SECONDS", 5.0)
 COMFYUI_POLL_INTERVAL = env_float("COMFYUI_POLL_INTERVAL", 1.0)
-COMFYUI_CHECKPOINT = env_str("COMFYUI_CHECKPOINT", "v1-5-pruned-emaonly.safetensors")
-COMFYUI_VIDEO_CHECKPOINT = env_str("COMFYUI_VIDEO_CHECKPOINT", "wan2.1_t2v_1.3B_fp16.safetensors")
+# The prompt templates' model files are the manifest's (deploy/comfyui-manifest.json).
+# A ComfyUI's inventory (its model files and node classes, from /object_info) is read again
+# by the probe after it was unreachable, when a prompt showed it stale, and at least this often.
+INVENTORY_MAX_AGE_SECONDS = env_int("INVENTORY_MAX_AGE_SECONDS", 300)
 
 # --- RunPod (cloud): serverless endpoint and on-demand pods ---------------------------------
 RUNPOD_API_KEY = env_str("RUNPOD_API_KEY")
@@ -302,6 +304,9 @@ POLL_INTERVAL_SECONDS = env_float("POLL_INTERVAL_SECONDS", 1.0)
 LOCAL_QUEUE_LIMIT = env_int("LOCAL_QUEUE_LIMIT", 5)
 HEALTH_PROBE_SECONDS = env_int("HEALTH_PROBE_SECONDS", 15)
 HEALTH_STALE_SECONDS = env_int("HEALTH_STALE_SECONDS", 120)
+# A job that only a backend in an outage could run waits this long for it to answer again
+# before it fails (the backend is down, or lost the job's attempt and has not answered since).
+OUTAGE_WAIT_SECONDS = env_int("OUTAGE_WAIT_SECONDS", 900)
 # Lost messages are re-sent by the sweeper after this long without progress.
 SWEEP_AFTER_SECONDS = env_int("SWEEP_AFTER_SECONDS", 60)
 SWEEP_EVERY_SECONDS = env_int("SWEEP_EVERY_SECONDS", 30)

@@ -1,7 +1,8 @@
 from django import forms
 from django.contrib import admin, messages
+from django.utils.html import format_html, format_html_join
 
-from . import services, tokens
+from . import selectors, services, tokens
 from .models import ApiToken, Attempt, Backend, Job, Output, Preference
 
 
@@ -13,14 +14,27 @@ class BackendAdmin(admin.ModelAdmin):
     search_fields = ("name", "url", "gpu_name")
     list_editable = ("enabled",)
     readonly_fields = ("health", "consecutive_failures", "consecutive_successes", "last_probe_at", "last_ok_at",
-                       "down_since", "last_error", "latency_ms", "queue_depth", "gpu_name", "vram_total")
+                       "down_since", "last_error", "latency_ms", "queue_depth", "gpu_name", "vram_total",
+                       "inventory_table", "inventory_at")
+    exclude = ("inventory",)
+
+    @admin.display(description="Inventory (what it can run)")
+    def inventory_table(self, backend):
+        summary = selectors.inventory_summary(backend)
+        if not summary["known"]:
+            return "Not known yet: read from ComfyUI's /object_info by the next probe, or declared in config as " \
+                   '{"inventory": {"models": {"checkpoints": ["file.safetensors"]}, "nodes": [...]}}'
+        rows = format_html_join("", "<li><strong>{}</strong>: {}</li>",
+                                ((folder, ", ".join(files)) for folder, files in summary["models"].items()))
+        nodes = "unknown" if summary["node_count"] is None else summary["node_count"]
+        return format_html("<ul>{}</ul><p>{} node classes; source: {}</p>", rows, nodes, summary["source"])
 
 
 class AttemptInline(admin.TabularInline):
     model = Attempt
     extra = 0
     can_delete = False
-    fields = ("number", "backend", "status", "started_at", "finished_at", "seconds", "cost", "error")
+    fields = ("number", "backend", "status", "outage", "started_at", "finished_at", "seconds", "cost", "error")
     readonly_fields = fields
     show_change_link = True
 
@@ -42,11 +56,12 @@ class OutputInline(admin.TabularInline):
 @admin.register(Job)
 class JobAdmin(admin.ModelAdmin):
     list_display = ("short_id", "user", "kind", "preference", "priority", "status", "backend", "progress",
-                    "failovers", "cost", "created_at", "finished_at")
+                    "failovers", "retries", "cost", "created_at", "finished_at")
     list_filter = ("status", "kind", "preference", "priority", "backend", "created_at")
     search_fields = ("id", "prompt", "user__username", "error")
     date_hierarchy = "created_at"
-    readonly_fields = ("id", "status", "backend", "reason", "decision", "progress", "error", "failovers", "cost",
+    readonly_fields = ("id", "status", "backend", "reason", "decision", "progress", "error", "failovers", "retries",
+                       "waiting", "waiting_for", "waiting_since", "cost",
                        "created_at", "updated_at", "started_at", "finished_at")
     inlines = [AttemptInline, OutputInline]
     actions = ["cancel_jobs", "retry_jobs"]
@@ -71,7 +86,7 @@ class JobAdmin(admin.ModelAdmin):
 @admin.register(Attempt)
 class AttemptAdmin(admin.ModelAdmin):
     list_display = ("id", "job", "number", "backend", "status", "started_at", "finished_at", "seconds", "cost")
-    list_filter = ("status", "backend", "retryable")
+    list_filter = ("status", "backend", "retryable", "outage")
     search_fields = ("id", "job__id", "error")
     readonly_fields = [f.name for f in Attempt._meta.fields]
 

@@ -32,9 +32,3 @@ def missing_settings(backend: Backend) -> list[str]:
 
 def client_for_backend(backend: Backend) -> Client:
     return client_class(backend.kind).for_backend(backend, backend_url(backend))
-
-
-def checkpoint_for(backend: Backend, kind: str) -> str:
-    key = "video_checkpoint" if kind == "video" else "checkpoint"
-    default = settings.COMFYUI_VIDEO_CHECKPOINT if kind == "video" else settings.COMFYUI_CHECKPOINT
-    return backend.config.get(key) or default

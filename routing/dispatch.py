@@ -18,6 +18,7 @@ POLL = "workers.tasks.poll_attempt"
 CANCEL = "workers.tasks.cancel_attempt"
 ADMIT = "workers.tasks.admit_waiting"
 WEBHOOK = "workers.tasks.deliver_webhook"
+PROBE = "workers.tasks.probe_backend"
 
 
 def broker_priority(job_priority: int | None) -> int | None:

@@ -9,10 +9,14 @@ from datetime import timedelta
 from django.conf import settings
 from django.utils import timezone
 
+from workers.clients import BackendError
+
 from . import dispatch
 from .backends import client_for_backend, missing_settings
 from .health import health_record
+from .inventory import inventory_due, inventory_store
 from .models import ACTIVE_ATTEMPT_STATES, ACTIVE_JOB_STATES, Attempt, AttemptStatus, Backend, Job, JobStatus
+from .policy import WAIT_OUTAGE
 from .services import job_fail, attempt_fail
 
 log = logging.getLogger(__name__)
@@ -31,8 +35,22 @@ def backend_probe(*, backend_id: int) -> None:
     # The remote queue holds our own prompts too; the router adds ours from the database,
     # so store only the others' share (someone using ComfyUI directly, another install).
     ours = Attempt.objects.filter(backend=backend, status__in=(AttemptStatus.SUBMITTED, AttemptStatus.RUNNING)).count()
+    if health.ok and inventory_due(backend):
+        _read_inventory(backend, client)
     health_record(backend_id=backend.id, ok=health.ok, detail=health.detail, latency_ms=health.latency_ms,
                   queue_depth=max(0, health.queue_depth - ours), gpu=health.gpu, vram_total=health.vram_total)
+    if health.ok and Job.objects.filter(status=JobStatus.QUEUED, waiting=True, waiting_for=WAIT_OUTAGE).exists():
+        dispatch.send(dispatch.ADMIT, [], queue="control")  # jobs waiting for it to answer again
+
+
+def _read_inventory(backend: Backend, client) -> None:
+    try:
+        inventory = client.inventory()
+    except BackendError as error:  # the next probe reads it again; health is judged by the probe alone
+        log.warning("could not read the inventory of %s: %s", backend.name, error.message)
+        return
+    if inventory is not None:
+        inventory_store(backend_id=backend.id, inventory=inventory, source="object_info")
 
 
 def sweep(now=None) -> dict:
@@ -47,6 +65,7 @@ def sweep(now=None) -> dict:
             attempt_fail(attempt_id=attempt_id, error=message, retryable=False)
         job_fail(job, message)  # a job with no attempt in flight (queued or waiting)
         counts["expired"] += 1
+    counts["outage"] = _fail_long_outage_waits(now)
     queued = Job.objects.filter(status=JobStatus.QUEUED, updated_at__lt=cutoff)
     for job_id, priority in queued.filter(waiting=False).values_list("id", "priority"):
         dispatch.send(dispatch.ROUTE, [str(job_id)], queue="control", priority=priority)
@@ -67,3 +86,17 @@ def sweep(now=None) -> dict:
     if any(counts.values()):
         log.info("sweeper: %s", counts)
     return counts
+
+
+def _fail_long_outage_waits(now) -> int:
+    """A job that waited OUTAGE_WAIT_SECONDS for a backend to answer again fails, saying why."""
+    since = now - timedelta(seconds=settings.OUTAGE_WAIT_SECONDS)
+    failed = 0
+    for job in Job.objects.filter(status=JobStatus.QUEUED, waiting=True, waiting_for=WAIT_OUTAGE,
+                                  waiting_since__lt=since):
+        reasons = "; ".join(f"{name}: {why}" for name, why in (job.decision or {}).items())
+        last = job.attempts.order_by("-number").values_list("error", flat=True).first()
+        job_fail(job, f"Gave up after waiting {settings.OUTAGE_WAIT_SECONDS // 60} minutes for a backend to "
+                      f"answer again{f' (last error: {last})' if last else ''} — {reasons}")
+        failed += 1
+    return failed

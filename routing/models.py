@@ -123,6 +123,11 @@ class Backend(models.Model):
     gpu_name = models.CharField(max_length=200, blank=True)
     vram_total = models.BigIntegerField(null=True, blank=True, help_text="bytes")
     config = models.JSONField(default=dict, blank=True, help_text="Non-secret options only")
+    # What it can run: {"models": {folder: [files]}, "nodes": [classes], "source": ...}. Read from
+    # ComfyUI's /object_info by the probe; declared in config["inventory"] for the serverless
+    # endpoint. Empty: not known yet (the router does not refuse on it).
+    inventory = models.JSONField(default=dict, blank=True, help_text="Model files and node classes it has")
+    inventory_at = models.DateTimeField(null=True, blank=True, help_text="When it was read; empty: read again")
 
     class Meta:
         ordering = ["priority", "name"]
@@ -161,14 +166,18 @@ class Job(models.Model):
     priority = models.SmallIntegerField(choices=Priority.choices, default=Priority.NORMAL)
 
     status = models.CharField(max_length=12, choices=JobStatus.choices, default=JobStatus.QUEUED)
-    # Queued behind a full local GPU queue; admitted in fair order when it has room.
+    # Queued behind a full local GPU queue, or for a backend in an outage; admitted in fair
+    # order when there is room or the backend answers again.
     waiting = models.BooleanField(default=False)
+    waiting_for = models.CharField(max_length=10, blank=True, help_text="gpu (queue full) / outage")
+    waiting_since = models.DateTimeField(null=True, blank=True)
     backend = models.ForeignKey(Backend, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
     reason = models.TextField(blank=True, help_text="Why the current backend was chosen")
     decision = models.JSONField(default=dict, blank=True, help_text="Reasons per candidate")
     progress = models.PositiveSmallIntegerField(default=0)
     error = models.TextField(blank=True)
-    failovers = models.PositiveSmallIntegerField(default=0)
+    failovers = models.PositiveSmallIntegerField(default=0, help_text="Attempts moved to another backend")
+    retries = models.PositiveSmallIntegerField(default=0, help_text="Attempts tried again on the same backend")
     cost = models.DecimalField(**MONEY)
     # Called once when the job ends (signed, retried): see routing/webhooks.py.
     webhook_url = models.URLField(blank=True, max_length=500)
@@ -207,6 +216,9 @@ class Attempt(models.Model):
     handle = models.JSONField(default=dict, blank=True, help_text="Remote job handle")
     error = models.TextField(blank=True)
     retryable = models.BooleanField(default=False)
+    # Lost to an outage of its backend (unreachable, timeout, 5xx, restarted): the job may wait
+    # for that backend to answer again instead of counting it as having failed the job.
+    outage = models.BooleanField(default=False)
     progress = models.PositiveSmallIntegerField(default=0)
     seconds = models.FloatField(null=True, blank=True, help_text="Remote execution time")
     cost = models.DecimalField(**MONEY)

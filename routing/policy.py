@@ -4,6 +4,13 @@ Rules, in order (DESIGN.md, Routing):
 - A candidate must be enabled, configured, not down, able to run this job (a custom
   workflow never goes to Gemini; video only where video is supported), not already failed
   for this job, and within the user's spend caps.
+- A ComfyUI backend must hold every model file and node class the job's workflow needs, by
+  its inventory; one that lacks any is refused with what it lacks and how to get it. An
+  unknown inventory (never read, nothing declared) refuses nothing: the backend's own answer
+  decides, and a stale inventory is corrected by the caller.
+- A backend that lost this job's attempt to an outage (unreachable, timeout, 5xx) is not
+  tried again until it has answered since; until then, like a down backend, it is a reason
+  to wait, not a failure.
 - A forced preference (local / cloud / gemini) keeps only that category.
 - Local wins when it is usable and its queue (remote queue + our in-flight jobs) is below
   the limit.
@@ -16,11 +23,18 @@ Rules, in order (DESIGN.md, Routing):
 - A backend that already failed this job is used again only when nothing else can run it
   (a forced preference, or the only backend up): a transient fault then costs one more try,
   not the job. Attempts stay bounded by the caller (JOB_MAX_ATTEMPTS).
-- Nothing left: no backend, and one clear reason per candidate.
+- Nothing left, but a down backend (or one that lost the job in an outage) could run it: the
+  job waits for it (`waiting_for` "outage"); the caller bounds the wait.
+- Nothing left and nothing that could ever run it: no backend, and one clear reason per
+  candidate.
 """
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Optional
+
+from workers.workflows.requirements import Inventory, Requirements, describe
+
+WAIT_GPU, WAIT_OUTAGE = "gpu", "outage"
 
 
 @dataclass(frozen=True)
@@ -29,6 +43,8 @@ class JobFacts:
     preference: str  # "auto" | "local" | "cloud" | "gemini"
     custom_workflow: bool
     excluded: frozenset = frozenset()  # backend ids that already failed this job
+    requires: Requirements = Requirements()  # model files and node classes its workflow needs
+    lost: frozenset = frozenset()  # backend ids that lost it to an outage and have not answered since
 
 
 @dataclass(frozen=True)
@@ -48,6 +64,8 @@ class Candidate:
     seconds: float = 0.0  # expected run time
     cap_refusal: str = ""  # non-empty when the user's caps forbid this backend
     priority: int = 0
+    inventory: Optional[Inventory] = None  # ComfyUI backends: what it has; None = not known
+    install_hint: str = ""  # how to get a missing model there, for the reason
 
 
 @dataclass
@@ -55,7 +73,8 @@ class Decision:
     backend_id: Optional[int]
     reason: str
     reasons: dict = field(default_factory=dict)  # candidate name → why it was or wasn't chosen
-    wait: bool = False  # nothing free now, but a full local queue will have room later
+    wait: bool = False  # nothing free now, but something will be: see waiting_for
+    waiting_for: str = ""  # WAIT_GPU: a full local queue; WAIT_OUTAGE: a backend to answer again
 
     @property
     def summary(self) -> str:
@@ -66,7 +85,8 @@ class Decision:
 def decide(job: JobFacts, candidates: list[Candidate], *, local_queue_limit: int) -> Decision:
     decision = _decide(job, candidates, local_queue_limit)
     if decision.backend_id is None and not decision.wait and job.excluded:
-        retry = _decide(JobFacts(job.kind, job.preference, job.custom_workflow), candidates, local_queue_limit)
+        again = JobFacts(job.kind, job.preference, job.custom_workflow, requires=job.requires, lost=job.lost)
+        retry = _decide(again, candidates, local_queue_limit)
         if retry.backend_id is not None or retry.wait:
             retry.reason = f"{retry.reason} (trying again: it failed this job before and nothing else can run it)"
             return retry
@@ -74,13 +94,19 @@ def decide(job: JobFacts, candidates: list[Candidate], *, local_queue_limit: int
 
 
 def _decide(job: JobFacts, candidates: list[Candidate], local_queue_limit: int) -> Decision:
-    reasons, usable = {}, []
+    reasons, usable, outages = {}, [], []
     for candidate in candidates:
-        refusal = _refusal(job, candidate)
+        refusal, transient = _refusal(job, candidate)
         if refusal:
             reasons[candidate.name] = refusal
+            if transient:
+                outages.append(candidate.name)
         else:
             usable.append(candidate)
+    if not usable and outages:
+        return Decision(None, f"Waiting for {' or '.join(outages)} to answer again: "
+                        + "; ".join(f"{name} {reasons[name]}" for name in outages),
+                        reasons, wait=True, waiting_for=WAIT_OUTAGE)
     if not usable:
         if not candidates:
             reasons["(none)"] = "no backend is set up"
@@ -89,23 +115,37 @@ def _decide(job: JobFacts, candidates: list[Candidate], local_queue_limit: int) 
     if chosen is None:
         for candidate in usable:
             reasons[candidate.name] = why
-        return Decision(None, f"Waiting for the local GPU: {why}", reasons, wait=True)
+        return Decision(None, f"Waiting for the local GPU: {why}", reasons, wait=True, waiting_for=WAIT_GPU)
     for candidate in usable:
         reasons[candidate.name] = why if candidate is chosen else _runner_up(candidate, chosen, local_queue_limit)
     return Decision(chosen.id, f"{chosen.name}: {why}", reasons)
 
 
-def _refusal(job: JobFacts, c: Candidate) -> str:
+def _refusal(job: JobFacts, c: Candidate) -> tuple[str, bool]:
+    """Why this candidate cannot take the job now ("" if it can), and whether that passes by
+    itself (an outage) rather than needing someone to change something."""
+    permanent = _permanent_refusal(job, c)
+    if permanent:
+        return permanent, False
+    if c.health == "down":
+        return f"offline{(' — ' + c.health_detail) if c.health_detail else ''}", True
+    if c.id in job.lost:
+        return "lost this job's last attempt in an outage and has not answered since", True
+    return "", False
+
+
+def _permanent_refusal(job: JobFacts, c: Candidate) -> str:
     if job.preference != "auto" and c.category != job.preference:
         return f"not used: you chose {job.preference} only"
     if not c.enabled:
         return "disabled by the administrator"
     if not c.configured:
         return f"not configured ({c.missing})" if c.missing else "not configured"
+    lacks = c.inventory.lacks(job.requires) if c.inventory is not None and c.supports_workflows else []
+    if lacks:  # before "already failed": what it lacks is the reason the user can act on
+        return f"lacks {describe(lacks)}{(' — ' + c.install_hint) if c.install_hint else ''}"
     if c.id in job.excluded:
         return "already failed this job"
-    if c.health == "down":
-        return f"offline{(' — ' + c.health_detail) if c.health_detail else ''}"
     if job.custom_workflow and not c.supports_workflows:
         return "cannot run custom ComfyUI workflows"
     if job.kind == "video" and not c.supports_video:

@@ -1,14 +1,16 @@
 """Reads: what the router and the pages need, built from the database."""
 from decimal import Decimal
 
-from django.db.models import Count, Q
+from django.db.models import Count, F, Q
 
 from billing import caps
 from billing.pricing import gemini_video_price
+from workers.workflows import build_workflow
+from workers.workflows.requirements import Inventory, requirements_of
 
 from .backends import missing_settings
 from .health import effective_health, health_detail
-from .models import ACTIVE_ATTEMPT_STATES, Attempt, Backend, Category, Job, JobKind
+from .models import ACTIVE_ATTEMPT_STATES, Attempt, AttemptStatus, Backend, Category, Job, JobKind
 from .policy import Candidate, JobFacts
 
 
@@ -81,14 +83,75 @@ def candidates_for(job: Job, refused: dict | None = None) -> list[Candidate]:
             queue=backend.queue_depth + in_flight.get(backend.id, 0),
             cost=cost, seconds=seconds, priority=backend.priority,
             cap_refusal=refused.get(backend.id) or (budget.refusal(cost) if cost else ""),
+            inventory=backend_inventory(backend), install_hint=INSTALL_HINTS.get(backend.kind, ""),
         ))
     return result
 
 
+# Where a missing model comes from, per backend kind (the end of a "lacks ..." reason).
+INSTALL_HINTS = {
+    Backend.Kind.COMFYUI: "install it on that ComfyUI (for the local GPU: the Local GPU page)",
+    Backend.Kind.POD: "add it to the pods' models (deploy/runpod-worker)",
+    Backend.Kind.RUNPOD: "add it to the endpoint's image and to the inventory in the backend's config",
+}
+
+
+def backend_inventory(backend: Backend):
+    """What the backend can run: read from ComfyUI by the probe, or declared by staff in
+    `config["inventory"]` (the serverless endpoint, whose ComfyUI cannot be asked). None: unknown."""
+    return Inventory.from_json(backend.inventory or backend.config.get("inventory"))
+
+
+def job_timeline(job: Job) -> list[dict]:
+    """Each attempt with what happened next, worded truthfully: tried again on the same
+    backend, moved to another, waited for an outage, or the end."""
+    attempts = list(job.attempts.select_related("backend"))
+    steps = []
+    for attempt, after in zip(attempts, attempts[1:] + [None]):
+        steps.append({"attempt": attempt, "next": _what_came_next(attempt, after, job)})
+    return steps
+
+
+def _what_came_next(attempt: Attempt, after, job: Job) -> str:
+    if attempt.status != AttemptStatus.FAILED or not attempt.retryable:
+        return ""
+    why = f"{attempt.backend.name} was unreachable" if attempt.outage else "the backend was at fault"
+    if after is None:
+        return f"{why.capitalize()}; the job is waiting for a backend." if job.waiting else ""
+    if after.backend_id == attempt.backend_id:
+        return f"{why.capitalize()}, so the job was tried again on {attempt.backend.name}."
+    return f"{why.capitalize()}, so the job moved to {after.backend.name}."
+
+
+def inventory_summary(backend: Backend) -> dict:
+    """For the pages: what the backend has, by folder, and where that came from."""
+    inventory = backend_inventory(backend)
+    if inventory is None:
+        return {"known": False}
+    models = {folder: sorted(files) for folder, files in sorted(inventory.models.items()) if files}
+    source = (backend.inventory or {}).get("source") or "declared in config"
+    return {"known": True, "models": models, "model_count": sum(len(f) for f in models.values()),
+            "node_count": len(inventory.nodes) if inventory.nodes is not None else None,
+            "read_at": backend.inventory_at, "source": source}
+
+
+def job_workflow(job: Job) -> dict:
+    """The ComfyUI workflow of a job: its own, or the bundled template filled with its prompt."""
+    if job.workflow is not None:
+        return job.workflow
+    return build_workflow(kind=job.kind, prompt=job.prompt, negative_prompt=job.negative_prompt,
+                          width=job.width, height=job.height, seed=job.seed,
+                          duration_seconds=job.duration_seconds)
+
+
 def job_facts(job: Job) -> JobFacts:
-    failed = job.attempts.filter(~Q(status__in=ACTIVE_ATTEMPT_STATES), retryable=True)
+    ended = job.attempts.filter(~Q(status__in=ACTIVE_ATTEMPT_STATES), retryable=True)
+    lost = ended.filter(outage=True, status=AttemptStatus.FAILED).filter(
+        Q(backend__last_ok_at__isnull=True) | Q(backend__last_ok_at__lte=F("finished_at")))
     return JobFacts(kind=job.kind, preference=job.preference, custom_workflow=job.is_custom_workflow,
-                    excluded=frozenset(failed.values_list("backend_id", flat=True)))
+                    excluded=frozenset(ended.filter(outage=False).values_list("backend_id", flat=True)),
+                    requires=requirements_of(job_workflow(job)),
+                    lost=frozenset(lost.values_list("backend_id", flat=True)))
 
 
 class Availability:
@@ -105,15 +168,19 @@ def backend_cards(*, kind: str, local_queue_limit: int, installing: bool = False
     """Every backend as the selector page shows it: status, expected cost and time, GPU."""
     in_flight = in_flight_by_backend()
     probe_job = Job(kind=kind, duration_seconds=4 if kind == JobKind.VIDEO else 0)
+    needs = requirements_of(job_workflow(probe_job))
     cards = []
     for backend in Backend.objects.all():
         queue = backend.queue_depth + in_flight.get(backend.id, 0)
         cost, seconds = estimate(backend, probe_job)
+        inventory = backend_inventory(backend) if backend.supports_workflows else None
         cards.append({
             "backend": backend, "status": _availability(backend, queue, local_queue_limit, installing),
             "queue": queue, "cost": cost, "seconds": seconds, "missing": missing_settings(backend),
             "detail": health_detail(backend),
             "can_run": backend.supports_video or kind != JobKind.VIDEO,
+            "inventory": inventory_summary(backend) if backend.supports_workflows else None,
+            "lacks": inventory.lacks(needs) if inventory else [],
         })
     return cards
 

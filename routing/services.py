@@ -12,16 +12,18 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import transaction
 from django.db.models import F, Q
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from billing import caps
 from billing.pricing import actual_cost
 from workers.clients import BackendError, Done, Failed, Progress
-from workers.workflows import WorkflowError, build_workflow, validate_workflow
+from workers.workflows import WorkflowError, validate_workflow
 
 from . import dispatch
-from .backends import checkpoint_for, client_for_backend
+from .backends import client_for_backend
 from .health import health_record
+from .inventory import inventory_forget
 from .models import (
     ACTIVE_ATTEMPT_STATES,
     ACTIVE_JOB_STATES,
@@ -34,8 +36,8 @@ from .models import (
     Preference,
     Priority,
 )
-from .policy import decide
-from .selectors import candidates_for, in_flight_by_user, job_facts
+from .policy import WAIT_GPU, decide
+from .selectors import candidates_for, in_flight_by_user, job_facts, job_workflow
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +94,8 @@ def job_route(*, job_id) -> Optional[Attempt]:
             decision = decide(job_facts(job), candidates, local_queue_limit=settings.LOCAL_QUEUE_LIMIT)
             if decision.wait and tried < settings.JOB_MAX_ATTEMPTS:
                 Job.objects.filter(id=job.id, status=JobStatus.QUEUED).update(
-                    waiting=True, reason=decision.reason, decision=decision.reasons)
+                    waiting=True, waiting_for=decision.waiting_for, reason=decision.reason,
+                    decision=decision.reasons, waiting_since=Coalesce(F("waiting_since"), timezone.now()))
                 return None
             if tried >= settings.JOB_MAX_ATTEMPTS or decision.backend_id is None:
                 job_fail(job, _no_backend_message(job, decision.summary, tried))
@@ -106,13 +109,23 @@ def job_route(*, job_id) -> Optional[Attempt]:
             return None
         Job.objects.filter(id=job.id, status=JobStatus.QUEUED).update(
             status=JobStatus.ROUTED, backend=attempt.backend, reason=decision.reason, decision=decision.reasons,
-            waiting=False)
+            waiting=False, waiting_for="", waiting_since=None, **_moved(job, attempt))
         dispatch.send_on_commit(dispatch.SUBMIT, [str(attempt.id)], queue=attempt.backend.queue,
                                 priority=job.priority)
         return attempt
 
 
 MAX_HOLD_TRIES = 4
+
+
+def _moved(job: Job, attempt: Attempt) -> dict:
+    """Counter updates for a job's next attempt: tried again on the same backend, or moved on."""
+    previous = job.attempts.filter(number=attempt.number - 1).values_list("backend_id", flat=True).first()
+    if previous is None:
+        return {}
+    if previous == attempt.backend_id:
+        return {"retries": F("retries") + 1}
+    return {"failovers": F("failovers") + 1}
 
 
 class _Refused(Exception):
@@ -150,9 +163,9 @@ def jobs_admit_waiting(*, limit: int = 500) -> int:
         waiting.sort(key=lambda j: admission_order(j, in_flight, now))
         job = waiting.pop(0)
         if job_route(job_id=job["id"]) is None:
-            if Job.objects.filter(id=job["id"], status=JobStatus.QUEUED, waiting=True).exists():
-                break  # still no room: later jobs would wait too
-            continue
+            if Job.objects.filter(id=job["id"], status=JobStatus.QUEUED, waiting=True, waiting_for=WAIT_GPU).exists():
+                break  # still no room on the GPU: later jobs would wait too
+            continue  # routed elsewhere, failed, or still waiting for its own backend to answer
         in_flight[job["user_id"]] = in_flight.get(job["user_id"], 0) + 1
         admitted += 1
     return admitted
@@ -213,7 +226,8 @@ def attempt_submit(*, attempt_id):
             Attempt.objects.filter(id=attempt.id).update(poll_errors=F("poll_errors") + 1)
             _release_submit(attempt)
             return max(0.1, settings.POLL_INTERVAL_SECONDS * 2 ** attempt.poll_errors)  # the same backend, soon
-        attempt_fail(attempt_id=attempt.id, error=error.message, retryable=error.retryable)
+        attempt_fail(attempt_id=attempt.id, error=error.message, retryable=error.retryable, outage=error.outage,
+                     lacks=error.lacks)
         return False
     now = timezone.now()
     with transaction.atomic():
@@ -231,14 +245,8 @@ def _release_submit(attempt: Attempt) -> None:
 
 def job_spec(attempt: Attempt) -> dict:
     """What a backend client needs to run this attempt; plain JSON, no secrets."""
-    job, backend = attempt.job, attempt.backend
-    workflow = job.workflow
-    if workflow is None:
-        workflow = build_workflow(
-            kind=job.kind, prompt=job.prompt, negative_prompt=job.negative_prompt, width=job.width,
-            height=job.height, seed=job.seed, duration_seconds=job.duration_seconds,
-            checkpoint=checkpoint_for(backend, job.kind),
-        )
+    job = attempt.job
+    workflow = job_workflow(job)
     if job.is_custom_workflow:  # the bundled templates are ours; user workflows are checked again
         validate_workflow(workflow, max_nodes=settings.WORKFLOW_MAX_NODES,
                           allowed_classes=settings.WORKFLOW_ALLOWED_CLASSES)
@@ -265,23 +273,30 @@ def attempt_poll(*, attempt_id, seq: int) -> Optional[float]:
     try:
         client = client_for_backend(attempt.backend)
         result = client.poll(attempt.handle, on_progress=lambda p: _progress(attempt, p))
+        if isinstance(result, Done) and not result.outputs:
+            result = Failed(NOTHING_SAVED, retryable=False)
         if isinstance(result, Done):
             attempt_succeed(attempt_id=attempt.id, done=result, client=client)
             return None
     except BackendError as error:
         return _poll_error(attempt, error)
     if isinstance(result, Failed):
-        attempt_fail(attempt_id=attempt.id, error=result.error, retryable=result.retryable)
+        attempt_fail(attempt_id=attempt.id, error=result.error, retryable=result.retryable, outage=result.outage,
+                     lacks=result.lacks)
         return None
     Attempt.objects.filter(id=attempt.id).update(poll_errors=0)
     _progress(attempt, result)
     return result.next_poll if result.next_poll is not None else settings.POLL_INTERVAL_SECONDS
 
 
+NOTHING_SAVED = "The job finished but saved no file (its outputs were only previews or latents)"
+
+
 def _poll_error(attempt: Attempt, error: BackendError) -> Optional[float]:
     Attempt.objects.filter(id=attempt.id).update(poll_errors=F("poll_errors") + 1)
     if not error.retryable or attempt.poll_errors + 1 >= MAX_POLL_ERRORS:
-        attempt_fail(attempt_id=attempt.id, error=error.message, retryable=error.retryable)
+        attempt_fail(attempt_id=attempt.id, error=error.message, retryable=error.retryable, outage=error.outage,
+                     lacks=error.lacks)
         return None
     return settings.POLL_INTERVAL_SECONDS * (attempt.poll_errors + 1)
 
@@ -348,30 +363,37 @@ def _store_output(attempt: Attempt, index: int, output, data: bytes) -> Output:
     )
 
 
-def attempt_fail(*, attempt_id, error: str, retryable: bool) -> None:
-    """Record the failure; fail over to the next backend when the backend was at fault."""
+def attempt_fail(*, attempt_id, error: str, retryable: bool, outage: bool = False, lacks: tuple = ()) -> None:
+    """Record the failure; route the job again when the backend was at fault.
+
+    Only an outage (unreachable, timeout, 5xx) counts against the backend's health; a model or
+    node it lacks corrects its inventory instead (the job moves on; nobody else is affected)."""
     with transaction.atomic():
         updated = Attempt.objects.filter(id=attempt_id, status__in=ACTIVE_ATTEMPT_STATES).update(
-            status=AttemptStatus.FAILED, error=error[:4000], retryable=retryable, finished_at=timezone.now(),
+            status=AttemptStatus.FAILED, error=error[:4000], retryable=retryable, outage=outage and retryable,
+            finished_at=timezone.now(),
         )
         if not updated:
             return
         attempt = Attempt.objects.select_related("job", "backend").get(id=attempt_id)
         caps.release(attempt=attempt)
         job = attempt.job
-        if retryable and attempt.backend.kind == Backend.Kind.POD:
+        if retryable and outage and attempt.backend.kind == Backend.Kind.POD:  # that pod may be dead
             from workers.pods.services import pod_attempt_failed
 
             pod_attempt_failed(attempt_id=attempt.id)
         if retryable:
             requeued = Job.objects.filter(id=job.id, status__in=ACTIVE_JOB_STATES).update(
-                status=JobStatus.QUEUED, failovers=F("failovers") + 1, progress=0)
+                status=JobStatus.QUEUED, progress=0)
             if requeued:
                 dispatch.send_on_commit(dispatch.ROUTE, [str(job.id)], queue="control", priority=job.priority)
         else:
             job_fail(job, error)
         dispatch.send_on_commit(dispatch.ADMIT, [], queue="control")
-    if retryable:
+    # Backend rows after the commit (lock order: see attempt_succeed).
+    if lacks:
+        inventory_forget(backend_id=attempt.backend_id, lacks=lacks)
+    if retryable and outage:
         health_record(backend_id=attempt.backend_id, ok=False, detail=error)
 
 

@@ -74,14 +74,18 @@ def job_rows(request):
 @login_required
 def job_detail(request, job_id):
     job = _own_job(request, job_id)
-    return render(request, "routing/job_detail.html", {"job": job, "position": selectors.queue_position(job)})
+    return render(request, "routing/job_detail.html", _job_context(job))
 
 
 @login_required
 def job_live(request, job_id):
     """The live part of the job page (status, progress, attempts, outputs), polled by JS."""
     job = _own_job(request, job_id)
-    return render(request, "routing/_job_live.html", {"job": job, "position": selectors.queue_position(job)})
+    return render(request, "routing/_job_live.html", _job_context(job))
+
+
+def _job_context(job) -> dict:
+    return {"job": job, "position": selectors.queue_position(job), "timeline": selectors.job_timeline(job)}
 
 
 @login_required
@@ -131,6 +135,7 @@ def backend_cards(request):
     return render(request, "routing/_backend_cards.html", {
         "cards": selectors.backend_cards(kind=kind, local_queue_limit=settings.LOCAL_QUEUE_LIMIT,
                                          installing=_installing()),
+        "kind": kind,
     })
 
 

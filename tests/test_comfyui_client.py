@@ -49,7 +49,7 @@ def test_it_submits_and_gets_the_png_back(fake):
 def test_it_reports_progress_from_the_websocket_and_finishes_there(fake):
     fake.steps, fake.step_delay = 5, 0.05
     template = build_workflow(kind="image", prompt="p", negative_prompt="", width=512, height=512, seed=1,
-                              duration_seconds=0, checkpoint="v1-5-pruned-emaonly.safetensors")
+                              duration_seconds=0)
     client = _client(fake)
     handle = client.submit(_spec(template))
     seen = []
@@ -79,20 +79,41 @@ def test_a_validation_error_is_permanent_and_names_the_node(fake):
     assert "node 1 (EmptyImage)" in caught.value.message and "smaller than min" in caught.value.message
 
 
-def test_an_unknown_node_type_is_permanent(fake):
-    bad = {"1": {"class_type": "NoSuchNode", "inputs": {}}}
+def test_an_unknown_node_type_is_what_this_comfyui_lacks_so_another_may_run_it(fake):
+    bad = {"1": {"class_type": "NoSuchNode", "inputs": {}},
+           "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}}}
     with pytest.raises(BackendError) as caught:
         _client(fake).submit(_spec(bad))
-    assert not caught.value.retryable and "NoSuchNode" in caught.value.message
+    assert caught.value.retryable and not caught.value.outage and caught.value.lacks == ("node NoSuchNode",)
+    assert "NoSuchNode does not exist" in caught.value.message
 
 
-def test_a_missing_model_is_the_backends_fault_so_it_is_retryable(fake):
-    fake.models = []
+def test_a_missing_model_is_the_backends_fault_so_it_is_retryable_and_named(fake):
+    fake.models = {"checkpoints": []}
     template = build_workflow(kind="image", prompt="p", negative_prompt="", width=512, height=512, seed=1,
-                              duration_seconds=0, checkpoint="v1-5-pruned-emaonly.safetensors")
+                              duration_seconds=0)
     with pytest.raises(BackendError) as caught:
         _client(fake).submit(_spec(template))
-    assert caught.value.retryable and "does not have the model" in caught.value.message
+    assert caught.value.retryable and not caught.value.outage
+    assert caught.value.lacks == ("checkpoints/v1-5-pruned-emaonly.safetensors",)
+    assert caught.value.message.startswith("This ComfyUI lacks checkpoints/v1-5-pruned-emaonly.safetensors.")
+
+
+@pytest.mark.parametrize("folder", ["diffusion_models", "text_encoders", "vae"])
+def test_any_missing_model_of_the_video_template_is_named_with_its_folder(fake, folder):
+    fake.models = {**fake.models, folder: []}
+    template = build_workflow(kind="video", prompt="p", negative_prompt="", width=512, height=512, seed=1,
+                              duration_seconds=1)
+    with pytest.raises(BackendError) as caught:
+        _client(fake).submit(_spec(template))
+    assert caught.value.retryable and len(caught.value.lacks) == 1 and caught.value.lacks[0].startswith(folder + "/")
+
+
+def test_the_inventory_lists_model_files_by_folder_and_every_node_class(fake):
+    inventory = _client(fake).inventory()
+    assert inventory["models"]["diffusion_models"] == ["wan2.1_t2v_1.3B_fp16.safetensors"]
+    assert inventory["models"]["vae"] == ["wan_2.1_vae.safetensors"]  # pixel_space is built in, not a file
+    assert {"UNETLoader", "SaveVideo", "KSampler"} <= set(inventory["nodes"]) and len(inventory["nodes"]) > 500
 
 
 def test_a_5xx_is_retryable(fake):
@@ -129,7 +150,7 @@ def test_a_stopped_server_is_not_reachable():
 def test_completion_is_found_by_polling_history_when_the_socket_drops(fake):
     fake.fail_mode, fake.steps, fake.step_delay = "drop_ws", 6, 0.05
     template = build_workflow(kind="image", prompt="p", negative_prompt="", width=512, height=512, seed=2,
-                              duration_seconds=0, checkpoint="v1-5-pruned-emaonly.safetensors")
+                              duration_seconds=0)
     client = _client(fake)
     handle = client.submit(_spec(template))
     result = _run_to_end(client, handle)
@@ -146,7 +167,7 @@ def test_a_runtime_error_fails_with_comfyuis_message(fake):
 def test_a_queued_prompt_reports_its_position(fake):
     fake.steps, fake.step_delay = 20, 0.05
     template = build_workflow(kind="image", prompt="p", negative_prompt="", width=512, height=512, seed=3,
-                              duration_seconds=0, checkpoint="v1-5-pruned-emaonly.safetensors")
+                              duration_seconds=0)
     client = _client(fake, watch_seconds=0.2)
     client.submit(_spec(template, "first"))
     second = client.submit(_spec(dict(template), "second"))
@@ -157,7 +178,7 @@ def test_a_queued_prompt_reports_its_position(fake):
 def test_cancel_interrupts_the_running_prompt(fake):
     fake.steps, fake.step_delay = 50, 0.05
     template = build_workflow(kind="image", prompt="p", negative_prompt="", width=512, height=512, seed=4,
-                              duration_seconds=0, checkpoint="v1-5-pruned-emaonly.safetensors")
+                              duration_seconds=0)
     client = _client(fake, watch_seconds=0.2)
     handle = client.submit(_spec(template))
     time.sleep(0.3)
@@ -172,14 +193,13 @@ def test_health_reports_queue_and_gpu(fake):
 
 
 def test_a_video_workflow_returns_the_animated_output(fake):
-    fake.models = ["wan2.1_t2v_1.3B_fp16.safetensors"]
     template = build_workflow(kind="video", prompt="waves", negative_prompt="", width=832, height=480, seed=5,
-                              duration_seconds=2, checkpoint="wan2.1_t2v_1.3B_fp16.safetensors")
+                              duration_seconds=2)
     assert template["5"]["inputs"]["length"] == 33
     client = _client(fake)
     result = _run_to_end(client, client.submit(_spec(template)))
     assert isinstance(result, Done)
-    assert result.outputs[0].filename.endswith(".webp")
+    assert result.outputs[0].filename.endswith(".mp4") and result.outputs[0].mime == "video/mp4"
 
 
 def test_a_first_submit_goes_straight_to_prompt_and_a_resubmit_looks_first(fake):

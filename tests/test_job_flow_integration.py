@@ -43,15 +43,16 @@ def test_a_prompt_job_from_the_form_succeeds_with_its_output_stored(
     assert client.get(f"/jobs/{job.id}/").status_code == 404
 
 
-def test_a_job_fails_with_a_clear_message_when_no_comfyui_is_running(workers, local_backend, alice_client):
+def test_a_job_waits_with_a_clear_message_when_no_comfyui_is_running(workers, local_backend, alice_client, settings):
     local_backend.url = "http://127.0.0.1:9"  # discard port: nothing listens
     local_backend.save()
     workers.start()
 
-    job = _final(_submit(alice_client).id)
+    job = _submit(alice_client)
+    job = wait_for(lambda: Job.objects.filter(id=job.id, waiting=True, waiting_for="outage").first(), 30, 0.1,
+                   "the job to wait for the local ComfyUI")
 
-    assert job.status == JobStatus.FAILED
-    assert "not reachable (is it running?)" in job.error
-    assert "Traceback" not in job.error
+    assert job.status == JobStatus.QUEUED and job.attempts.get().outage
+    assert "not reachable (is it running?)" in job.attempts.get().error and "Traceback" not in job.attempts.get().error
     page = alice_client.get(f"/jobs/{job.id}/").content.decode()
-    assert "not reachable" in page
+    assert "not reachable" in page and "Waiting for local to answer again" in page

@@ -1,9 +1,11 @@
 """The job services driven directly (no workers): each step, duplicates, cancel, failover."""
 import time
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 
-from routing import services
+from routing import maintenance, services
 from routing.models import Attempt, AttemptStatus, Backend, Job, JobStatus
 
 pytestmark = pytest.mark.django_db
@@ -66,19 +68,28 @@ def test_a_stale_poll_cannot_fork_a_second_poll_chain(alice, local):
     assert services.attempt_poll(attempt_id=attempt.id, seq=0) is None
 
 
-def test_an_unreachable_local_comfyui_fails_the_job_with_one_clear_reason_per_backend(alice, local_backend):
+def test_an_unreachable_local_comfyui_makes_the_job_wait_then_fail_with_one_clear_reason_per_backend(
+        alice, local_backend, settings):
     local_backend.url = "http://127.0.0.1:9"
     local_backend.save()
     job = _job(alice)
-    while (attempt := services.job_route(job_id=job.id)) is not None:  # tried again while nothing else can
-        while not isinstance(services.attempt_submit(attempt_id=attempt.id), bool):
-            pass  # a refused connection is safe to send again: SUBMIT_RETRIES sends, then failover
-        assert Job.objects.get(id=job.id).status in (JobStatus.QUEUED, JobStatus.FAILED)
+    attempt = services.job_route(job_id=job.id)
+    while not isinstance(services.attempt_submit(attempt_id=attempt.id), bool):
+        pass  # a refused connection is safe to send again: SUBMIT_RETRIES sends, then the attempt is lost
+    assert services.job_route(job_id=job.id) is None  # nothing else can run it: it waits, no new attempt
+
     job.refresh_from_db()
-    assert job.status == JobStatus.FAILED and job.failovers == job.attempts.count() == 3
-    assert job.error.startswith("ComfyUI at http://127.0.0.1:9 is not reachable (is it running?)")
-    assert "local: " in job.error and "gemini: not configured (GEMINI_API_KEY not set)" in job.error
-    assert "runpod: not configured (RUNPOD_API_KEY not set" in job.error
+    assert job.status == JobStatus.QUEUED and job.waiting and job.waiting_for == "outage"
+    assert job.attempts.get().outage and job.reason.startswith("Waiting for local to answer again")
+    assert job.decision["gemini"] == "not configured (GEMINI_API_KEY not set)"
+
+    later = timezone.now() + timedelta(seconds=settings.OUTAGE_WAIT_SECONDS + 1)
+    assert maintenance.sweep(now=later)["outage"] == 1
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED and job.attempts.count() == 1 and job.failovers == job.retries == 0
+    assert job.error.startswith(f"Gave up after waiting {settings.OUTAGE_WAIT_SECONDS // 60} minutes for a backend"
+                                " to answer again (last error: ComfyUI at http://127.0.0.1:9 is not reachable")
+    assert "local: lost this job's last attempt in an outage" in job.error
     assert "gemini: not configured (GEMINI_API_KEY not set)" in job.error
 
 

@@ -3,7 +3,8 @@ from decimal import Decimal
 
 import pytest
 
-from routing.policy import Candidate, JobFacts, decide
+from routing.policy import WAIT_GPU, WAIT_OUTAGE, Candidate, JobFacts, decide
+from workers.workflows.requirements import Inventory, Requirements
 
 LIMIT = 5
 
@@ -117,22 +118,89 @@ def test_a_forced_preference_uses_only_that_category():
     assert decision.reasons["local"] == "not used: you chose gemini only"
 
 
-def test_a_forced_preference_whose_backend_is_down_fails_with_the_reason():
+def test_a_forced_preference_whose_backend_is_down_waits_for_it_with_the_reason():
     decision = choose(job(preference="local"), local(health="down", health_detail="since 10:42 UTC"), gemini())
-    assert decision.backend_id is None and not decision.wait
-    assert "local: offline — since 10:42 UTC" in decision.summary
+    assert decision.backend_id is None and decision.wait and decision.waiting_for == WAIT_OUTAGE
+    assert decision.reason == "Waiting for local to answer again: local offline — since 10:42 UTC"
+    assert "gemini: not used: you chose local only" in decision.summary
 
 
 def test_the_job_waits_when_only_a_full_local_queue_can_run_it():
     decision = choose(job(custom_workflow=True), local(queue=7), gemini())
-    assert decision.backend_id is None and decision.wait
+    assert decision.backend_id is None and decision.wait and decision.waiting_for == WAIT_GPU
     assert "queue is full (7 of 5)" in decision.reason
 
 
 def test_nothing_left_gives_one_reason_per_backend():
-    decision = choose(job(), local(health="down"), serverless(configured=False), gemini(enabled=False))
+    decision = choose(job(), local(enabled=False), serverless(configured=False), gemini(cap_refusal="daily cap"))
     assert decision.backend_id is None and not decision.wait
-    assert decision.summary == "local: offline; runpod: not configured; gemini: disabled by the administrator"
+    assert decision.summary == "local: disabled by the administrator; runpod: not configured; gemini: daily cap"
+
+
+VIDEO = Requirements(models=frozenset({("diffusion_models", "wan.safetensors"), ("vae", "wan_vae.safetensors")}),
+                     nodes=frozenset({"UNETLoader", "VAELoader", "SaveVideo"}))
+HAS_ALL = Inventory(models={"diffusion_models": frozenset({"wan.safetensors"}), "vae": frozenset({"wan_vae.safetensors"})},
+                    nodes=frozenset({"UNETLoader", "VAELoader", "SaveVideo"}))
+NO_WAN = Inventory(models={"vae": frozenset({"wan_vae.safetensors"})}, nodes=HAS_ALL.nodes)
+
+
+def test_a_backend_that_lacks_a_model_is_refused_with_what_it_lacks_and_how_to_get_it():
+    decision = choose(job(kind="video", requires=VIDEO), local(inventory=NO_WAN, install_hint="use the Local GPU page"),
+                      pod(inventory=HAS_ALL))
+    assert decision.backend_id == 3
+    assert decision.reasons["local"] == "lacks diffusion_models/wan.safetensors — use the Local GPU page"
+
+
+def test_a_backend_that_lacks_a_node_class_is_refused():
+    decision = choose(job(requires=VIDEO), local(inventory=Inventory(models=HAS_ALL.models, nodes=frozenset())))
+    assert decision.backend_id is None and not decision.wait
+    assert decision.reasons["local"] == "lacks node SaveVideo, node UNETLoader, node VAELoader"
+
+
+def test_when_no_backend_has_the_models_the_job_fails_at_once_saying_what_is_missing_where():
+    decision = choose(job(kind="video", requires=VIDEO), local(inventory=NO_WAN),
+                      pod(inventory=Inventory(models={}, nodes=None)), gemini(supports_video=False))
+    assert decision.backend_id is None and not decision.wait
+    assert "local: lacks diffusion_models/wan.safetensors" in decision.summary
+    assert "pods: lacks diffusion_models/wan.safetensors, vae/wan_vae.safetensors" in decision.summary
+
+
+def test_an_unknown_inventory_refuses_nothing():
+    decision = choose(job(kind="video", requires=VIDEO), local(inventory=None))
+    assert decision.backend_id == 1
+
+
+def test_a_stale_inventory_the_backend_corrected_sends_the_job_elsewhere():
+    # The backend said "not in list" for a model its inventory listed: the caller excludes it
+    # for this job and takes the file out of its inventory; the job moves on.
+    decision = choose(job(requires=VIDEO, excluded=frozenset({1})), local(inventory=NO_WAN), pod(inventory=HAS_ALL))
+    assert decision.backend_id == 3 and decision.reasons["local"] == "lacks diffusion_models/wan.safetensors"
+    unrelated = choose(job(requires=VIDEO, excluded=frozenset({1})), local(inventory=HAS_ALL), pod(inventory=HAS_ALL))
+    assert unrelated.reasons["local"] == "already failed this job"  # what it lacks comes first, if anything
+
+
+def test_a_job_that_only_a_down_backend_could_run_waits_instead_of_failing():
+    decision = choose(job(), local(health="down"), serverless(configured=False), gemini(enabled=False))
+    assert decision.backend_id is None and decision.wait and decision.waiting_for == WAIT_OUTAGE
+    assert decision.reasons == {"local": "offline", "runpod": "not configured",
+                                "gemini": "disabled by the administrator"}
+
+
+def test_a_backend_that_lost_the_job_in_an_outage_is_waited_for_until_it_answers():
+    decision = choose(job(lost=frozenset({1})), local(), gemini(configured=False))
+    assert decision.wait and decision.waiting_for == WAIT_OUTAGE
+    assert decision.reasons["local"] == "lost this job's last attempt in an outage and has not answered since"
+    assert choose(job(lost=frozenset()), local(), gemini(configured=False)).backend_id == 1  # it answered since
+
+
+def test_an_outage_moves_the_job_to_another_backend_when_one_can_run_it():
+    decision = choose(job(lost=frozenset({1})), local(), serverless())
+    assert decision.backend_id == 2
+
+
+def test_a_down_backend_that_lacks_the_model_is_no_reason_to_wait():
+    decision = choose(job(requires=VIDEO), local(health="down", inventory=NO_WAN))
+    assert decision.backend_id is None and not decision.wait
 
 
 def test_no_backend_at_all_says_so():
@@ -146,7 +214,7 @@ def test_no_backend_at_all_says_so():
     ("local long queue", {"queue": 9}, "0.0078", {}, "runpod"),
     ("local down", {"health": "down"}, "0.0078", {}, "runpod"),
     ("cloud dearer than gemini", {"health": "down"}, "0.0600", {}, "gemini"),
-    ("all down", {"health": "down"}, None, {"health": "down"}, None),
+    ("all down: waits", {"health": "down"}, None, {"health": "down"}, None),
 ])
 def test_the_priority_matrix(case, local_kw, cloud_cost, gemini_kw, expected):
     candidates = [local(**local_kw), gemini(**gemini_kw)]

@@ -109,6 +109,23 @@ def test_comfyuis_validation_error_comes_back_readable_and_fails_the_job_at_once
     assert "Traceback" not in failed.error
 
 
+def test_a_model_or_node_the_worker_lacks_fails_over_naming_what_it_lacks(serverless):
+    _, client, _, _ = serverless
+    missing_vae = {
+        "1": {"class_type": "VAELoader", "inputs": {"vae_name": "missing_vae.safetensors"}},
+        "2": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "3": {"class_type": "VAEDecode", "inputs": {"samples": ["2", 0], "vae": ["1", 0]}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "x"}}}
+    unknown_node = {"1": {"class_type": "NoSuchNode", "inputs": {}},
+                    "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}}}
+
+    _, no_vae = run(client, missing_vae)
+    _, no_node = run(client, unknown_node)
+
+    assert isinstance(no_vae, Failed) and no_vae.retryable and no_vae.lacks == ("vae/missing_vae.safetensors",)
+    assert isinstance(no_node, Failed) and no_node.retryable and no_node.lacks == ("node NoSuchNode",)
+
+
 def test_input_images_are_uploaded_before_the_workflow_runs(serverless):
     _, client, _, _ = serverless
     picture = make_png(16, 16, (1, 2, 3))

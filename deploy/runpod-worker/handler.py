@@ -17,8 +17,10 @@ base64 (results over ~20 MB do not fit in a /run response).
 
 A failure returns `{"error": "<readable>", "error_kind": ...}`: the RunPod job is FAILED with
 that message and `error_kind` stays in `output`. The workflow's own fault ("validation": ComfyUI
-rejected it; "execution": a node raised) fails the job at once; the worker's ("model_missing",
-"runtime": ComfyUI down, out of memory...) makes the server fail over to another backend.
+rejected it; "execution": a node raised) fails the job at once; the worker's ("model_missing":
+a value not in a loader's list, or a node class this ComfyUI lacks; "runtime": ComfyUI down, out
+of memory...) makes the server fail over to another backend. A "model_missing" failure lists what
+was missing in `missing`: `[{"class_type", "input", "value"}]` (value only; `input` "" for a node).
 
 ComfyUI is started by this process (COMFY_START_COMMAND) unless one already answers at
 COMFY_HOST; the handler waits until it answers before running the first job.
@@ -53,8 +55,9 @@ _comfy = None  # the ComfyUI process this handler started, if any
 
 
 class JobError(Exception):
-    def __init__(self, message, kind="runtime"):
+    def __init__(self, message, kind="runtime", missing=()):
         super().__init__(message)
+        self.missing = list(missing)
         self.kind = kind
 
 
@@ -118,27 +121,44 @@ def queue_prompt(workflow, prompt_id):
     body = {"prompt": workflow, "client_id": f"runpod-{prompt_id}", "prompt_id": prompt_id}
     response = requests.post(comfy_url("/prompt"), json=body, timeout=HTTP_TIMEOUT)
     if response.status_code == 400:
-        raise describe_rejection(_json(response))
+        raise describe_rejection(_json(response), workflow)
     if response.status_code != 200:
         raise JobError(f"ComfyUI refused the prompt: HTTP {response.status_code}")
 
 
-def describe_rejection(body):
+MODEL_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf", ".sft", ".onnx")
+
+
+def describe_rejection(body, workflow=None):
     """ComfyUI's 400 as one readable sentence (the same wording as the server's ComfyUI client)."""
     error = body.get("error") if isinstance(body.get("error"), dict) else {"message": str(body.get("error", ""))}
-    problems, model_missing = [], False
+    problems, missing = [], []
     for node_id, node in (body.get("node_errors") or {}).items():
         for item in node.get("errors") or []:
             detail = item.get("details") or ""
             problems.append(f"node {node_id} ({node.get('class_type', '?')}): {item.get('message')}"
                             + (f" — {detail}" if detail else ""))
-            model_missing |= item.get("type") == "value_not_in_list" and "ckpt_name" in detail
+            missing += _missing_model(node.get("class_type"), item)
+    if error.get("type") == "invalid_prompt" and "does not exist" in (error.get("message") or ""):
+        node = (workflow or {}).get((error.get("details") or "").partition("#")[2].rstrip("'")) or {}
+        missing += [{"class_type": node.get("class_type", ""), "input": "", "value": ""}] if node else []
     message = "ComfyUI rejected the workflow: " + (error.get("message") or "invalid workflow")
     if error.get("details") and not problems:
         message += f" ({error['details']})"
     if problems:
         message += ": " + "; ".join(problems)
-    return JobError(message, "model_missing" if model_missing else "validation")
+    return JobError(message, "model_missing" if missing else "validation", missing)
+
+
+def _missing_model(class_type, item):
+    """A loader's value not in its list of model files: the worker lacks that file."""
+    extra = item.get("extra_info") or {}
+    value = extra.get("received_value")
+    if item.get("type") != "value_not_in_list" or not isinstance(value, str):
+        return []
+    if not value.lower().endswith(MODEL_FILE_SUFFIXES):
+        return []
+    return [{"class_type": class_type or "", "input": extra.get("input_name") or "", "value": value}]
 
 
 def wait_for_history(prompt_id):
@@ -230,7 +250,8 @@ async def handler(job):
     try:
         return await asyncio.to_thread(run, job)
     except JobError as error:
-        return {"error": str(error), "error_kind": error.kind}
+        result = {"error": str(error), "error_kind": error.kind}
+        return {**result, "missing": error.missing} if error.missing else result
     except requests.RequestException as error:
         return {"error": f"ComfyUI did not answer: {type(error).__name__}", "error_kind": "runtime"}
     except asyncio.CancelledError:

@@ -81,6 +81,7 @@ class AttemptOut(Schema):
     finished_at: Optional[str]
     seconds: Optional[float]
     cost: str
+    outage: bool  # lost to an outage of its backend (unreachable, timeout, 5xx)
 
 
 class OutputOut(Schema):
@@ -113,8 +114,10 @@ class JobOut(Schema):
     progress: int
     cost: str
     error: str
-    failovers: int
+    failovers: int  # attempts moved to another backend
+    retries: int  # attempts tried again on the same backend
     waiting: bool
+    waiting_for: str  # "gpu" (the local queue is full) or "outage" (a backend must answer again)
     queue_position: Optional[QueuePosition]
     created_at: Optional[str]
     started_at: Optional[str]

@@ -21,13 +21,14 @@ def job_dict(job: Job, base_url: str) -> dict:
         "custom_workflow": job.is_custom_workflow, "width": job.width, "height": job.height, "seed": job.seed,
         "duration_seconds": job.duration_seconds, "backend": job.backend.name if job.backend else None,
         "reason": job.reason, "progress": job.progress, "cost": _money(job.cost), "error": job.error,
-        "failovers": job.failovers, "waiting": job.waiting, "queue_position": queue_position(job),
+        "failovers": job.failovers, "retries": job.retries, "waiting": job.waiting,
+        "waiting_for": job.waiting_for if job.waiting else "", "queue_position": queue_position(job),
         "created_at": _time(job.created_at), "started_at": _time(job.started_at),
         "finished_at": _time(job.finished_at),
         "attempts": [{
             "number": a.number, "backend": a.backend.name, "status": a.status, "error": a.error,
             "started_at": _time(a.started_at), "finished_at": _time(a.finished_at), "seconds": a.seconds,
-            "cost": _money(a.cost),
+            "cost": _money(a.cost), "outage": a.outage,
         } for a in job.attempts.select_related("backend")],
         "outputs": [{
             "url": base_url.rstrip("/") + reverse("output-file", args=[o.id]), "mime": o.mime, "size": o.size,

@@ -10,13 +10,31 @@ class BackendError(Exception):
     """A backend call failed. `retryable` says whether another try (or backend) may work:
     down, timeout, 5xx, missing model → retryable; the user's own bad input → permanent."""
 
-    def __init__(self, message: str, *, retryable: bool, resend_safe: bool = False):
+    def __init__(self, message: str, *, retryable: bool, resend_safe: bool = False, outage: bool = False,
+                 lacks: tuple = ()):
         super().__init__(message)
         self.message = message
         self.retryable = retryable
         # True when sending the same request again cannot run the job twice: the backend
         # dedupes it (ComfyUI prompt ids) or certainly did not act on it (429, 503, refused).
         self.resend_safe = resend_safe
+        # True for transport failures (unreachable, timeout, 5xx, garbage, lost its queue): the
+        # backend is not working. Only these (and probes) move its health; a job's own missing
+        # model or node error never does.
+        self.outage = outage
+        # What the backend said it lacks ("vae/x.safetensors", "node Foo"): its inventory was stale.
+        self.lacks = tuple(lacks)
+
+    def __reduce__(self):  # picklable (Celery's result and error handling pickle exceptions)
+        return (_rebuild_error, (type(self), self.message, self.retryable, self.resend_safe, self.outage,
+                                 self.lacks))
+
+
+def _rebuild_error(cls, message, retryable, resend_safe, outage, lacks):
+    error = cls.__new__(cls)
+    BackendError.__init__(error, message, retryable=retryable, resend_safe=resend_safe, outage=outage,
+                          lacks=lacks)
+    return error
 
 
 @dataclass
@@ -48,6 +66,8 @@ class Done:
 class Failed:
     error: str
     retryable: bool
+    outage: bool = False  # as BackendError.outage
+    lacks: tuple = ()  # as BackendError.lacks
 
 
 @dataclass
@@ -85,6 +105,11 @@ class Client:
 
     def health(self) -> Health:
         raise NotImplementedError
+
+    def inventory(self) -> Optional[dict]:
+        """Model files per folder and node classes it has (requirements.inventory_from_object_info
+        shape), or None when this kind of backend cannot be asked."""
+        return None
 
     def download(self, output: RemoteOutput) -> bytes:
         if output.data is None:

@@ -1,6 +1,6 @@
 """Client for a ComfyUI server (the local GPU, or a cloud pod), HTTP + WebSocket.
 
-Protocol facts used here (shared/reference/external-apis.md §1, ComfyUI 0.3.64):
+Protocol facts used here (shared/reference/external-apis.md §1 and the ComfyUI 0.8.0 capture):
 - `POST /prompt` accepts our own `prompt_id`; we use the attempt id, so a resubmission after
   a crash can find the first one in `/history` or `/queue` instead of running it twice.
 - `GET /history/{id}` is `{}` until the prompt has finished; history is written *before* the
@@ -15,6 +15,8 @@ from typing import Optional
 from urllib.parse import urlencode
 
 import websocket
+
+from workers.workflows.requirements import inventory_from_object_info, model_input_folder
 
 from .base import BackendError, Client, Done, Failed, Health, Progress, ProgressCallback, RemoteOutput
 from .http import Http
@@ -61,7 +63,7 @@ class ComfyUIClient(Client):
             body["front"] = True  # ComfyUI runs it before the prompts already waiting
         response = self.http.request("POST", "/prompt", json=body)
         if response.status_code == 400:
-            raise validation_error(_json_or_empty(response))
+            raise validation_error(_json_or_empty(response), spec["workflow"])
         if response.status_code >= 400:
             raise BackendError(f"ComfyUI refused the prompt: HTTP {response.status_code}", retryable=True)
         data = _json(response)
@@ -91,7 +93,7 @@ class ComfyUIClient(Client):
             entry = self._history(prompt_id)  # it may have finished between the two calls
             if entry:
                 return self._result(prompt_id, entry)
-            return Failed("ComfyUI no longer knows this job (was it restarted?)", retryable=True)
+            return Failed("ComfyUI no longer knows this job (was it restarted?)", retryable=True, outage=True)
         return self._watch(handle, on_progress)
 
     def _watch(self, handle: dict, on_progress: Optional[ProgressCallback]):
@@ -150,7 +152,8 @@ class ComfyUIClient(Client):
 
     def _result(self, prompt_id: str, entry: dict):
         if not entry:
-            return Failed("ComfyUI reported the job finished but has no record of it", retryable=True)
+            return Failed("ComfyUI reported the job finished but has no record of it", retryable=True,
+                          outage=True)
         status = entry.get("status") or {}
         messages = status.get("messages") or []
         if status.get("status_str") == "success" or status.get("completed"):
@@ -194,11 +197,13 @@ class ComfyUIClient(Client):
             raise BackendError(f"ComfyUI could not serve {output.filename}: HTTP {response.status_code}", retryable=True)
         return response.content
 
-    def checkpoints(self) -> list[str]:
-        info = self.http.json("GET", "/object_info/CheckpointLoaderSimple")
-        required = ((info.get("CheckpointLoaderSimple") or {}).get("input") or {}).get("required") or {}
-        names = (required.get("ckpt_name") or [[]])[0]
-        return names if isinstance(names, list) else []
+    def inventory(self) -> dict:
+        """Its model files per folder and node classes, from `/object_info` (ComfyUI rescans the
+        model folders for every such request, so this is current)."""
+        info = self.http.json("GET", "/object_info")
+        if not isinstance(info, dict):
+            raise BackendError("ComfyUI sent an /object_info that is not an object", retryable=True, outage=True)
+        return inventory_from_object_info(info)
 
     # --- helpers --------------------------------------------------------------------------
     def _history(self, prompt_id: str) -> dict:
@@ -229,25 +234,43 @@ def collect_outputs(outputs: dict) -> list[RemoteOutput]:
     return found
 
 
-def validation_error(body: dict) -> BackendError:
+def validation_error(body: dict, workflow: dict) -> BackendError:
     """Turn ComfyUI's 400 body into one readable sentence naming the node and the problem.
-    A checkpoint the server lacks is the backend's fault (retryable); the rest is the user's."""
+    A model file or node class the server lacks is the backend's fault (retryable, with what it
+    lacks, so its inventory is corrected); the rest is the user's."""
     error = body.get("error") or {}
-    problems, model_missing = [], False
+    problems, lacks = [], []
     for node_id, node in (body.get("node_errors") or {}).items():
         for item in node.get("errors") or []:
             detail = item.get("details") or ""
             problems.append(f"node {node_id} ({node.get('class_type', '?')}): {item.get('message')}"
                             + (f" — {detail}" if detail else ""))
-            model_missing |= item.get("type") == "value_not_in_list" and "ckpt_name" in detail
+            lacks += _lacked_model(node.get("class_type"), item)
     message = error.get("message") or "ComfyUI rejected the workflow"
+    if error.get("type") == "invalid_prompt" and "does not exist" in message:
+        lacks += _lacked_node(error.get("details") or "", workflow)
     if error.get("details") and not problems:
         message += f" ({error['details']})"
     if problems:
         message += ": " + "; ".join(problems)
-    if model_missing:
-        message = "This ComfyUI does not have the model the job needs. " + message
-    return BackendError(message, retryable=model_missing)
+    if lacks:
+        message = f"This ComfyUI lacks {', '.join(lacks)}. " + message
+    return BackendError(message, retryable=bool(lacks), lacks=tuple(lacks))
+
+
+def _lacked_model(class_type, item: dict) -> list[str]:
+    extra = item.get("extra_info") or {}
+    folder = model_input_folder(class_type or "", extra.get("input_name") or "")
+    if item.get("type") != "value_not_in_list" or not folder or not isinstance(extra.get("received_value"), str):
+        return []
+    return [f"{folder}/{extra['received_value']}"]
+
+
+def _lacked_node(details: str, workflow: dict) -> list[str]:
+    # "Cannot execute because node Foo does not exist." with details "Node ID '#12'"
+    node_id = details.partition("#")[2].rstrip("'")
+    node = workflow.get(node_id) if isinstance(workflow, dict) else None
+    return [f"node {node['class_type']}"] if isinstance(node, dict) and node.get("class_type") else []
 
 
 def _failure(kind: str, data: dict) -> Failed:
@@ -287,7 +310,7 @@ def _json(response):
     try:
         return response.json()
     except ValueError:
-        raise BackendError("ComfyUI sent a response that is not JSON", retryable=True)
+        raise BackendError("ComfyUI sent a response that is not JSON", retryable=True, outage=True)
 
 
 def _json_or_empty(response) -> dict:

@@ -74,9 +74,11 @@ class GeminiError(BackendError):
     """A classed Gemini failure. `transient` (429, 5xx, timeouts) is worth waiting for on the
     same backend; other retryable errors (a retired model) should fail over at once."""
 
+    transient, retry_after = False, None  # also after unpickling (BackendError.__reduce__)
+
     def __init__(self, message: str, *, retryable: bool, transient: bool = False,
                  retry_after: Optional[float] = None):
-        super().__init__(message, retryable=retryable)
+        super().__init__(message, retryable=retryable, outage=transient)
         self.transient = transient
         self.retry_after = retry_after
 
@@ -221,7 +223,7 @@ class GeminiClient(Client):
         if not error.transient or now >= handle.get("give_up_at", 0):
             waited = now - handle.get("started_at", now)
             suffix = f" (gave up after {waited:.0f}s)" if error.transient else ""
-            return Failed(error.message + suffix, retryable=True)
+            return Failed(error.message + suffix, retryable=True, outage=error.transient)
         delay = error.retry_after or self.backoff(now - handle.get("started_at", now))
         delay = min(delay, self.options.retry_max_seconds, max(0.0, handle["give_up_at"] - now) + 0.01)
         log.info("gemini: %s; polling attempt %s again in %.1fs", error.message, handle.get("attempt_id"), delay)

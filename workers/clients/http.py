@@ -22,15 +22,16 @@ class Http:
         try:
             response = self.session.request(method, url, timeout=timeout or self.timeout, **kwargs)
         except requests.Timeout:
-            raise BackendError(f"{self.service} at {self.base_url} did not answer in time", retryable=True)
+            raise BackendError(f"{self.service} at {self.base_url} did not answer in time", retryable=True,
+                               outage=True)
         except requests.ConnectionError:
             raise BackendError(
-                f"{self.service} at {self.base_url} is not reachable (is it running?)", retryable=True
-            )
+                f"{self.service} at {self.base_url} is not reachable (is it running?)", retryable=True,
+                outage=True)
         if response.status_code >= 500:
             raise BackendError(
-                f"{self.service} at {self.base_url} failed with HTTP {response.status_code}", retryable=True
-            )
+                f"{self.service} at {self.base_url} failed with HTTP {response.status_code}", retryable=True,
+                outage=True)
         return response
 
     def json(self, method: str, path: str, **kwargs):
@@ -47,4 +48,4 @@ def parse_json(response: requests.Response, service: str):
     try:
         return response.json()
     except ValueError:
-        raise BackendError(f"{service} sent a response that is not JSON", retryable=True)
+        raise BackendError(f"{service} sent a response that is not JSON", retryable=True, outage=True)

@@ -25,6 +25,8 @@ import runpod
 from requests.adapters import HTTPAdapter
 from runpod.endpoint.runner import Job
 
+from workers.workflows.requirements import model_input_folder
+
 from .base import BackendError, Client, Done, Failed, Health, Progress, ProgressCallback, RemoteOutput
 
 API_KEY_REJECTED = "RUNPOD_API_KEY rejected by RunPod (HTTP 401)"
@@ -163,14 +165,16 @@ class RunPodClient(Client):
                 raise BackendError(API_KEY_REJECTED, retryable=False)
             raise BackendError(f"RunPod could not {what}: {error}", retryable=False)
         except requests.Timeout:
-            raise BackendError(f"RunPod did not answer in time when asked to {what}", retryable=True)
+            raise BackendError(f"RunPod did not answer in time when asked to {what}", retryable=True, outage=True)
         except requests.ConnectionError as error:
             refused = "NewConnectionError" in repr(error)  # nothing was sent (not: sent, then reset)
-            raise BackendError(f"RunPod is not reachable (could not {what})", retryable=True, resend_safe=refused)
+            raise BackendError(f"RunPod is not reachable (could not {what})", retryable=True, resend_safe=refused,
+                               outage=True)
         except requests.HTTPError as error:
             raise http_error(what, error.response)
         except ValueError:
-            raise BackendError(f"RunPod sent a response that is not JSON when asked to {what}", retryable=True)
+            raise BackendError(f"RunPod sent a response that is not JSON when asked to {what}", retryable=True,
+                               outage=True)
 
 
 def http_error(what: str, response) -> BackendError:
@@ -182,7 +186,7 @@ def http_error(what: str, response) -> BackendError:
                             resend_safe=True)
     if code >= 500 or code == 408:
         return BackendError(f"RunPod failed with HTTP {code} when asked to {what}", retryable=True,
-                            resend_safe=code in (502, 503))
+                            resend_safe=code in (502, 503), outage=True)
     if code == 404:
         return NotFound(f"RunPod answered HTTP 404 when asked to {what} (unknown endpoint or job)",
                         retryable=True)
@@ -198,7 +202,22 @@ def failed_job(error, output) -> Failed:
         kind = "validation" if any(marker in message for marker in VALIDATION_MARKERS) else "runtime"
         if kind == "validation" and any(marker in message for marker in MODEL_MISSING_MARKERS):
             kind = "model_missing"
-    return Failed(f"RunPod worker: {message}", retryable=kind not in USER_FAULTS)
+    missing = output.get("missing") if isinstance(output, dict) else None
+    return Failed(f"RunPod worker: {message}", retryable=kind not in USER_FAULTS, lacks=_lacks(missing))
+
+
+def _lacks(missing) -> tuple:
+    """The handler's `missing` list as inventory items ("folder/file", "node Class")."""
+    lacks = []
+    for item in missing if isinstance(missing, list) else []:
+        if not isinstance(item, dict):
+            continue
+        folder = model_input_folder(str(item.get("class_type") or ""), str(item.get("input") or ""))
+        if folder and item.get("value"):
+            lacks.append(f"{folder}/{item['value']}")
+        elif not item.get("input") and item.get("class_type"):
+            lacks.append(f"node {item['class_type']}")
+    return tuple(lacks)
 
 
 def _error_text(error) -> str:

@@ -34,6 +34,7 @@ from billing.caps import charge_pod_share, record_idle
 from billing.pods import pod_cost
 from routing import dispatch
 from routing.backends import client_for_backend, missing_settings
+from routing.inventory import inventory_due, inventory_store
 from routing.models import Attempt, AttemptStatus, Backend, Job, JobStatus
 from workers.clients import BackendError
 
@@ -274,6 +275,7 @@ def _check_starting(pod: CloudPod, now) -> str:
         pod_give_up(pod_id=pod.id, error="RunPod stopped the pod before it became ready")
         return PodStatus.TERMINATING
     if pod_runtime_up(remote) and client.comfy(pod.url).health().ok:
+        _read_inventory(pod, client.comfy(pod.url), force=True)  # a new pod: what its image holds
         pod_mark_ready(pod_id=pod.id, now=now, cost_per_hour=remote.get("costPerHr"))
         return PodStatus.READY
     if timed_out:
@@ -289,12 +291,23 @@ def _probe_usable(pod: CloudPod) -> str:
         health = comfy.health()
     if health.ok:
         CloudPod.objects.filter(id=pod.id).update(probe_failures=0, last_error="")
+        _read_inventory(pod, comfy)
         return pod.status
     CloudPod.objects.filter(id=pod.id).update(probe_failures=F("probe_failures") + 1, last_error=health.detail[:2000])
     if pod.probe_failures + 1 >= settings.RUNPOD_POD_FAILURES_TO_REPLACE:
         pod_give_up(pod_id=pod.id, error=f"ComfyUI stopped answering: {health.detail}")
         return PodStatus.TERMINATING
     return pod.status
+
+
+def _read_inventory(pod: CloudPod, comfy, force: bool = False) -> None:
+    """Every pod runs the same image, so the pods backend's inventory is its newest pod's."""
+    if not (force or inventory_due(pod.backend)):
+        return
+    try:
+        inventory_store(backend_id=pod.backend_id, inventory=comfy.inventory(), source=f"object_info of pod {pod.id}")
+    except BackendError as error:
+        log.warning("could not read the inventory of pod %s: %s", pod.id, error.message)
 
 
 def pod_mark_ready(*, pod_id: int, now=None, cost_per_hour=None) -> bool:
