@@ -376,3 +376,34 @@ def test_it_runs_a_valid_workflow_of_nodes_it_does_not_simulate(fake):
     assert entry["status"]["status_str"] == "success"
     assert [i["filename"] for i in entry["outputs"]["5"]["images"]] == ["generic_00001_.png"]
     assert all(name in object_info() for name in ("ImageFlip", "ImageToMask", "MaskToImage"))
+
+
+# ---------------------------------------------------------------- checked against a real server
+# tests/data/comfyui-0.8.0-session-checks.json: prompts this project sent to a real ComfyUI 0.8.0
+# (CPU, empty files named like the manifest's models) and what it answered.
+SESSION_CHECKS = ROOT / "tests" / "data" / "comfyui-0.8.0-session-checks.json"
+
+
+def session_checks():
+    return json.loads(SESSION_CHECKS.read_text())["cases"]
+
+
+@pytest.mark.parametrize("name", sorted(session_checks()))
+def test_it_answers_each_prompt_checked_on_a_real_server_as_that_server_did(fake, name):
+    case = session_checks()[name]
+    response = post_prompt(fake, case["prompt"])
+    assert response.status_code == case["status"]
+    body = response.json()
+    if case["status"] == 200:  # prompt_id and number differ from run to run
+        assert set(body) == set(case["body"]) and body["node_errors"] == case["body"]["node_errors"]
+    else:
+        assert body == case["body"]
+
+
+@pytest.mark.parametrize("kind, name", [("image", "img"), ("video", "vid")])
+def test_the_templates_are_still_the_ones_the_real_server_accepted(kind, name):
+    from workers.workflows import build_workflow
+
+    built = build_workflow(kind=kind, prompt="a red fox", negative_prompt="", width=256, height=256, seed=42,
+                           duration_seconds=1)
+    assert built == session_checks()[name]["prompt"]  # a template change needs a new real-server check
