@@ -9,6 +9,11 @@ The database decides, row by row, under its own lock: PostgreSQL re-checks the W
 waiting for a concurrent writer, SQLite runs IMMEDIATE transactions one at a time. So 20
 concurrent $1 holds against a $5 cap accept exactly 5. A charge replaces its hold by the real
 cost in the periods of the hold; a release gives the hold back.
+
+A per-second backend's hold is a meter: while the attempt runs, each poll extends it to cover
+the time used so far plus the time until the next poll (`extend`, the same conditional
+UPDATEs). When an extension is refused the remote job is cancelled and the time it used is
+charged, so a cap is overshot by at most one poll interval of the running jobs' price.
 """
 import calendar
 from dataclasses import dataclass
@@ -168,38 +173,73 @@ def _move(*, user_id, day: date, month: date, delta: Decimal) -> None:
 
 
 def _hold_of(attempt) -> LedgerEntry | None:
+    """The attempt's first hold (its periods are the ones every later entry counts against)."""
     return LedgerEntry.objects.filter(key=f"hold:{attempt.id}").first()
+
+
+def held(attempt) -> Decimal:
+    """What is reserved for this attempt: its hold plus every extension of its meter."""
+    total = LedgerEntry.objects.filter(attempt_id=attempt.id, kind=LedgerEntry.Kind.HOLD).aggregate(
+        total=Sum("amount"))["total"]
+    return total or Decimal("0")
+
+
+def extend(*, attempt, amount: Decimal) -> str:
+    """Reserve `amount` more for a running attempt (its meter), against every cap of the
+    periods of its first hold; "" when taken, else the refusal. All counters or none."""
+    amount = money(amount)
+    first = _hold_of(attempt)
+    if first is None or amount <= 0:
+        return ""
+    daily, monthly = user_caps(first.user_id)
+    limits = [Limit(Scope.USER_DAY, first.user_id, first.day, daily),
+              Limit(Scope.USER_MONTH, first.user_id, first.month, monthly),
+              Limit(Scope.GLOBAL_MONTH, None, first.month, settings.GLOBAL_MONTHLY_CAP_USD)]
+    extensions = LedgerEntry.objects.filter(attempt_id=attempt.id, kind=LedgerEntry.Kind.HOLD).count()
+    try:
+        with transaction.atomic():
+            for limit in limits:
+                _take(limit, amount)
+            LedgerEntry.objects.create(
+                kind=LedgerEntry.Kind.HOLD, amount=amount, key=f"hold:{attempt.id}:+{extensions}",
+                user_id=first.user_id, job_id=first.job_id, attempt_id=attempt.id, backend_id=first.backend_id,
+                category=first.category, day=first.day, month=first.month, note="meter extended while it runs")
+    except (CapReached, IntegrityError) as refused:
+        return str(refused) if isinstance(refused, CapReached) else ""
+    return ""
 
 
 def release(*, attempt) -> bool:
     """Give back the attempt's hold (it failed or was cancelled). Once only."""
-    held = _hold_of(attempt)
-    if held is None or LedgerEntry.objects.filter(key=f"release:{attempt.id}").exists():
+    first = _hold_of(attempt)
+    if first is None or LedgerEntry.objects.filter(key=f"release:{attempt.id}").exists():
         return False
-    if not _append(kind=LedgerEntry.Kind.RELEASE, amount=-held.amount, key=f"release:{attempt.id}", like=held,
+    amount = held(attempt)
+    if not _append(kind=LedgerEntry.Kind.RELEASE, amount=-amount, key=f"release:{attempt.id}", like=first,
                    note="attempt ended without a charge"):
         return False
-    _move(user_id=held.user_id, day=held.day, month=held.month, delta=-held.amount)
+    _move(user_id=first.user_id, day=first.day, month=first.month, delta=-amount)
     return True
 
 
 def charge(*, attempt, amount: Decimal, now=None) -> bool:
     """Charge the real cost once; the hold, if any, is settled into it."""
     amount = money(amount)
-    held = _hold_of(attempt)
-    if held is None and not amount:
+    first = _hold_of(attempt)
+    if first is None and not amount:
         return False  # free (local) work leaves no ledger rows
-    day, month = (held.day, held.month) if held else periods(now or timezone.now())
+    day, month = (first.day, first.month) if first else periods(now or timezone.now())
     job = attempt.job
     entry = LedgerEntry(kind=LedgerEntry.Kind.CHARGE, amount=amount, key=f"charge:{attempt.id}", user_id=job.user_id,
                         job=job, attempt=attempt, backend_id=attempt.backend_id, category=attempt.backend.category,
                         day=day, month=month, note=f"real cost on {attempt.backend.name}")
     if not _insert(entry):
         return False
-    if held:
-        _append(kind=LedgerEntry.Kind.RELEASE, amount=-held.amount, key=f"release:{attempt.id}", like=held,
-                note="hold settled by the charge")
-    _move(user_id=job.user_id, day=day, month=month, delta=amount - (held.amount if held else 0))
+    reserved = held(attempt) if first else Decimal("0")
+    if first and not _append(kind=LedgerEntry.Kind.RELEASE, amount=-reserved, key=f"release:{attempt.id}",
+                             like=first, note="hold settled by the charge"):
+        reserved = Decimal("0")  # released earlier: the counters no longer hold it
+    _move(user_id=job.user_id, day=day, month=month, delta=amount - reserved)
     return True
 
 

@@ -30,3 +30,15 @@ def actual_cost(*, backend, job, seconds, outputs: int) -> Decimal:
         return money(0)  # pods are billed by uptime, split over their jobs (billing.pods)
     # Per-second backends: RunPod serverless, or any priced ComfyUI; local is priced at 0.
     return money(backend.price_per_second * Decimal(str(seconds or 0)))
+
+
+def metered_price(backend) -> Decimal:
+    """Price per second of a backend billed by the second while a job runs (RunPod serverless,
+    a priced ComfyUI); 0 for the others (free local, pods billed by uptime, Gemini per output)."""
+    if backend.kind in ("pod", "gemini"):
+        return Decimal("0")
+    return backend.price_per_second or Decimal("0")
+
+
+def metered_cost(backend, seconds: float) -> Decimal:
+    return money(metered_price(backend) * Decimal(str(max(0.0, seconds))))

@@ -231,6 +231,7 @@ class Attempt(models.Model):
     queue_position = models.PositiveIntegerField(null=True, blank=True, help_text="Jobs ahead on the backend")
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
+    running_at = models.DateTimeField(null=True, blank=True, help_text="First seen running on the backend")
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

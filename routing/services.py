@@ -6,6 +6,7 @@ delivers twice (or a sweeper re-send racing the original) changes nothing the se
 import hashlib
 import logging
 from datetime import timedelta
+from decimal import Decimal
 from typing import Optional
 
 from django.conf import settings
@@ -16,7 +17,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from billing import caps
-from billing.pricing import actual_cost
+from billing.pricing import actual_cost, metered_cost, metered_price
 from workers.clients import BackendError, Done, Failed, Progress
 from workers.workflows import WorkflowError, validate_workflow
 
@@ -286,7 +287,61 @@ def attempt_poll(*, attempt_id, seq: int) -> Optional[float]:
         return None
     Attempt.objects.filter(id=attempt.id).update(poll_errors=0)
     _progress(attempt, result)
-    return result.next_poll if result.next_poll is not None else settings.POLL_INTERVAL_SECONDS
+    countdown = result.next_poll if result.next_poll is not None else settings.POLL_INTERVAL_SECONDS
+    if _meter_stopped(attempt, client, ahead=2 * countdown):
+        return None
+    return countdown
+
+
+def _meter_stopped(attempt: Attempt, client, *, ahead: float) -> bool:
+    """Keep a per-second attempt's hold ahead of the time it has used: cover that time plus the
+    next poll's (`ahead`), with some room so that not every poll writes. When the caps refuse
+    even the time already used and the next poll, cancel the remote job, charge what it used,
+    and route the job again (a free backend may still take it)."""
+    price = metered_price(attempt.backend)
+    running_at = attempt.running_at or Attempt.objects.filter(id=attempt.id).values_list("running_at", flat=True)[0]
+    if not price or running_at is None:
+        return False
+    seconds = (timezone.now() - running_at).total_seconds()
+    used = metered_cost(attempt.backend, seconds)
+    need = used + metered_cost(attempt.backend, ahead) - caps.held(attempt)
+    if need <= 0:
+        return False
+    refusal = caps.extend(attempt=attempt, amount=need + metered_cost(attempt.backend, 4 * ahead))
+    while refusal:
+        refusal = caps.extend(attempt=attempt, amount=need)
+        if not refusal or not _stop_younger(attempt, refusal):
+            break
+    if not refusal:
+        return False
+    try:
+        client.cancel(attempt.handle)
+    except BackendError as error:
+        log.warning("could not cancel attempt %s on %s: %s", attempt.id, attempt.backend, error.message)
+    _stop_metered(attempt, running_at, refusal)
+    return True
+
+
+def _stop_younger(attempt: Attempt, refusal: str) -> bool:
+    """Make room for a running attempt whose meter the caps refuse: stop the same user's
+    newest metered attempt that is still queued on its backend (it has used nothing, and its
+    hold comes back whole). A run in progress is never stopped for one that has not started."""
+    queued = Attempt.objects.filter(
+        job__user_id=attempt.job.user_id, status=AttemptStatus.SUBMITTED, running_at__isnull=True,
+        backend__price_per_second__gt=0, backend__kind__in=(Backend.Kind.RUNPOD, Backend.Kind.COMFYUI),
+    ).exclude(id=attempt.id).select_related("backend", "job").order_by("-created_at").first()
+    if queued is None:
+        return False
+    _stop_metered(queued, None, refusal)
+    dispatch.send(dispatch.CANCEL, [str(queued.id)], queue=queued.backend.queue)
+    return True
+
+
+def _stop_metered(attempt: Attempt, running_at, refusal: str) -> None:
+    seconds = (timezone.now() - running_at).total_seconds() if running_at else 0.0
+    used = metered_cost(attempt.backend, seconds)
+    attempt_fail(attempt_id=attempt.id, retryable=True, used=used,
+                 error=f"Stopped after {seconds:.0f} s on {attempt.backend.name} (${used:.4f} used): {refusal}")
 
 
 NOTHING_SAVED = "The job finished but saved no file (its outputs were only previews or latents)"
@@ -306,6 +361,8 @@ def _progress(attempt: Attempt, progress: Progress) -> None:
     if progress.position is not None and progress.position != attempt.queue_position:
         Attempt.objects.filter(id=attempt.id).update(queue_position=progress.position - 1)
     if progress.running:
+        if attempt.running_at is None:  # the meter and a cancel's charge count from here
+            Attempt.objects.filter(id=attempt.id, running_at__isnull=True).update(running_at=timezone.now())
         Attempt.objects.filter(id=attempt.id, status__in=active).update(
             status=AttemptStatus.RUNNING, progress=progress.percent, queue_position=None)
         Job.objects.filter(id=attempt.job_id, status__in=(JobStatus.SUBMITTED, JobStatus.RUNNING)).update(
@@ -363,20 +420,22 @@ def _store_output(attempt: Attempt, index: int, output, data: bytes) -> Output:
     )
 
 
-def attempt_fail(*, attempt_id, error: str, retryable: bool, outage: bool = False, lacks: tuple = ()) -> None:
-    """Record the failure; route the job again when the backend was at fault.
+def attempt_fail(*, attempt_id, error: str, retryable: bool, outage: bool = False, lacks: tuple = (),
+                 used: Optional[Decimal] = None) -> None:
+    """Record the failure; route the job again when the backend was at fault. `used`: remote
+    time that was billed anyway (a job stopped by its meter), charged instead of released.
 
     Only an outage (unreachable, timeout, 5xx) counts against the backend's health; a model or
     node it lacks corrects its inventory instead (the job moves on; nobody else is affected)."""
     with transaction.atomic():
         updated = Attempt.objects.filter(id=attempt_id, status__in=ACTIVE_ATTEMPT_STATES).update(
             status=AttemptStatus.FAILED, error=error[:4000], retryable=retryable, outage=outage and retryable,
-            finished_at=timezone.now(),
+            finished_at=timezone.now(), cost=used or Decimal("0"),
         )
         if not updated:
             return
         attempt = Attempt.objects.select_related("job", "backend").get(id=attempt_id)
-        caps.release(attempt=attempt)
+        _settle(attempt, used)
         job = attempt.job
         if retryable and outage and attempt.backend.kind == Backend.Kind.POD:  # that pod may be dead
             from workers.pods.services import pod_attempt_failed
@@ -395,6 +454,16 @@ def attempt_fail(*, attempt_id, error: str, retryable: bool, outage: bool = Fals
         inventory_forget(backend_id=attempt.backend_id, lacks=lacks)
     if retryable and outage:
         health_record(backend_id=attempt.backend_id, ok=False, detail=error)
+
+
+def _settle(attempt: Attempt, used: Optional[Decimal]) -> None:
+    """An attempt ended without a result: give its hold back, or charge the remote time it used
+    (RunPod bills a cancelled or stopped job for the seconds it ran)."""
+    if not used:
+        caps.release(attempt=attempt)
+        return
+    caps.charge(attempt=attempt, amount=used)
+    Job.objects.filter(id=attempt.job_id).update(cost=F("cost") + used)
 
 
 def job_fail(job: Job, error: str) -> None:
@@ -419,9 +488,12 @@ def job_cancel(*, user, job_id) -> bool:
             return False
         _ended(job_id)
         for attempt in Attempt.objects.filter(job_id=job_id, status__in=ACTIVE_ATTEMPT_STATES).select_related("backend"):
-            Attempt.objects.filter(id=attempt.id, status__in=ACTIVE_ATTEMPT_STATES).update(
-                status=AttemptStatus.CANCELLED, finished_at=timezone.now())
-            caps.release(attempt=attempt)
+            now = timezone.now()
+            used = metered_cost(attempt.backend, (now - attempt.running_at).total_seconds()) \
+                if attempt.running_at and metered_price(attempt.backend) else None
+            if Attempt.objects.filter(id=attempt.id, status__in=ACTIVE_ATTEMPT_STATES).update(
+                    status=AttemptStatus.CANCELLED, finished_at=now, cost=used or Decimal("0")):
+                _settle(attempt, used)
             if attempt.handle:
                 dispatch.send_on_commit(dispatch.CANCEL, [str(attempt.id)], queue=attempt.backend.queue)
         dispatch.send_on_commit(dispatch.ADMIT, [], queue="control")

@@ -152,6 +152,13 @@ def fake_comfyui():
 _worker_numbers = itertools.count()
 
 
+def configure(settings, workers, **values):
+    """The same configuration for this process (which plays beat) and the worker processes."""
+    for name, value in values.items():
+        setattr(settings, name, value)
+    workers.env = {**workers.env, **{name: str(value) for name, value in values.items()}}
+
+
 class Workers:
     """Real `celery worker` processes against the test Redis and the test database."""
 

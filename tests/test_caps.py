@@ -200,3 +200,30 @@ def test_ten_dimes_fill_a_one_dollar_cap_exactly(alice, paid):
         assert caps.hold(attempt=_attempt(alice, paid), amount=Decimal("0.10")) == ""
     assert caps.hold(attempt=_attempt(alice, paid), amount=Decimal("0.000001")).startswith("Daily spending limit")
     assert _counter("user-day", alice) == Decimal("1")
+
+
+def test_a_meter_extends_its_hold_in_the_periods_of_the_first_hold_until_a_cap_refuses(alice, paid, settings):
+    settings.DAILY_CAP_USD = Decimal("1.00")
+    attempt = _attempt(alice, paid)
+    assert caps.hold(attempt=attempt, amount=Decimal("0.40"), now=_at(2026, 3, 31, 23, 59)) == ""
+    assert caps.extend(attempt=attempt, amount=Decimal("0.50")) == ""  # after midnight: still 31 March
+    assert caps.held(attempt) == Decimal("0.90")
+    assert _counter("user-day", alice, _at(2026, 3, 31).date()) == Decimal("0.90")
+    refusal = caps.extend(attempt=attempt, amount=Decimal("0.20"))
+    assert refusal.startswith("Daily spending limit: this job needs about $0.20 but only $0.10")
+    assert caps.held(attempt) == Decimal("0.90")  # a refused extension moves nothing
+
+    assert caps.charge(attempt=attempt, amount=Decimal("0.85"))  # settles the hold and every extension
+    assert _counter("user-day", alice, _at(2026, 3, 31).date()) == Decimal("0.85")
+    assert caps.ledger_total(user=alice) == Decimal("0.85")
+    assert not caps.release(attempt=attempt)
+
+
+def test_a_released_meter_gives_back_every_extension(alice, paid):
+    attempt = _attempt(alice, paid)
+    caps.hold(attempt=attempt, amount=Decimal("0.10"))
+    caps.extend(attempt=attempt, amount=Decimal("0.05"))
+    caps.extend(attempt=attempt, amount=Decimal("0.05"))
+    assert caps.release(attempt=attempt)
+    assert _counter("user-day", alice) == 0 and _counter("global-month") == 0
+    assert LedgerEntry.objects.get(key=f"release:{attempt.id}").amount == Decimal("-0.20")

@@ -10,20 +10,13 @@ import pytest
 
 from routing import maintenance, services
 from routing.models import Backend, HealthState, Job, JobStatus
-from tests.conftest import wait_for
+from tests.conftest import configure, wait_for
 from tests.fakes.runpod import FakeRunPod
 from workers.pods import services as pod_services
 
 pytestmark = pytest.mark.integration
 
 FAST = {"COMFYUI_POLL_INTERVAL": 0.1, "COMFYUI_WATCH_SECONDS": 1.0, "POLL_INTERVAL_SECONDS": 0.2}
-
-
-def configure(settings, workers, **values):
-    """The same configuration for this process (which plays beat) and the worker processes."""
-    for name, value in values.items():
-        setattr(settings, name, value)
-    workers.env = {**workers.env, **{name: str(value) for name, value in values.items()}}
 
 
 @pytest.fixture

@@ -5,13 +5,15 @@ the reaper), so nothing waits for minutes. Everything else runs in the worker pr
 """
 import base64
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 from django.utils import timezone
 
+from billing import caps
 from routing import services
 from routing.models import Backend, Job, JobStatus
-from tests.conftest import wait_for
+from tests.conftest import configure, wait_for
 from tests.fakes.comfyui import make_mp4
 from tests.fakes.runpod import ENDPOINT_ID, FakeRunPod, png_b64
 from workers.pods import services as pod_services
@@ -24,13 +26,6 @@ pytestmark = pytest.mark.integration
 def fake():
     with FakeRunPod(pod_start_delay=0.3, queue_delay=0.1, run_delay=0.2) as server:
         yield server
-
-
-def configure(settings, workers, **values):
-    """The same configuration for this process (which plays beat) and the worker processes."""
-    for name, value in values.items():
-        setattr(settings, name, value)
-    workers.env = {**workers.env, **{name: str(value) for name, value in values.items()}}
 
 
 @pytest.fixture
@@ -160,12 +155,17 @@ def test_a_job_cancelled_by_the_user_is_cancelled_on_runpod(cloud, workers, alic
     configure(settings, workers, RUNPOD_ENDPOINT_ID=ENDPOINT_ID)
     workers.start()
     job = submit(alice, preference="cloud")[0]
-    handle = wait_for(lambda: Job.objects.get(id=job.id).attempts.filter(handle__has_key="job_id").first(), 20,
-                      0.1, "the job to reach RunPod")
+    handle = wait_for(lambda: Job.objects.get(id=job.id).attempts.filter(running_at__isnull=False).first(), 20,
+                      0.1, "the job to run on RunPod")
 
     assert services.job_cancel(user=alice, job_id=job.id)
 
     remote_id = handle.handle["job_id"]
     wait_for(lambda: fake.cancelled == [remote_id], 20, message="RunPod to see /cancel")
     assert fake.jobs[remote_id].status == "CANCELLED"
-    assert Job.objects.get(id=job.id).status == JobStatus.CANCELLED
+    job = Job.objects.get(id=job.id)
+    assert job.status == JobStatus.CANCELLED
+    # The seconds it ran on RunPod are billed there, so they are charged here, not released.
+    attempt = job.attempts.get()
+    assert attempt.cost > 0 and job.cost == attempt.cost == caps.ledger_total(job=job)
+    assert attempt.cost <= settings.RUNPOD_PRICE_PER_SECOND * Decimal(str(fake.billed_seconds()[remote_id]))

@@ -243,6 +243,15 @@ class FakeRunPod:
         """Auto-mode results for the next jobs: dicts with `status` and `output` / `error`."""
         self.outcomes.extend(outcomes)
 
+    def billed_seconds(self) -> dict:
+        """The provider's record: seconds each serverless job ran (from its start until it ended,
+        was cancelled, or now), by job id. Auto mode: what RunPod would bill for the job's run."""
+        now = time.monotonic()
+        for job in list(self.jobs.values()):
+            self._advance(job)
+        return {job.id: (job.finished or now) - job.started for job in list(self.jobs.values())
+                if job.started is not None}
+
     def worker_env(self, endpoint_id=ENDPOINT_ID, worker_id="worker-1") -> dict:
         """Environment for a real `runpod.serverless.start` worker served by this fake."""
         base = f"{self.serverless_url}/{endpoint_id}"

@@ -1,0 +1,92 @@
+"""Caps bound what is really spent: real Redis, real Celery workers, the fake RunPod.
+
+A per-second backend's hold is a meter (billing/caps.py): each poll extends it past the time
+used so far; when a cap refuses, the remote job is cancelled and the time it ran is charged.
+The fake RunPod's record of how long each job ran is the provider's truth the ledger is held to.
+"""
+from decimal import Decimal
+
+import pytest
+from django.utils import timezone
+
+from billing import caps
+from billing.models import LedgerEntry, SpendCounter
+from routing import services
+from routing.models import Attempt, Backend, Job, JobStatus
+from tests.conftest import configure, wait_for
+from tests.fakes.runpod import ENDPOINT_ID, FakeRunPod
+
+pytestmark = pytest.mark.integration
+
+PRICE = Decimal("0.001")  # $/s
+ESTIMATE_SECONDS = 5.0  # what the router expects a run to take
+RUN_SECONDS = 15.0  # what a run really takes: three times the estimate
+POLL = 1.0  # RUNPOD_POLL_INTERVAL: the meter's step
+CAP = Decimal("0.10")  # daily cap: exactly 20 estimates
+
+
+@pytest.fixture
+def runpod(settings, workers, local_backend, fake_comfyui):
+    with FakeRunPod(queue_delay=0.1, run_delay=RUN_SECONDS) as fake:
+        configure(settings, workers, RUNPOD_API_KEY="test-key", RUNPOD_API_BASE_URL=fake.url,
+                  RUNPOD_ENDPOINT_BASE_URL=fake.serverless_url, RUNPOD_ENDPOINT_ID=ENDPOINT_ID,
+                  RUNPOD_POLL_INTERVAL=POLL, DAILY_CAP_USD=CAP)
+        Backend.objects.filter(id=local_backend.id).update(  # the local GPU answers, its queue is full
+            url=fake_comfyui.url, health="up", last_probe_at=timezone.now(), queue_depth=settings.LOCAL_QUEUE_LIMIT)
+        Backend.objects.filter(kind="pod").update(enabled=False)
+        Backend.objects.filter(name="runpod").update(price_per_second=PRICE, expected_image_seconds=ESTIMATE_SECONDS)
+        yield fake
+
+
+def test_twenty_slow_serverless_jobs_spend_no_more_than_the_cap_plus_one_poll_interval(runpod, workers, alice):
+    workers.start(concurrency=4)
+    jobs = [services.job_submit(user=alice, kind="image", preference="cloud", prompt="a lighthouse", seed=i)
+            for i in range(20)]
+
+    jobs = wait_for(lambda: _all_final(jobs), 120, 0.5, "every job to end")
+
+    assert all(job.attempts.count() == 1 for job in jobs)  # 20 estimates fit the cap exactly: all ran
+    provider = runpod.billed_seconds()
+    provider_cost = sum(Decimal(str(seconds)) for seconds in provider.values()) * PRICE
+    charged = caps.ledger_total(user=alice)
+    one_poll = 20 * PRICE * Decimal(str(POLL))  # one poll interval of every running job's price
+    assert charged <= CAP + one_poll, charged
+    assert provider_cost <= CAP + one_poll, provider_cost  # what RunPod bills is bounded too
+    assert abs(provider_cost - charged) <= one_poll, (provider_cost, charged)  # and recorded
+    # Without the meter all 20 ran to the end: 20 x 15 s x $0.001 = $0.30 against a $0.10 cap.
+    stopped = [job for job in jobs if job.status != JobStatus.SUCCEEDED]
+    assert stopped and all("Daily spending limit" in job.attempts.get().error for job in stopped)
+    assert all(runpod.jobs[job.attempts.get().handle["job_id"]].status == "CANCELLED" for job in stopped)
+    # (All 20 started together and each needs 3x its estimate, so the cap runs out while every
+    # one is a third done: stopping the youngest frees nothing. The next test staggers them.)
+    # Every hold is settled and the counter is the ledger.
+    open_holds = [a for a in Attempt.objects.all() if not LedgerEntry.objects.filter(key=f"release:{a.id}").exists()]
+    assert open_holds == []
+    day = SpendCounter.objects.get(scope=SpendCounter.Scope.USER_DAY, user=alice)
+    assert day.amount == charged
+
+
+def test_a_run_in_progress_gets_the_room_of_jobs_still_queued_on_runpod(runpod, workers, alice, settings):
+    configure(settings, workers, DAILY_CAP_USD=Decimal("0.02"))
+    workers.start(concurrency=4)
+    submit = lambda seed: services.job_submit(user=alice, kind="image", preference="cloud", prompt="a fox", seed=seed)
+    running = submit(0)
+    wait_for(lambda: Attempt.objects.filter(job=running, running_at__isnull=False).exists(), 30, 0.1, "it to run")
+    runpod.queue_delay = 3600  # RunPod has no free worker for the next ones
+    queued = [submit(1), submit(2)]  # three $0.005 holds; the running job alone needs $0.015
+    wait_for(lambda: Attempt.objects.filter(job__in=queued, status="submitted").count() == 2, 30, 0.1, "them to queue")
+
+    running, *queued = wait_for(lambda: _all_final([running, *queued]), 60, 0.5, "every job to end")
+
+    assert running.status == JobStatus.SUCCEEDED, running.attempts.get().error
+    assert [job.status for job in queued] == [JobStatus.FAILED] * 2
+    attempts = [job.attempts.get() for job in queued]
+    assert all(a.error.startswith("Stopped after 0 s") and a.cost == 0 for a in attempts), [a.error for a in attempts]
+    assert all(runpod.jobs[a.handle["job_id"]].status == "CANCELLED" for a in attempts)
+    charged = caps.ledger_total(user=alice)
+    assert charged == running.cost and charged <= Decimal("0.02")
+
+
+def _all_final(jobs):
+    rows = [Job.objects.get(id=job.id) for job in jobs]
+    return rows if all(row.is_final for row in rows) else None
