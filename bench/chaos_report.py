@@ -169,6 +169,7 @@ def collect(world, plans: dict, started: float, finished_submitting: float, ende
     kinds = {row["kind"]: row["t"] for row in LedgerEntry.objects.values("kind").annotate(t=Sum("amount"))}
     charges = kinds.get("charge") or Decimal("0")
     idle = kinds.get("idle") or Decimal("0")
+    unmatched = kinds.get("unmatched") or Decimal("0")  # paid runs no job received (the operator's)
     total = ledger_total()
     pod_idle = CloudPod.objects.aggregate(t=Sum("idle_cost"))["t"] or Decimal("0")
     holds = set(LedgerEntry.objects.filter(kind="hold").values_list("attempt_id", flat=True))
@@ -177,10 +178,11 @@ def collect(world, plans: dict, started: float, finished_submitting: float, ende
     ledger = {
         "ledger_total": str(total), "charges": str(charges), "idle_pod_time": str(idle),
         "sum_of_job_costs": str(job_costs), "pod_idle_cost_on_rows": str(pod_idle),
-        "difference": str(total - job_costs - idle),
-        "matches_to_the_cent": (total.quantize(CENT) == (job_costs + idle).quantize(CENT)
+        "unmatched_runs": str(unmatched),
+        "difference": str(total - job_costs - idle - unmatched),
+        "matches_to_the_cent": (total.quantize(CENT) == (job_costs + idle + unmatched).quantize(CENT)
                                 and charges.quantize(CENT) == job_costs.quantize(CENT)),
-        "exact": total == job_costs + idle and idle == pod_idle,
+        "exact": total == job_costs + idle + unmatched and idle == pod_idle,
         "holds": len(holds), "holds_not_settled": len(holds - released),
         "charges_on_jobs_not_succeeded": charged_not_succeeded,
     }

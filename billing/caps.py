@@ -177,6 +177,12 @@ def _hold_of(attempt) -> LedgerEntry | None:
     return LedgerEntry.objects.filter(key=f"hold:{attempt.id}").first()
 
 
+def first_hold(attempt) -> Decimal:
+    """The attempt's estimate: the amount of its first hold (0 when it took none)."""
+    first = _hold_of(attempt)
+    return first.amount if first else Decimal("0")
+
+
 def held(attempt) -> Decimal:
     """What is reserved for this attempt: its hold plus every extension of its meter."""
     total = LedgerEntry.objects.filter(attempt_id=attempt.id, kind=LedgerEntry.Kind.HOLD).aggregate(
@@ -272,6 +278,21 @@ def record_idle(*, key: str, amount: Decimal, backend=None, pod_id: str = "", no
     return True
 
 
+def record_unmatched(*, attempt, key: str, amount: Decimal, note: str, now=None) -> bool:
+    """A paid run the provider may have made that no job received (a worker died, or the
+    connection dropped, during a call that cannot be found again): the installation's wasted
+    money, at the attempt's estimate, against the installation's cap only. Once per key."""
+    amount = money(amount)
+    day, month = periods(now or timezone.now())
+    entry = LedgerEntry(kind=LedgerEntry.Kind.UNMATCHED, amount=amount, key=key, job_id=attempt.job_id,
+                        attempt_id=attempt.id, backend_id=attempt.backend_id, category=attempt.backend.category,
+                        day=day, month=month, note=note[:300])
+    if not amount or not _insert(entry):
+        return False
+    _move(user_id=None, day=day, month=month, delta=amount)
+    return True
+
+
 def cloud_budget_left(now=None) -> Decimal:
     """What the installation may still spend this month (the autoscaler stops at 0)."""
     _, month = periods(now or timezone.now())
@@ -307,5 +328,5 @@ def _insert(entry: LedgerEntry) -> bool:
 def ledger_total(**filters) -> Decimal:
     """Money actually spent (charges and idle time) for the given filters."""
     spent = LedgerEntry.objects.filter(kind__in=(LedgerEntry.Kind.CHARGE, LedgerEntry.Kind.IDLE,
-                                                 LedgerEntry.Kind.ADJUSTMENT), **filters)
+                                                 LedgerEntry.Kind.UNMATCHED, LedgerEntry.Kind.ADJUSTMENT), **filters)
     return spent.aggregate(total=Sum("amount"))["total"] or Decimal("0")

@@ -18,7 +18,7 @@ from .models import LedgerEntry
 from .pricing import money
 from .selectors import month_start, savings_for
 
-SPENT = (LedgerEntry.Kind.CHARGE, LedgerEntry.Kind.IDLE, LedgerEntry.Kind.ADJUSTMENT)
+SPENT = (LedgerEntry.Kind.CHARGE, LedgerEntry.Kind.IDLE, LedgerEntry.Kind.UNMATCHED, LedgerEntry.Kind.ADJUSTMENT)
 CATEGORIES = ("local", "cloud", "gemini")
 
 
@@ -69,11 +69,13 @@ def _average_seconds(jobs) -> dict:
 
 
 def _spend_by_category(ledger) -> dict:
-    spend = {"cloud": Decimal("0"), "gemini": Decimal("0"), "idle": Decimal("0")}
+    spend = {"cloud": Decimal("0"), "gemini": Decimal("0"), "idle": Decimal("0"), "unmatched": Decimal("0")}
     for row in ledger.values("kind", "category").annotate(total=Sum("amount")):
         key = "idle" if row["kind"] == LedgerEntry.Kind.IDLE else row["category"]
         if key in spend:
             spend[key] += row["total"]
+        if row["kind"] == LedgerEntry.Kind.UNMATCHED:  # runs no job received: also in their category
+            spend["unmatched"] += row["total"]
     spend["cloud"] += spend["idle"]  # wasted pod time is cloud money too
     spend["total"] = spend["cloud"] + spend["gemini"]
     return {key: money(value) for key, value in spend.items()}

@@ -23,6 +23,7 @@ class LedgerEntry(models.Model):
         RELEASE = "release", "Release of a hold"
         CHARGE = "charge", "Charge (real cost)"
         IDLE = "idle", "Idle pod time (wasted)"
+        UNMATCHED = "unmatched", "Paid run no job received (wasted)"
         ADJUSTMENT = "adjustment", "Correction"
 
     kind = models.CharField(max_length=12, choices=Kind.choices)

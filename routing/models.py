@@ -232,6 +232,7 @@ class Attempt(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     running_at = models.DateTimeField(null=True, blank=True, help_text="First seen running on the backend")
+    call_open = models.BooleanField(default=False, help_text="A call that may start a paid run is under way")
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

@@ -208,6 +208,7 @@ def attempt_submit(*, attempt_id):
     # Counted before the remote call: a second try means a worker died mid-submit, and the
     # client must look for the first one before sending again (no duplicate execution).
     Attempt.objects.filter(id=attempt.id, status=AttemptStatus.PENDING).update(submit_tries=F("submit_tries") + 1)
+    paid = False
     try:
         spec = job_spec(attempt)
         spec["resubmit"] = attempt.submit_tries > 0
@@ -218,11 +219,15 @@ def attempt_submit(*, attempt_id):
             if spec["pod"] is None:
                 _release_submit(attempt)
                 return False  # no pod has room yet: it waits; the pod services send it again
-        handle = client_for_backend(attempt.backend).submit(spec)
+        client = client_for_backend(attempt.backend)
+        paid = _open_call(attempt, client.starts_paid_run("submit", spec), f"submit-{attempt.submit_tries}")
+        handle = client.submit(spec)
     except WorkflowError as error:
         attempt_fail(attempt_id=attempt.id, error=str(error), retryable=False)
         return False
     except BackendError as error:
+        _close_call(attempt, paid, cut_short=error.outage and not error.resend_safe,
+                    key=f"submit-{attempt.submit_tries}-cut")
         if error.retryable and error.resend_safe and attempt.poll_errors + 1 < settings.SUBMIT_RETRIES:
             Attempt.objects.filter(id=attempt.id).update(poll_errors=F("poll_errors") + 1)
             _release_submit(attempt)
@@ -234,10 +239,38 @@ def attempt_submit(*, attempt_id):
     with transaction.atomic():
         updated = Attempt.objects.filter(id=attempt.id, status=AttemptStatus.PENDING).update(
             status=AttemptStatus.SUBMITTED, handle=handle, started_at=now, polled_at=now, poll_errors=0,
+            call_open=False,
         )
         Job.objects.filter(id=attempt.job_id, status=JobStatus.ROUTED).update(status=JobStatus.SUBMITTED)
         Job.objects.filter(id=attempt.job_id, started_at__isnull=True).update(started_at=now)
     return bool(updated)
+
+
+def _open_call(attempt: Attempt, paid: bool, key: str) -> bool:
+    """Before a call that may start a run the provider bills and that cannot be found again.
+    A call still open from an earlier delivery means its worker died during it: that run may
+    exist, so it is recorded as the installation's spend (the job itself goes on)."""
+    if attempt.call_open:
+        _unmatched(attempt, key, f"a worker died during a call to {attempt.backend.name} that may have "
+                                 f"started a paid run; it cannot be found again")
+    if paid != attempt.call_open:
+        Attempt.objects.filter(id=attempt.id).update(call_open=paid)
+    return paid
+
+
+def _close_call(attempt: Attempt, paid: bool, *, cut_short: bool, key: str) -> None:
+    if not paid:
+        return
+    Attempt.objects.filter(id=attempt.id).update(call_open=False)
+    if cut_short:
+        _unmatched(attempt, key, f"the connection to {attempt.backend.name} broke during a call that may "
+                                 f"have started a paid run")
+
+
+def _unmatched(attempt: Attempt, key: str, why: str) -> None:
+    estimate = caps.first_hold(attempt)
+    if caps.record_unmatched(attempt=attempt, key=f"unmatched:{attempt.id}:{key}", amount=estimate, note=why):
+        log.warning("attempt %s: %s; recorded $%s as unmatched spend", attempt.id, why, estimate)
 
 
 def _release_submit(attempt: Attempt) -> None:
@@ -271,15 +304,20 @@ def attempt_poll(*, attempt_id, seq: int) -> Optional[float]:
     attempt = Attempt.objects.select_related("job", "backend").get(id=attempt_id)
     if attempt.job.is_final:
         return None
+    paid = False
     try:
         client = client_for_backend(attempt.backend)
+        paid = _open_call(attempt, client.starts_paid_run("poll", attempt.handle), f"poll-{seq}")
         result = client.poll(attempt.handle, on_progress=lambda p: _progress(attempt, p))
+        _close_call(attempt, paid, cut_short=result.maybe_billed if isinstance(result, (Progress, Failed)) else False,
+                    key=f"poll-{seq}-cut")
         if isinstance(result, Done) and not result.outputs:
             result = Failed(NOTHING_SAVED, retryable=False)
         if isinstance(result, Done):
             attempt_succeed(attempt_id=attempt.id, done=result, client=client)
             return None
     except BackendError as error:
+        _close_call(attempt, paid, cut_short=error.outage and not error.resend_safe, key=f"poll-{seq}-cut")
         return _poll_error(attempt, error)
     if isinstance(result, Failed):
         attempt_fail(attempt_id=attempt.id, error=result.error, retryable=result.retryable, outage=result.outage,
@@ -297,7 +335,7 @@ def _meter_stopped(attempt: Attempt, client, *, ahead: float) -> bool:
     """Keep a per-second attempt's hold ahead of the time it has used: cover that time plus the
     next poll's (`ahead`), with some room so that not every poll writes. When the caps refuse
     even the time already used and the next poll, cancel the remote job, charge what it used,
-    and route the job again (a free backend may still take it)."""
+    and end the job with the cap's message."""
     price = metered_price(attempt.backend)
     running_at = attempt.running_at or Attempt.objects.filter(id=attempt.id).values_list("running_at", flat=True)[0]
     if not price or running_at is None:
@@ -340,7 +378,8 @@ def _stop_younger(attempt: Attempt, refusal: str) -> bool:
 def _stop_metered(attempt: Attempt, running_at, refusal: str) -> None:
     seconds = (timezone.now() - running_at).total_seconds() if running_at else 0.0
     used = metered_cost(attempt.backend, seconds)
-    attempt_fail(attempt_id=attempt.id, retryable=True, used=used,
+    # Final: sent again, it would take back the room it just gave (a retry loop against the cap).
+    attempt_fail(attempt_id=attempt.id, retryable=False, used=used,
                  error=f"Stopped after {seconds:.0f} s on {attempt.backend.name} (${used:.4f} used): {refusal}")
 
 
@@ -436,6 +475,8 @@ def attempt_fail(*, attempt_id, error: str, retryable: bool, outage: bool = Fals
             return
         attempt = Attempt.objects.select_related("job", "backend").get(id=attempt_id)
         _settle(attempt, used)
+        if used is None:
+            _given_up_remotely(attempt)
         job = attempt.job
         if retryable and outage and attempt.backend.kind == Backend.Kind.POD:  # that pod may be dead
             from workers.pods.services import pod_attempt_failed
@@ -454,6 +495,20 @@ def attempt_fail(*, attempt_id, error: str, retryable: bool, outage: bool = Fals
         inventory_forget(backend_id=attempt.backend_id, lacks=lacks)
     if retryable and outage:
         health_record(backend_id=attempt.backend_id, ok=False, detail=error)
+
+
+def _given_up_remotely(attempt: Attempt) -> None:
+    """A per-second run that failed, or that we gave up polling: RunPod may still be running it,
+    and bills the seconds it ran either way. Cancel it, and record the time seen running as the
+    installation's spend (the user is not charged for a backend's failure)."""
+    if not attempt.handle or not metered_price(attempt.backend):
+        return
+    dispatch.send_on_commit(dispatch.CANCEL, [str(attempt.id)], queue=attempt.backend.queue)
+    if attempt.running_at:
+        seconds = (timezone.now() - attempt.running_at).total_seconds()
+        caps.record_unmatched(attempt=attempt, key=f"unmatched:{attempt.id}:failed-run",
+                              amount=metered_cost(attempt.backend, seconds),
+                              note=f"ran about {seconds:.0f} s on {attempt.backend.name}, then failed or was given up")
 
 
 def _settle(attempt: Attempt, used: Optional[Decimal]) -> None:

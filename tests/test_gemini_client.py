@@ -276,7 +276,18 @@ def test_an_unreachable_gemini_is_retryable():
         client.submit(spec("video"))
 
     assert isinstance(waiting, Progress) and waiting.next_poll > 0
-    assert caught.value.retryable and "not reachable" in caught.value.message
+    assert not waiting.maybe_billed  # nothing reached Google: no image can have been made
+    assert caught.value.retryable and caught.value.resend_safe and "not reachable" in caught.value.message
+
+
+def test_an_image_call_that_times_out_may_have_been_billed(fake):
+    fake.latency = 1.0
+    client = make_client(fake, timeout=0.2)
+
+    waiting = client.poll(client.submit(spec()))
+
+    assert isinstance(waiting, Progress) and waiting.maybe_billed  # Google may have made it
+    assert len(fake.calls("generateContent")) == 1
 
 
 def test_a_slow_gemini_times_out_and_is_retryable(fake):

@@ -47,6 +47,7 @@ def month(alice, bob):
     _job(bob, gemini, "failed", 3, [(gemini, "failed", 3)])
     _job(alice, None, "cancelled", 4)
     _money("idle", "0.12", 5, key="idle:pod-a")
+    _money("unmatched", "0.039", 3, None, None, gemini, key="unmatched:a:poll-1")  # a lost generateContent
     return alice
 
 
@@ -54,13 +55,14 @@ def test_the_installation_figures_match_the_hand_computed_ones(month):
     figures = metrics(start=MARCH, end=NOW, now=NOW)
     assert figures["jobs"] == {"total": 6, "local": 2, "cloud": 1, "gemini": 2}
     assert figures["avg_seconds"] == {"gemini": 10.0, "local": 30.0, "runpod": 30.0}
-    assert figures["spend"] == {"cloud": Decimal("0.129300"), "gemini": Decimal("0.039000"),
-                                "idle": Decimal("0.120000"), "total": Decimal("0.168300")}
+    assert figures["spend"] == {"cloud": Decimal("0.129300"), "gemini": Decimal("0.078000"),
+                                "idle": Decimal("0.120000"), "unmatched": Decimal("0.039000"),
+                                "total": Decimal("0.207300")}
     assert figures["saved"] == Decimal("0.015500")  # 2 local images × RunPod's 25 s × $0.00031
     assert figures["success_rate"] == {"overall": 0.8, "gemini": 0.5, "local": 0.6667, "runpod": 1.0}
     assert figures["failovers"] == 1
     assert figures["pods"]["wasted_idle_cost"] == Decimal("0.120000")
-    assert figures["projected_month"] == Decimal("0.347820")  # 0.1683 × 31 / 15
+    assert figures["projected_month"] == Decimal("0.428420")  # 0.2073 × 31 / 15
 
 
 def test_a_users_figures_are_only_theirs(month):
@@ -78,7 +80,7 @@ def test_the_daily_series_has_one_row_per_day(month):
 
 def test_the_json_form_keeps_money_exact(month):
     data = as_json(metrics(start=MARCH, end=NOW, now=NOW))
-    assert data["spend"]["total"] == "0.168300" and data["start"] == "2026-03-01T00:00:00+00:00"
+    assert data["spend"]["total"] == "0.207300" and data["start"] == "2026-03-01T00:00:00+00:00"
 
 
 def test_the_dashboard_is_for_staff_and_draws_its_charts(admin_client, client, alice, month):

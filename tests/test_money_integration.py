@@ -80,6 +80,7 @@ def test_a_run_in_progress_gets_the_room_of_jobs_still_queued_on_runpod(runpod, 
 
     assert running.status == JobStatus.SUCCEEDED, running.attempts.get().error
     assert [job.status for job in queued] == [JobStatus.FAILED] * 2
+    assert all(job.attempts.count() == 1 for job in queued)  # a stop is final: no retry loop against the cap
     attempts = [job.attempts.get() for job in queued]
     assert all(a.error.startswith("Stopped after 0 s") and a.cost == 0 for a in attempts), [a.error for a in attempts]
     assert all(runpod.jobs[a.handle["job_id"]].status == "CANCELLED" for a in attempts)
@@ -90,3 +91,86 @@ def test_a_run_in_progress_gets_the_room_of_jobs_still_queued_on_runpod(runpod, 
 def _all_final(jobs):
     rows = [Job.objects.get(id=job.id) for job in jobs]
     return rows if all(row.is_final for row in rows) else None
+
+
+# --- a worker killed during a paid call ---------------------------------------------------------
+def _sweep_until(condition, timeout, message):
+    from routing import maintenance
+
+    def tick():
+        maintenance.sweep()
+        return condition()
+
+    return wait_for(tick, timeout, 0.3, message)
+
+
+def _unmatched():
+    return list(LedgerEntry.objects.filter(kind=LedgerEntry.Kind.UNMATCHED))
+
+
+def test_a_worker_killed_during_runpod_run_leaves_no_unrecorded_run(runpod, workers, alice, settings):
+    configure(settings, workers, SWEEP_AFTER_SECONDS=1, SUBMIT_LEASE_SECONDS=1, RUNPOD_HTTP_TIMEOUT=60)
+    runpod.run_delay, runpod.run_answer_delay = 0.2, 3600  # RunPod queues the job, its answer never comes
+    doomed = workers.start(queues="cloud", concurrency=1, name="doomed")
+    workers.start(queues="control", concurrency=1, name="control")
+    job = services.job_submit(user=alice, kind="image", preference="cloud", prompt="a lighthouse")
+    wait_for(lambda: len(runpod.jobs) == 1, 30, 0.1, "the /run to reach RunPod")
+
+    workers.kill(doomed)  # SIGKILL in the crash window: RunPod has the job, we have no id
+    runpod.run_answer_delay = 0
+    workers.start(queues="cloud", concurrency=1, name="after")
+    job = _sweep_until(lambda: _all_final([job]), 60, "the job to end")[0]
+
+    assert job.status == JobStatus.SUCCEEDED, job.error
+    assert len(runpod.jobs) == 2  # the first run cannot be found again (no listing, no idempotency)
+    [charge] = LedgerEntry.objects.filter(kind=LedgerEntry.Kind.CHARGE)
+    [lost] = _unmatched()
+    assert lost.user_id is None and lost.amount == caps.first_hold(job.attempts.get()) > 0
+    # Every provider-side run is in the ledger: one charged to the user, one as the operator's.
+    assert len(runpod.jobs) == len([charge]) + len([lost])
+    installation = SpendCounter.objects.get(scope=SpendCounter.Scope.GLOBAL_MONTH)
+    assert installation.amount == charge.amount + lost.amount
+    assert SpendCounter.objects.get(scope=SpendCounter.Scope.USER_DAY, user=alice).amount == charge.amount
+
+
+def test_a_worker_killed_during_gemini_generate_content_leaves_no_unrecorded_run(workers, alice, settings):
+    from tests.fakes.gemini import DEFAULT_API_KEY, FakeGemini
+
+    with FakeGemini() as gemini:
+        configure(settings, workers, SWEEP_AFTER_SECONDS=1, GEMINI_API_KEY=DEFAULT_API_KEY,
+                  GEMINI_BASE_URL=gemini.url, GEMINI_HTTP_TIMEOUT=60)
+        gemini.latency = 3600  # Google makes the image; its answer never comes
+        doomed = workers.start(queues="gemini", concurrency=1, name="doomed")
+        workers.start(queues="control", concurrency=1, name="control")
+        job = services.job_submit(user=alice, kind="image", preference="gemini", prompt="a lighthouse")
+        wait_for(lambda: len(gemini.calls("generateContent")) == 1, 30, 0.1, "the call to reach Google")
+
+        workers.kill(doomed)
+        gemini.latency = 0
+        workers.start(queues="gemini", concurrency=1, name="after")
+        job = _sweep_until(lambda: _all_final([job]), 60, "the job to end")[0]
+
+        assert job.status == JobStatus.SUCCEEDED, job.error
+        made = len(gemini.calls("generateContent"))
+    assert made == 2
+    charges = list(LedgerEntry.objects.filter(kind=LedgerEntry.Kind.CHARGE))
+    lost = _unmatched()
+    assert made == len(charges) + len(lost)
+    assert [entry.amount for entry in lost] == [caps.first_hold(job.attempts.get())]
+    assert lost[0].user_id is None and "worker died" in lost[0].note
+
+
+def test_a_run_that_fails_on_runpod_is_recorded_as_the_installations_spend(runpod, workers, alice):
+    runpod.script({"status": "FAILED", "error": "CUDA out of memory", "run_delay": 2.0})
+    workers.start(concurrency=2)
+    job = services.job_submit(user=alice, kind="image", preference="cloud", prompt="a lighthouse")
+
+    [job] = wait_for(lambda: _all_final([job]), 60, 0.3, "the job to end")
+
+    first = job.attempts.order_by("number").first()
+    assert first.status == "failed" and first.running_at is not None
+    [lost] = _unmatched()
+    assert lost.attempt_id == first.id and lost.user_id is None and lost.amount > 0  # RunPod bills failed runs
+    assert lost.amount <= PRICE * Decimal(str(runpod.billed_seconds()[first.handle["job_id"]]))
+    assert not LedgerEntry.objects.filter(kind=LedgerEntry.Kind.CHARGE, attempt=first).exists()
+    wait_for(lambda: first.handle["job_id"] in runpod.cancelled, 20, 0.1, "the cancel to reach RunPod")

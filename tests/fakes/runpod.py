@@ -132,6 +132,7 @@ class FakeRunPod:
                  take_wait=1.0, pod_comfy_kwargs=None, api_key=API_KEY):
         self.mode = mode  # "auto": the fake runs jobs; "worker": real workers take them
         self.queue_delay, self.run_delay = queue_delay, run_delay
+        self.run_answer_delay = 0.0  # seconds /run waits, after queueing the job, before it answers
         self.pod_start_delay = pod_start_delay
         self.take_wait = take_wait  # long-poll of job-take / job-stop, seconds
         self.pod_comfy_kwargs = pod_comfy_kwargs or {"step_delay": 0.01, "steps": 2}
@@ -315,6 +316,8 @@ class FakeRunPod:
                 "status": "COMPLETED", "output": {"images": [{"filename": "ComfyUI_00001_.png", "type": "base64",
                                                               "data": png_b64()}]}}
         self.jobs[job.id] = job
+        if self.run_answer_delay:  # the job is queued (and will run, and be billed) before we answer
+            await asyncio.sleep(self.run_answer_delay)
         return web.json_response({"id": job.id, "status": "IN_QUEUE"})
 
     def _advance(self, job):

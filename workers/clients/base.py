@@ -54,6 +54,7 @@ class Progress:
     running: bool = False
     position: Optional[int] = None  # place in the remote queue while pending
     next_poll: Optional[float] = None  # seconds until the next poll; None: the default
+    maybe_billed: bool = False  # this poll's paid call was cut short: the provider may have run it
 
 
 @dataclass
@@ -68,6 +69,7 @@ class Failed:
     retryable: bool
     outage: bool = False  # as BackendError.outage
     lacks: tuple = ()  # as BackendError.lacks
+    maybe_billed: bool = False  # as Progress.maybe_billed
 
 
 @dataclass
@@ -105,6 +107,13 @@ class Client:
 
     def health(self) -> Health:
         raise NotImplementedError
+
+    def starts_paid_run(self, phase: str, handle: dict) -> bool:
+        """Whether this call ("submit" with the spec, or "poll" with the handle) can start a run
+        the provider bills for, with no way to find that run again if the caller dies during
+        it (no idempotency key, no listing). Such a call left open by a crash is recorded as
+        operator spend. ComfyUI is never: a resubmit finds its prompt id."""
+        return False
 
     def inventory(self) -> Optional[dict]:
         """Model files per folder and node classes it has (requirements.inventory_from_object_info

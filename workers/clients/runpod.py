@@ -104,6 +104,9 @@ class RunPodClient(Client):
             raise BackendError("RunPod accepted the job but sent no job id", retryable=True)
         return {"job_id": data["id"], "endpoint_id": self.endpoint_id}
 
+    def starts_paid_run(self, phase: str, handle: dict) -> bool:
+        return phase == "submit"  # /run has no idempotency key, and RunPod lists no requests
+
     def poll(self, handle: dict, on_progress: Optional[ProgressCallback] = None):
         path = f"{handle.get('endpoint_id') or self.endpoint_id}/status/{handle['job_id']}"
         try:
