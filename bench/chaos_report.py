@@ -149,6 +149,10 @@ def collect(world, plans: dict, started: float, finished_submitting: float, ende
     where.update({index: f"{n} Gemini generations for {per_backend_attempts[(index, 'gemini')]} attempt(s)"
                   for index, n in gemini_runs.items()
                   if index is not None and n > per_backend_attempts[(index, "gemini")]})
+    # Serverless and Gemini calls cannot be found again after a crash mid-call: a second run is
+    # not a bug if it is recorded (ledger kind "unmatched"); one that is not is money lost.
+    paid_beyond = {"runpod": dup.pop("serverless_runs_beyond_attempts"),
+                   "gemini": dup.pop("gemini_runs_beyond_attempts")}
     succeeded_attempts = collections.Counter(a.job_id for a in attempts if a.status == "succeeded")
     dup["jobs_with_two_succeeded_attempts"] = sum(1 for n in succeeded_attempts.values() if n > 1)
     output_sets = Output.objects.filter(job_id__in=list(by_id)).values("job_id").annotate(
@@ -162,6 +166,15 @@ def collect(world, plans: dict, started: float, finished_submitting: float, ende
     orphans["serverless_jobs_of_failed_or_unknown_attempts"] = sum(
         1 for remote_id, remote in list(world.runpod.jobs.items())
         if remote.status == "COMPLETED" and (remote_id not in handles or handles[remote_id].status != "succeeded"))
+    unmatched = list(LedgerEntry.objects.filter(kind="unmatched").select_related("backend"))
+    lost_calls = collections.Counter(e.backend.name for e in unmatched if not e.key.endswith(":failed-run"))
+    recorded_runs = {e.attempt_id for e in unmatched if e.key.endswith(":failed-run")}
+    given_up = sum(1 for remote_id, remote in list(world.runpod.jobs.items())
+                   if remote.started is not None and remote_id in handles
+                   and handles[remote_id].status == "failed" and handles[remote_id].id not in recorded_runs)
+    paid_runs = {"beyond_attempts": paid_beyond, "lost_calls_recorded": dict(lost_calls),
+                 "runs_of_failed_attempts_not_recorded": given_up,
+                 "unrecorded": given_up + sum(max(0, n - lost_calls[name]) for name, n in paid_beyond.items())}
 
     # --- money
     ids = list(by_id)
@@ -231,6 +244,7 @@ def collect(world, plans: dict, started: float, finished_submitting: float, ende
         "duplicates": {"total": duplicates, **dup, "unknown_prompt_ids": unknown_prompts[:20],
                        "which": {str(k): v for k, v in sorted(where.items(), key=lambda kv: str(kv[0]))}},
         "orphaned_remote_work": orphans,
+        "paid_runs": paid_runs,
         "ledger": ledger,
         "pods": pods,
         "job_seconds": {"n": len(seconds), "p50": round(percentile(seconds, 50), 2),
@@ -269,14 +283,18 @@ def render(result: dict) -> list[str]:
     lines.append(f"failovers {fo['total']} ({fo['jobs_with_a_failover']} jobs); {fo['attempts']} attempts: "
                  + "; ".join(f"{name} {_fmt(c)}" for name, c in fo["attempts_by_backend"].items()))
     lines.append(f"duplicate executions {d['total']} (prompt run twice {d['comfyui_prompt_run_twice']}, "
-                 f"extra serverless runs {d['serverless_runs_beyond_attempts']}, extra Gemini runs "
-                 f"{d['gemini_runs_beyond_attempts']}, jobs with 2 succeeded attempts "
-                 f"{d['jobs_with_two_succeeded_attempts']}, with 2 output sets {d['jobs_with_two_output_sets']})")
+                 f"jobs with 2 succeeded attempts {d['jobs_with_two_succeeded_attempts']}, with 2 output sets "
+                 f"{d['jobs_with_two_output_sets']})")
     lines += [f"  job #{index}: {what}" for index, what in d["which"].items()]
+    pr = result["paid_runs"]
+    lines.append(f"paid runs beyond attempts (calls cut short) {_fmt(pr['beyond_attempts'])}, recorded as unmatched "
+                 f"{_fmt(pr['lost_calls_recorded'])}; runs of failed attempts not recorded "
+                 f"{pr['runs_of_failed_attempts_not_recorded']}; UNRECORDED {pr['unrecorded']}")
     o = result["orphaned_remote_work"]
     lines.append(f"  remote work of given-up attempts (not duplicates): {o['comfyui_prompts_of_failed_attempts']} "
                  f"ComfyUI prompts, {o['serverless_jobs_of_failed_or_unknown_attempts']} serverless jobs")
-    lines.append(f"ledger total ${l['ledger_total']} (charges ${l['charges']} + idle pod time ${l['idle_pod_time']}) "
+    lines.append(f"ledger total ${l['ledger_total']} (charges ${l['charges']} + idle pod time ${l['idle_pod_time']} "
+                 f"+ unmatched runs ${l['unmatched_runs']}) "
                  f"vs job costs ${l['sum_of_job_costs']} + idle ${l['pod_idle_cost_on_rows']}: "
                  f"{'match' if l['matches_to_the_cent'] else 'MISMATCH'} (difference ${l['difference']}); "
                  f"holds not settled {l['holds_not_settled']} of {l['holds']}")

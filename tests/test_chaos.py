@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from decimal import Decimal
 
 import pytest
 import requests
@@ -49,7 +50,19 @@ def test_every_job_ends_and_none_runs_twice(chaos):
     result, returncode, report, _ = chaos
     assert result["jobs"]["not_finished"] == 0, report
     assert result["duplicates"]["total"] == 0, result["duplicates"]
+    assert result["paid_runs"]["unrecorded"] == 0, result["paid_runs"]  # against the fakes' own records
     assert (returncode == 0) == result["invariants_hold"], report
+
+
+def test_the_run_fails_on_a_ledger_that_does_not_add_up(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "bench.chaos", "--jobs", "3", "--seed", "2", "--fault-rate", "0",
+                           "--timeout", "60", "--out", str(tmp_path), "--break-ledger"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=240)
+    report = done.stdout[-4000:] + done.stderr[-3000:]
+    result = json.loads((tmp_path / "chaos.json").read_text())
+    missed = [t["what"] for t in result["targets"] if t["hard"] and not t["met"]]
+    assert done.returncode == 1 and "ledger equals job costs (to the cent), every hold settled" in missed, report
+    assert Decimal(result["ledger"]["difference"]) == Decimal("0.01"), result["ledger"]  # exactly the broken cent
 
 
 def test_the_ledger_equals_the_job_costs_to_the_cent_and_every_hold_is_settled(chaos):
