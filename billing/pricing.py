@@ -3,9 +3,11 @@
 - local ComfyUI: free;
 - RunPod serverless (or any ComfyUI priced per second): execution seconds × price per second;
 - RunPod pods: billed by uptime, split over the jobs a pod ran (billing.pods), so 0 here;
-- Gemini: price per image, or per second of video.
+- Gemini: price per image, or per second of video, from billing.prices for the configured model.
 """
 from decimal import ROUND_HALF_UP, Decimal
+
+from .prices import gemini_image_price, veo_price_per_second
 
 PLACES = Decimal("0.000001")
 
@@ -18,14 +20,14 @@ def gemini_video_price(backend, duration_seconds: int) -> Decimal:
     """Google bills the length Veo makes (4, 6 or 8 s), not the length asked for."""
     from workers.clients.gemini import veo_duration
 
-    return money(backend.price_per_video_second * veo_duration(duration_seconds))
+    return money(veo_price_per_second(backend) * veo_duration(duration_seconds))
 
 
 def actual_cost(*, backend, job, seconds, outputs: int) -> Decimal:
     if backend.kind == "gemini":
         if job.kind == "video":
             return gemini_video_price(backend, job.duration_seconds)
-        return money(backend.price_per_image * max(1, outputs))
+        return money(gemini_image_price(backend) * max(1, outputs))
     if backend.kind == "pod":
         return money(0)  # pods are billed by uptime, split over their jobs (billing.pods)
     # Per-second backends: RunPod serverless, or any priced ComfyUI; local is priced at 0.

@@ -5,6 +5,7 @@ backend that could have run it (configured or not: it is what the user would hav
 """
 from decimal import Decimal
 
+from billing.prices import gemini_image_price
 from billing.pricing import gemini_video_price, money
 
 
@@ -13,7 +14,7 @@ def paid_price(backend, kind: str, duration_seconds: int) -> Decimal:
     if backend.kind == "gemini":
         if kind == "video":
             return gemini_video_price(backend, duration_seconds)
-        return money(backend.price_per_image)
+        return money(gemini_image_price(backend))
     seconds = backend.expected_video_seconds if kind == "video" else backend.expected_image_seconds
     return money(backend.price_per_second * Decimal(str(seconds)))
 

@@ -259,9 +259,9 @@ RUNPOD_RECONCILE_SECONDS = env_int("RUNPOD_RECONCILE_SECONDS", 300)
 # --- Google Gemini --------------------------------------------------------------------------
 GEMINI_API_KEY = env_str("GEMINI_API_KEY")
 GEMINI_BASE_URL = env_str("GEMINI_BASE_URL")
-# gemini-2.5-flash-image class pricing: 1290 output tokens × $30/M ≈ $0.039 per image.
-GEMINI_PRICE_PER_IMAGE = env_decimal("GEMINI_PRICE_PER_IMAGE", "0.039")
-# Veo 3.1 Standard at 720p/1080p (ai.google.dev pricing, 2026-10).
+# Prices come from billing/prices.py for the configured model ids; these are for a model the
+# table does not know (a 1K image at $60/M image tokens; Veo 3.1 Standard per second).
+GEMINI_PRICE_PER_IMAGE = env_decimal("GEMINI_PRICE_PER_IMAGE", "0.067")
 GEMINI_PRICE_PER_VIDEO_SECOND = env_decimal("GEMINI_PRICE_PER_VIDEO_SECOND", "0.40")
 # "gemini": the Gemini Developer API (an AI Studio key). "vertex": Vertex AI express mode (a
 # Google Cloud API key, `vertexai=True`, no project/location). See workers/clients/gemini.py.

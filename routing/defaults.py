@@ -17,8 +17,7 @@ def default_backends() -> list[dict]:
         {"name": "pods", "kind": "pod", "category": "cloud", "priority": 15,
          "expected_image_seconds": 20.0, "expected_video_seconds": 240.0},
         {"name": "gemini", "kind": "gemini", "category": "gemini", "priority": 20,
-         "supports_workflows": False, "price_per_image": settings.GEMINI_PRICE_PER_IMAGE,
-         "price_per_video_second": settings.GEMINI_PRICE_PER_VIDEO_SECOND,
+         "supports_workflows": False,  # prices: billing.prices, for the configured models
          "expected_image_seconds": 12.0, "expected_video_seconds": 120.0},
     ]
 

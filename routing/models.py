@@ -104,8 +104,8 @@ class Backend(models.Model):
 
     # Cost model (USD). Local ComfyUI is free; cloud charges per second, Gemini per output.
     price_per_second = models.DecimalField(**MONEY)
-    price_per_image = models.DecimalField(**MONEY)
-    price_per_video_second = models.DecimalField(**MONEY)
+    price_per_image = models.DecimalField(**MONEY, help_text="Gemini: 0 = billing/prices.py for the configured model")
+    price_per_video_second = models.DecimalField(**MONEY, help_text="Veo: 0 = billing/prices.py for the configured model")
     # Learned expected run time per job kind, seconds (exponential moving average).
     expected_image_seconds = models.FloatField(default=20.0)
     expected_video_seconds = models.FloatField(default=180.0)

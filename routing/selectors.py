@@ -4,6 +4,7 @@ from decimal import Decimal
 from django.db.models import Count, F, Q
 
 from billing import caps
+from billing.prices import gemini_image_price
 from billing.pricing import gemini_video_price
 from workers.workflows import build_workflow
 from workers.workflows.requirements import Inventory, requirements_of
@@ -53,7 +54,7 @@ def estimate(backend: Backend, job: Job) -> tuple[Decimal, float]:
     if backend.kind == Backend.Kind.GEMINI:
         if job.kind == JobKind.VIDEO:
             return gemini_video_price(backend, job.duration_seconds), seconds
-        return backend.price_per_image, seconds
+        return gemini_image_price(backend), seconds
     if backend.kind == Backend.Kind.POD:  # nothing extra on a running pod with room, else a new pod
         from workers.pods.selectors import pod_estimate
 

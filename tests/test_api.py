@@ -119,7 +119,7 @@ def test_backends_show_status_and_prices_but_no_secrets_or_urls(api, settings):
     settings.GEMINI_API_KEY = "AIza-very-secret"
     body = api.get("/api/backends").json()
     by_name = {b["name"]: b for b in body}
-    assert by_name["local"]["expected_cost"] == "0.000000" and by_name["gemini"]["expected_cost"] == "0.039000"
+    assert by_name["local"]["expected_cost"] == "0.000000" and by_name["gemini"]["expected_cost"] == "0.067000"  # gemini-3.1-flash-image
     text = json.dumps(body)
     assert "AIza-very-secret" not in text and "127.0.0.1" not in text
 

@@ -7,6 +7,7 @@ from decimal import Decimal
 
 import pytest
 
+from billing.prices import gemini_image_price, veo_price_per_second
 from routing import maintenance
 from routing.defaults import ensure_default_backends
 from routing.models import Backend, Job, JobStatus
@@ -67,11 +68,11 @@ def test_an_image_job_for_gemini_succeeds_with_its_png_stored_and_charged_per_im
 
     assert job.status == JobStatus.SUCCEEDED, job.error
     gemini = Backend.objects.get(name="gemini")
-    assert job.backend == gemini and job.cost == gemini.price_per_image > 0
+    assert job.backend == gemini and job.cost == gemini_image_price(gemini) == Decimal("0.067")  # 3.1 Flash Image
     output = job.outputs.get()
     assert output.mime == "image/png" and _body(alice_client, output).startswith(b"\x89PNG")
     [attempt] = job.attempts.all()
-    assert attempt.status == "succeeded" and attempt.cost == gemini.price_per_image
+    assert attempt.status == "succeeded" and attempt.cost == gemini_image_price(gemini)
     assert fake.api_key not in str(attempt.handle) and attempt.handle["kind"] == "image"
     assert len(fake.calls("generateContent")) == 1
 
@@ -99,7 +100,7 @@ def test_a_video_job_for_gemini_succeeds_with_its_mp4_stored_and_charged_per_sec
     assert job.status == JobStatus.SUCCEEDED, job.error
     output = job.outputs.get()
     assert output.mime == "video/mp4" and _body(alice_client, output)[4:8] == b"ftyp"
-    assert job.cost == Decimal("4") * Backend.objects.get(name="gemini").price_per_video_second
+    assert job.cost == Decimal("4") * veo_price_per_second(Backend.objects.get(name="gemini"))
     # one start; at least one poll saw it running and one saw it done
     assert len(fake.calls("predictLongRunning")) == 1 and len(fake.calls("getOperation")) >= 2
 
@@ -132,4 +133,4 @@ def test_a_video_jobs_poll_survives_a_worker_killed_in_the_middle(gemini_workers
     assert job.outputs.count() == 1 and job.attempts.count() == 1
     assert job.attempts.get().id == attempt.id and job.attempts.get().status == "succeeded"
     assert len(fake.calls("predictLongRunning")) == 1  # the operation was started once and reused
-    assert job.cost == Decimal("4") * Backend.objects.get(name="gemini").price_per_video_second
+    assert job.cost == Decimal("4") * veo_price_per_second(Backend.objects.get(name="gemini"))
