@@ -275,6 +275,18 @@ def test_an_idle_pod_with_room_is_free_and_a_new_pod_costs_spin_up_run_and_idle_
     assert estimate(pods, job) == (Decimal("0"), 20)
 
 
+def test_a_new_pod_is_priced_at_the_rate_runpod_reported_for_the_last_one(pods, fake, alice, settings):
+    fake.unavailable_gpus = {gpu for gpu in settings.RUNPOD_POD_GPU_TYPES if "H100" not in gpu}
+    settings.RUNPOD_POD_GPU_TYPES = [*settings.RUNPOD_POD_GPU_TYPES, "NVIDIA H100 80GB HBM3"]
+    first = ready_pod(fake, pods)
+    assert first.cost_per_hour == Decimal("3.29")  # what RunPod returned for the H100 it placed
+    CloudPod.objects.filter(id=first.id).update(status=PodStatus.TERMINATED)
+
+    cost, seconds = estimate(pods, Job.objects.create(user=alice, prompt="x"))
+
+    assert cost == (Decimal("3.29") * (180 + 20 + 300) / 3600).quantize(cost)  # not RUNPOD_POD_PRICE_PER_HOUR
+
+
 def test_jobs_waiting_too_long_for_a_pod_fail_over(pods, alice, settings):
     settings.RUNPOD_MAX_PODS = 0
     attempt = waiting_jobs(alice, pods, 1)[0]

@@ -38,6 +38,14 @@ def idle_since(pod: CloudPod) -> Optional[datetime]:
     return last_job_ended(pod) or pod.ready_at
 
 
+def expected_pod_rate() -> Decimal:
+    """$/h a new pod will cost: the rate RunPod reported for the newest pod it created (the
+    GPU types and clouds it picks from do not change between pods), else the setting."""
+    latest = (CloudPod.objects.filter(runpod_id__isnull=False, cost_per_hour__gt=0).exclude(runpod_id="")
+              .order_by("-created_at").values_list("cost_per_hour", flat=True).first())
+    return Decimal(latest) if latest else Decimal(settings.RUNPOD_POD_PRICE_PER_HOUR)
+
+
 def pod_estimate(backend, seconds: float, now=None) -> tuple[Decimal, float]:
     """Marginal cost and time of one more job on the pods backend: nothing extra on a pod that
     is already paid for and has room (after the jobs already waiting), else a new pod's
@@ -59,7 +67,7 @@ def pod_estimate(backend, seconds: float, now=None) -> tuple[Decimal, float]:
     # reaper stops it: pricing only the first two made single video jobs pick pods that then
     # wasted 40 % of cloud spend idle (bench/cost.py, "ours-idle-aware").
     billed = total + settings.RUNPOD_IDLE_SECONDS
-    cost = Decimal(settings.RUNPOD_POD_PRICE_PER_HOUR) * Decimal(str(billed)) / Decimal(3600)
+    cost = expected_pod_rate() * Decimal(str(billed)) / Decimal(3600)
     return cost.quantize(Decimal("0.000001")), total
 
 

@@ -39,7 +39,7 @@ from routing.models import Attempt, AttemptStatus, Backend, Job, JobStatus
 from workers.clients import BackendError
 
 from .models import LIVE, RUNNING_REMOTELY, USABLE, CloudPod, PodAssignment, PodStatus
-from .selectors import active_counts, idle_since, last_job_ended, room, stale, waiting_attempts
+from .selectors import active_counts, expected_pod_rate, idle_since, last_job_ended, room, stale, waiting_attempts
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def _spawn_for_backlog(backend: Backend) -> list[int]:
         for _ in range(max(0, count)):
             pod = CloudPod.objects.create(
                 backend=backend, name=f"{settings.RUNPOD_POD_NAME_PREFIX}-{uuid.uuid4().hex[:12]}",
-                status=PodStatus.STARTING, cost_per_hour=settings.RUNPOD_POD_PRICE_PER_HOUR)
+                status=PodStatus.STARTING, cost_per_hour=expected_pod_rate())
             dispatch.send_on_commit(SPAWN, [pod.id], queue=CLOUD)
             created.append(pod.id)
         if created:
@@ -168,7 +168,7 @@ def _affordable_pods() -> int:
         return settings.RUNPOD_MAX_PODS
     left = cloud_budget_left()
     seconds = settings.RUNPOD_POD_SPINUP_SECONDS + settings.RUNPOD_IDLE_SECONDS
-    commitment = Decimal(settings.RUNPOD_POD_PRICE_PER_HOUR) * Decimal(seconds) / Decimal(3600)
+    commitment = expected_pod_rate() * Decimal(seconds) / Decimal(3600)
     return int(left // commitment) if commitment > 0 else settings.RUNPOD_MAX_PODS
 
 
