@@ -200,6 +200,17 @@ def collect(world, plans: dict, started: float, finished_submitting: float, ende
         "charges_on_jobs_not_succeeded": charged_not_succeeded,
     }
 
+    # --- caps: what each capped user was charged per day, against the cap
+    from billing.models import SpendCap, SpendCounter
+
+    caps = []
+    for cap in SpendCap.objects.filter(daily__isnull=False).select_related("user"):
+        days = SpendCounter.objects.filter(scope=SpendCounter.Scope.USER_DAY, user=cap.user)
+        charged = {str(day): ledger_total(user=cap.user, day=day) for day in days.values_list("period", flat=True)}
+        worst = max(charged.values(), default=Decimal("0"))
+        caps.append({"user": cap.user.username, "daily_cap": str(cap.daily), "charged_by_day": {
+            day: str(amount) for day, amount in charged.items()}, "over_by": str(max(Decimal("0"), worst - cap.daily))})
+
     # --- pods
     pods = {
         "created_on_runpod": len(world.runpod.all_comfy),
@@ -245,6 +256,7 @@ def collect(world, plans: dict, started: float, finished_submitting: float, ende
                        "which": {str(k): v for k, v in sorted(where.items(), key=lambda kv: str(kv[0]))}},
         "orphaned_remote_work": orphans,
         "paid_runs": paid_runs,
+        "caps": caps,
         "ledger": ledger,
         "pods": pods,
         "job_seconds": {"n": len(seconds), "p50": round(percentile(seconds, 50), 2),
@@ -298,6 +310,8 @@ def render(result: dict) -> list[str]:
                  f"vs job costs ${l['sum_of_job_costs']} + idle ${l['pod_idle_cost_on_rows']}: "
                  f"{'match' if l['matches_to_the_cent'] else 'MISMATCH'} (difference ${l['difference']}); "
                  f"holds not settled {l['holds_not_settled']} of {l['holds']}")
+    lines += [f"capped user {c['user']}: daily cap ${c['daily_cap']}, charged by day {_fmt(c['charged_by_day'])}, "
+              f"over by ${c['over_by']}" for c in result["caps"]]
     lines.append(f"pods: {p['created_on_runpod']} created, left running {p['left_running']} "
                  f"(on RunPod {p['left_running_on_runpod']}, rows still billing {p['rows_still_billing']}); "
                  f"rows {_fmt(p['by_status'])}")
