@@ -47,3 +47,24 @@ def test_a_probe_stores_queue_and_gpu(local_backend):
                   gpu="NVIDIA GeForce RTX 4090", vram_total=25_000_000_000)
     backend = Backend.objects.get(id=local_backend.id)
     assert (backend.queue_depth, backend.gpu_name, backend.latency_ms) == (2, "NVIDIA GeForce RTX 4090", 3.5)
+
+
+def test_the_probe_reads_the_inventory_again_when_comfyui_comes_back_after_a_restart(local_backend, fake_comfyui):
+    from routing import maintenance
+
+    Backend.objects.filter(id=local_backend.id).update(url=fake_comfyui.url)
+    maintenance.backend_probe(backend_id=local_backend.id)
+    first = Backend.objects.get(id=local_backend.id)
+    assert first.inventory["models"]["loras"] == []
+
+    fake_comfyui.stop()  # restarted with a LoRA installed meanwhile
+    fake_comfyui.models = {**fake_comfyui.models, "loras": ["detail.safetensors"]}
+    maintenance.backend_probe(backend_id=local_backend.id)
+    assert Backend.objects.get(id=local_backend.id).inventory["models"]["loras"] == []  # unreachable: kept
+    fake_comfyui.start()
+    maintenance.backend_probe(backend_id=local_backend.id)
+
+    again = Backend.objects.get(id=local_backend.id)
+    assert again.inventory["models"]["loras"] == ["detail.safetensors"] and again.inventory_at > first.inventory_at
+    maintenance.backend_probe(backend_id=local_backend.id)  # answering, fresh: not read again
+    assert Backend.objects.get(id=local_backend.id).inventory_at == again.inventory_at
