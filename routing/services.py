@@ -321,7 +321,7 @@ def attempt_poll(*, attempt_id, seq: int) -> Optional[float]:
         return _poll_error(attempt, error)
     if isinstance(result, Failed):
         attempt_fail(attempt_id=attempt.id, error=result.error, retryable=result.retryable, outage=result.outage,
-                     lacks=result.lacks)
+                     lacks=result.lacks, ran_seconds=result.seconds)
         return None
     Attempt.objects.filter(id=attempt.id).update(poll_errors=0)
     _progress(attempt, result)
@@ -460,9 +460,10 @@ def _store_output(attempt: Attempt, index: int, output, data: bytes) -> Output:
 
 
 def attempt_fail(*, attempt_id, error: str, retryable: bool, outage: bool = False, lacks: tuple = (),
-                 used: Optional[Decimal] = None) -> None:
+                 used: Optional[Decimal] = None, ran_seconds: Optional[float] = None) -> None:
     """Record the failure; route the job again when the backend was at fault. `used`: remote
     time that was billed anyway (a job stopped by its meter), charged instead of released.
+    `ran_seconds`: what the provider reports the failed run took (billed, as the operator's).
 
     Only an outage (unreachable, timeout, 5xx) counts against the backend's health; a model or
     node it lacks corrects its inventory instead (the job moves on; nobody else is affected)."""
@@ -476,7 +477,7 @@ def attempt_fail(*, attempt_id, error: str, retryable: bool, outage: bool = Fals
         attempt = Attempt.objects.select_related("job", "backend").get(id=attempt_id)
         _settle(attempt, used)
         if used is None:
-            _given_up_remotely(attempt)
+            _given_up_remotely(attempt, ran_seconds)
         job = attempt.job
         if retryable and outage and attempt.backend.kind == Backend.Kind.POD:  # that pod may be dead
             from workers.pods.services import pod_attempt_failed
@@ -497,15 +498,16 @@ def attempt_fail(*, attempt_id, error: str, retryable: bool, outage: bool = Fals
         health_record(backend_id=attempt.backend_id, ok=False, detail=error)
 
 
-def _given_up_remotely(attempt: Attempt) -> None:
+def _given_up_remotely(attempt: Attempt, ran_seconds: Optional[float]) -> None:
     """A per-second run that failed, or that we gave up polling: RunPod may still be running it,
-    and bills the seconds it ran either way. Cancel it, and record the time seen running as the
-    installation's spend (the user is not charged for a backend's failure)."""
+    and bills the seconds it ran either way. Cancel it, and record those seconds (as RunPod
+    reports them, else the time we saw it running) as the installation's spend: the user is
+    not charged for a backend's failure."""
     if not attempt.handle or not metered_price(attempt.backend):
         return
     dispatch.send_on_commit(dispatch.CANCEL, [str(attempt.id)], queue=attempt.backend.queue)
-    if attempt.running_at:
-        seconds = (timezone.now() - attempt.running_at).total_seconds()
+    if ran_seconds is not None or attempt.running_at:
+        seconds = ran_seconds if ran_seconds is not None else (timezone.now() - attempt.running_at).total_seconds()
         caps.record_unmatched(attempt=attempt, key=f"unmatched:{attempt.id}:failed-run",
                               amount=metered_cost(attempt.backend, seconds),
                               note=f"ran about {seconds:.0f} s on {attempt.backend.name}, then failed or was given up")

@@ -102,6 +102,7 @@ def test_a_runtime_failure_in_the_worker_fails_over_with_its_message(fake):
 
     assert isinstance(failed, Failed) and failed.retryable
     assert "CUDA out of memory" in failed.error and "Traceback" not in failed.error
+    assert failed.seconds == pytest.approx(fake.run_delay, abs=0.002)  # executionTime: RunPod bills it
 
 
 def test_a_workflow_comfyui_rejects_fails_the_job_at_once_with_comfyuis_words(fake):

@@ -70,6 +70,7 @@ class Failed:
     outage: bool = False  # as BackendError.outage
     lacks: tuple = ()  # as BackendError.lacks
     maybe_billed: bool = False  # as Progress.maybe_billed
+    seconds: Optional[float] = None  # remote execution time the provider reports for the failed run
 
 
 @dataclass

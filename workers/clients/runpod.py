@@ -150,8 +150,10 @@ class RunPodClient(Client):
             except BackendError as error:
                 return Failed(error.message, retryable=True)
             return Done(outputs=outputs, seconds=_seconds(state.get("executionTime")))
-        if status == "FAILED":
-            return failed_job(state.get("error"), state.get("output"))
+        if status == "FAILED":  # billed like any run: keep what RunPod reports of its time
+            failed = failed_job(state.get("error"), state.get("output"))
+            failed.seconds = _seconds(state.get("executionTime"))
+            return failed
         if status == "CANCELLED":
             return Failed("The job was cancelled on RunPod", retryable=False)
         if status == "TIMED_OUT":
