@@ -61,7 +61,11 @@ def user_caps(user_id: int) -> tuple[Decimal, Decimal]:
 
 
 def limits_for(user_id: int, now: datetime) -> list[Limit]:
-    day, month = periods(now)
+    return limits_in(user_id, *periods(now))
+
+
+def limits_in(user_id: int, day: date, month: date) -> list[Limit]:
+    """The three caps a user's spending in these periods counts against."""
     daily, monthly = user_caps(user_id)
     return [Limit(Scope.USER_DAY, user_id, day, daily), Limit(Scope.USER_MONTH, user_id, month, monthly),
             Limit(Scope.GLOBAL_MONTH, None, month, settings.GLOBAL_MONTHLY_CAP_USD)]
@@ -197,10 +201,7 @@ def extend(*, attempt, amount: Decimal) -> str:
     first = _hold_of(attempt)
     if first is None or amount <= 0:
         return ""
-    daily, monthly = user_caps(first.user_id)
-    limits = [Limit(Scope.USER_DAY, first.user_id, first.day, daily),
-              Limit(Scope.USER_MONTH, first.user_id, first.month, monthly),
-              Limit(Scope.GLOBAL_MONTH, None, first.month, settings.GLOBAL_MONTHLY_CAP_USD)]
+    limits = limits_in(first.user_id, first.day, first.month)
     extensions = LedgerEntry.objects.filter(attempt_id=attempt.id, kind=LedgerEntry.Kind.HOLD).count()
     try:
         with transaction.atomic():

@@ -31,7 +31,7 @@ def actual_cost(*, backend, job, seconds, outputs: int) -> Decimal:
     if backend.kind == "pod":
         return money(0)  # pods are billed by uptime, split over their jobs (billing.pods)
     # Per-second backends: RunPod serverless, or any priced ComfyUI; local is priced at 0.
-    return money(backend.price_per_second * Decimal(str(seconds or 0)))
+    return metered_cost(backend, seconds or 0)
 
 
 def metered_price(backend) -> Decimal:

@@ -336,9 +336,10 @@ def _meter_stopped(attempt: Attempt, client, *, ahead: float) -> bool:
     next poll's (`ahead`), with some room so that not every poll writes. When the caps refuse
     even the time already used and the next poll, cancel the remote job, charge what it used,
     and end the job with the cap's message."""
-    price = metered_price(attempt.backend)
+    if not metered_price(attempt.backend):  # free and per-output backends: no query on their polls
+        return False
     running_at = attempt.running_at or Attempt.objects.filter(id=attempt.id).values_list("running_at", flat=True)[0]
-    if not price or running_at is None:
+    if running_at is None:
         return False
     seconds = (timezone.now() - running_at).total_seconds()
     used = metered_cost(attempt.backend, seconds)

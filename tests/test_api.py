@@ -45,6 +45,10 @@ def test_a_workflow_job_is_created(api):
     ({"prompt": "x", "kind": "video", "duration_seconds": 99}, "duration_seconds", "less than or equal to 30"),
     ({"prompt": "x", "webhook_url": "http://127.0.0.1:8000/hook"}, "webhook_url", "private or local address"),
     ({"prompt": "x", "webhook_url": "ftp://example.com/x"}, "webhook_url", "http:// or https://"),
+    ({"workflow": {"1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1,
+                                                                 "color": 0}},
+                   "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}},
+     "workflow", "saves nothing Comfy Hybrid can keep"),
 ])
 def test_invalid_input_is_a_422_naming_the_field_and_creates_nothing(api, body, field, message):
     response = _post(api, "/api/jobs", body)
