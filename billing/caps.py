@@ -250,23 +250,6 @@ def charge(*, attempt, amount: Decimal, now=None) -> bool:
     return True
 
 
-def charge_pod_share(*, attempt, amount: Decimal, now=None) -> bool:
-    """A job's share of its pod's busy time, known only when the pod ends (billing.pods).
-    Its own entry (the attempt's charge at completion was $0), once per attempt."""
-    amount = money(amount)
-    if not amount:
-        return False
-    day, month = periods(now or timezone.now())
-    job = attempt.job
-    entry = LedgerEntry(kind=LedgerEntry.Kind.CHARGE, amount=amount, key=f"pod-share:{attempt.id}",
-                        user_id=job.user_id, job=job, attempt=attempt, backend_id=attempt.backend_id,
-                        category="cloud", day=day, month=month, note="share of the pod's busy time")
-    if not _insert(entry):
-        return False
-    _move(user_id=job.user_id, day=day, month=month, delta=amount)
-    return True
-
-
 def record_idle(*, key: str, amount: Decimal, backend=None, pod_id: str = "", now=None, note: str = "") -> bool:
     """Pod time that served no job: the installation's wasted money, once per key."""
     amount = money(amount)

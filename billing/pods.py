@@ -1,13 +1,18 @@
-"""What an on-demand pod cost, and how that is split (pure functions; services write rows).
+"""What an on-demand pod cost, and who pays which part of it (pure functions; services write rows).
 
-RunPod bills a pod by uptime × its hourly rate, whether or not it ran anything. So:
-- uptime cost = (terminated − created) × rate;
-- the time with at least one job in flight is busy time; its cost is split over the jobs the
-  pod completed, in proportion to each job's own time on the pod;
-- everything else (spin-up, idle minutes before the reaper, failed work) served no job and is
-  the idle (wasted) cost: uptime cost − the jobs' shares, so the parts always add up exactly.
+RunPod bills a pod by uptime × its hourly rate, whether or not it runs anything. ComfyUI on a
+pod executes one prompt at a time, so the rule is per second of the pod's life:
+
+- a second in which the pod executes a job is that job's: its user is charged for it at the
+  pod's rate, like a serverless run (metered against the caps while the job runs, settled when
+  it ends: the execution seconds ComfyUI reports on success, the seconds since it started
+  running on a cancel or a meter stop);
+- every other second (spin-up, jobs only queued on it, idle minutes before the reaper, work
+  that failed through the pod's or a backend's fault) served no user: it is the installation's
+  idle cost, recorded when the pod ends as uptime cost − the jobs' charges, so the parts add up
+  exactly to what RunPod bills.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
@@ -19,8 +24,8 @@ class PodCost:
     uptime_seconds: float
     busy_seconds: float
     uptime_cost: Decimal
+    charged: Decimal  # what its jobs were charged
     idle_cost: Decimal
-    shares: dict = field(default_factory=dict)  # key (attempt id) -> Decimal
 
 
 def busy_seconds(intervals: list[tuple[datetime, datetime]], start: datetime, end: datetime) -> float:
@@ -39,28 +44,15 @@ def busy_seconds(intervals: list[tuple[datetime, datetime]], start: datetime, en
     return total
 
 
-def pod_cost(*, cost_per_hour: Decimal, started: datetime, ended: datetime,
-             jobs: dict, completed: set) -> PodCost:
-    """`jobs`: key -> (start, end) of every job that ran on the pod; `completed`: the keys of
-    the jobs it finished (only they are charged a share)."""
+def pod_cost(*, cost_per_hour: Decimal, started: datetime, ended: datetime, jobs: list, charged: Decimal) -> PodCost:
+    """`jobs`: (start, end) of every job that was in flight on the pod (for its busy time);
+    `charged`: the sum of what those jobs' users were charged for its seconds."""
     uptime = max(0.0, (ended - started).total_seconds())
     uptime_cost = money(Decimal(cost_per_hour) * Decimal(str(uptime)) / Decimal(3600))
-    busy = busy_seconds(list(jobs.values()), started, ended)
-    busy_cost = money(uptime_cost * Decimal(str(busy / uptime))) if uptime else Decimal("0")
-    shares = split(busy_cost, {key: (jobs[key][1] - jobs[key][0]).total_seconds() for key in completed if key in jobs})
-    return PodCost(uptime_seconds=uptime, busy_seconds=busy, uptime_cost=uptime_cost,
-                   idle_cost=uptime_cost - sum(shares.values(), Decimal("0")), shares=shares)
+    charged = money(charged)
+    return PodCost(uptime_seconds=uptime, busy_seconds=busy_seconds(jobs, started, ended), uptime_cost=uptime_cost,
+                   charged=charged, idle_cost=max(Decimal("0"), uptime_cost - charged))
 
 
-def split(amount: Decimal, weights: dict) -> dict:
-    """`amount` in proportion to the weights, rounded to 6 places, summing exactly to it."""
-    if not weights:
-        return {}
-    weights = {key: max(0.0, weight) for key, weight in weights.items()}
-    total = sum(weights.values())
-    if total <= 0:
-        weights, total = {key: 1.0 for key in weights}, float(len(weights))
-    keys = sorted(weights)
-    shares = {key: money(amount * Decimal(str(weights[key] / total))) for key in keys[:-1]}
-    shares[keys[-1]] = amount - sum(shares.values(), Decimal("0"))
-    return shares
+def pod_price_per_second(cost_per_hour) -> Decimal:
+    return Decimal(cost_per_hour or 0) / Decimal(3600)

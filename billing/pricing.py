@@ -2,7 +2,8 @@
 
 - local ComfyUI: free;
 - RunPod serverless (or any ComfyUI priced per second): execution seconds × price per second;
-- RunPod pods: billed by uptime, split over the jobs a pod ran (billing.pods), so 0 here;
+- RunPod pods: the seconds a job executes on its pod × the pod's rate (billing.pods); the rest
+  of the pod's uptime is the installation's idle cost;
 - Gemini: price per image, or per second of video, from billing.prices for the configured model.
 """
 from decimal import ROUND_HALF_UP, Decimal
@@ -23,24 +24,29 @@ def gemini_video_price(backend, duration_seconds: int) -> Decimal:
     return money(veo_price_per_second(backend) * veo_duration(duration_seconds))
 
 
-def actual_cost(*, backend, job, seconds, outputs: int) -> Decimal:
+def actual_cost(*, backend, job, seconds, outputs: int, rate: Decimal | None = None) -> Decimal:
+    """`rate`: the price per second the attempt was metered at, when it is not the backend's
+    (a pod's own rate)."""
     if backend.kind == "gemini":
         if job.kind == "video":
             return gemini_video_price(backend, job.duration_seconds)
         return money(gemini_image_price(backend) * max(1, outputs))
-    if backend.kind == "pod":
-        return money(0)  # pods are billed by uptime, split over their jobs (billing.pods)
-    # Per-second backends: RunPod serverless, or any priced ComfyUI; local is priced at 0.
-    return metered_cost(backend, seconds or 0)
+    # Per-second: RunPod serverless, pods, any priced ComfyUI; local is priced at 0.
+    return cost_at(metered_price(backend) if rate is None else rate, seconds or 0)
 
 
 def metered_price(backend) -> Decimal:
     """Price per second of a backend billed by the second while a job runs (RunPod serverless,
-    a priced ComfyUI); 0 for the others (free local, pods billed by uptime, Gemini per output)."""
+    a priced ComfyUI); 0 for the others (free local, Gemini per output, and pods: each pod has
+    its own rate, see routing.services.meter_rate)."""
     if backend.kind in ("pod", "gemini"):
         return Decimal("0")
     return backend.price_per_second or Decimal("0")
 
 
 def metered_cost(backend, seconds: float) -> Decimal:
-    return money(metered_price(backend) * Decimal(str(max(0.0, seconds))))
+    return cost_at(metered_price(backend), seconds)
+
+
+def cost_at(price_per_second: Decimal, seconds: float) -> Decimal:
+    return money(Decimal(price_per_second) * Decimal(str(max(0.0, seconds or 0.0))))

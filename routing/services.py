@@ -5,6 +5,7 @@ delivers twice (or a sweeper re-send racing the original) changes nothing the se
 """
 import hashlib
 import logging
+import time
 from datetime import timedelta
 from decimal import Decimal
 from typing import Optional
@@ -17,7 +18,9 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from billing import caps
-from billing.pricing import actual_cost, metered_cost, metered_price
+from billing.models import LedgerEntry
+from billing.pods import pod_price_per_second
+from billing.pricing import actual_cost, cost_at, metered_cost, metered_price
 from workers.clients import BackendError, Done, Failed, Progress
 from workers.workflows import WorkflowError, validate_workflow
 
@@ -140,7 +143,9 @@ def _place(job: Job, chosen, number: int) -> tuple[Optional[Attempt], str]:
     try:
         with transaction.atomic():
             attempt = Attempt.objects.create(job=job, backend_id=chosen.id, number=number)
-            if chosen.cost > 0:
+            # A cloud attempt always takes a hold, even of $0 (a pod already paid for): its meter
+            # grows that hold while it runs, and the first refusal stops it.
+            if chosen.cost > 0 or chosen.category == "cloud":
                 refusal = caps.hold(attempt=attempt, amount=chosen.cost)
                 if refusal:
                     raise _Refused(refusal)
@@ -308,7 +313,9 @@ def attempt_poll(*, attempt_id, seq: int) -> Optional[float]:
     try:
         client = client_for_backend(attempt.backend)
         paid = _open_call(attempt, client.starts_paid_run("poll", attempt.handle), f"poll-{seq}")
+        began = time.monotonic()
         result = client.poll(attempt.handle, on_progress=lambda p: _progress(attempt, p))
+        took = time.monotonic() - began
         _close_call(attempt, paid, cut_short=result.maybe_billed if isinstance(result, (Progress, Failed)) else False,
                     key=f"poll-{seq}-cut")
         if isinstance(result, Done) and not result.outputs:
@@ -326,7 +333,9 @@ def attempt_poll(*, attempt_id, seq: int) -> Optional[float]:
     Attempt.objects.filter(id=attempt.id).update(poll_errors=0)
     _progress(attempt, result)
     countdown = result.next_poll if result.next_poll is not None else settings.POLL_INTERVAL_SECONDS
-    if _meter_stopped(attempt, client, ahead=2 * countdown):
+    # A poll may itself last a while (ComfyUI's WebSocket watch): the meter looks ahead past the
+    # next poll's end.
+    if _meter_stopped(attempt, client, ahead=2 * (countdown + took)):
         return None
     return countdown
 
@@ -336,17 +345,18 @@ def _meter_stopped(attempt: Attempt, client, *, ahead: float) -> bool:
     next poll's (`ahead`), with some room so that not every poll writes. When the caps refuse
     even the time already used and the next poll, cancel the remote job, charge what it used,
     and end the job with the cap's message."""
-    if not metered_price(attempt.backend):  # free and per-output backends: no query on their polls
+    rate = meter_rate(attempt)
+    if not rate:  # free and per-output backends: no query on their polls
         return False
     running_at = attempt.running_at or Attempt.objects.filter(id=attempt.id).values_list("running_at", flat=True)[0]
     if running_at is None:
         return False
     seconds = (timezone.now() - running_at).total_seconds()
-    used = metered_cost(attempt.backend, seconds)
-    need = used + metered_cost(attempt.backend, ahead) - caps.held(attempt)
+    used = cost_at(rate, seconds)
+    need = used + cost_at(rate, ahead) - caps.held(attempt)
     if need <= 0:
         return False
-    refusal = caps.extend(attempt=attempt, amount=need + metered_cost(attempt.backend, 4 * ahead))
+    refusal = caps.extend(attempt=attempt, amount=need + cost_at(rate, 4 * ahead))
     while refusal:
         refusal = caps.extend(attempt=attempt, amount=need)
         if not refusal or not _stop_younger(attempt, refusal):
@@ -358,27 +368,57 @@ def _meter_stopped(attempt: Attempt, client, *, ahead: float) -> bool:
     except BackendError as error:
         log.warning("could not cancel attempt %s on %s: %s", attempt.id, attempt.backend, error.message)
     _stop_metered(attempt, running_at, refusal)
+    # The user's jobs still queued on metered backends would be refused at their first running
+    # poll (their holds cannot cover it): stopped now, they take no pod or worker time at all.
+    for queued in _queued_metered(attempt.job.user_id, attempt.id):
+        _stop_queued(queued, refusal)
     return True
+
+
+def _queued_metered(user_id, exclude):
+    """The user's metered attempts still queued on their backends (sent, not running yet)."""
+    metered = Q(backend__price_per_second__gt=0, backend__kind__in=(Backend.Kind.RUNPOD, Backend.Kind.COMFYUI)) | \
+        Q(backend__kind=Backend.Kind.POD)
+    return Attempt.objects.filter(metered, job__user_id=user_id, status=AttemptStatus.SUBMITTED,
+                                  running_at__isnull=True).exclude(id=exclude).select_related("backend", "job")
 
 
 def _stop_younger(attempt: Attempt, refusal: str) -> bool:
     """Make room for a running attempt whose meter the caps refuse: stop the same user's
     newest metered attempt that is still queued on its backend (it has used nothing, and its
     hold comes back whole). A run in progress is never stopped for one that has not started."""
-    queued = Attempt.objects.filter(
-        job__user_id=attempt.job.user_id, status=AttemptStatus.SUBMITTED, running_at__isnull=True,
-        backend__price_per_second__gt=0, backend__kind__in=(Backend.Kind.RUNPOD, Backend.Kind.COMFYUI),
-    ).exclude(id=attempt.id).select_related("backend", "job").order_by("-created_at").first()
+    queued = _queued_metered(attempt.job.user_id, attempt.id).filter(
+        id__in=LedgerEntry.objects.filter(kind=LedgerEntry.Kind.HOLD, amount__gt=0).values("attempt_id")
+    ).order_by("-created_at").first()
     if queued is None:
         return False
-    _stop_metered(queued, None, refusal)
-    dispatch.send(dispatch.CANCEL, [str(queued.id)], queue=queued.backend.queue)
+    _stop_queued(queued, refusal)
     return True
+
+
+def _stop_queued(attempt: Attempt, refusal: str) -> None:
+    _stop_metered(attempt, None, refusal)
+    dispatch.send(dispatch.CANCEL, [str(attempt.id)], queue=attempt.backend.queue)
+
+
+def meter_rate(attempt: Attempt) -> Decimal:
+    """Price per second of this attempt's remote time: its pod's rate on pods (billing.pods: a
+    second the pod executes a job is that job's), else the backend's; 0 = not metered."""
+    if attempt.backend.kind == Backend.Kind.POD:
+        rate = Attempt.objects.filter(id=attempt.id).values_list("pod_assignment__pod__cost_per_hour", flat=True)
+        return pod_price_per_second(rate.first())
+    return metered_price(attempt.backend)
+
+
+def _used_so_far(attempt: Attempt, now) -> Optional[Decimal]:
+    """What a metered attempt's remote time has cost until now (None: not metered, or not running)."""
+    rate = meter_rate(attempt) if attempt.running_at else Decimal("0")
+    return cost_at(rate, (now - attempt.running_at).total_seconds()) if rate else None
 
 
 def _stop_metered(attempt: Attempt, running_at, refusal: str) -> None:
     seconds = (timezone.now() - running_at).total_seconds() if running_at else 0.0
-    used = metered_cost(attempt.backend, seconds)
+    used = cost_at(meter_rate(attempt), seconds)
     # Final: sent again, it would take back the room it just gave (a retry loop against the cap).
     attempt_fail(attempt_id=attempt.id, retryable=False, used=used,
                  error=f"Stopped after {seconds:.0f} s on {attempt.backend.name} (${used:.4f} used): {refusal}")
@@ -416,7 +456,11 @@ def attempt_succeed(*, attempt_id, done: Done, client) -> bool:
     now = timezone.now()
     with transaction.atomic():
         attempt = Attempt.objects.select_related("backend", "job").get(id=attempt_id)
-        cost = actual_cost(backend=attempt.backend, job=attempt.job, seconds=done.seconds, outputs=len(files))
+        seconds = done.seconds
+        if attempt.backend.kind == Backend.Kind.POD and not seconds and attempt.running_at:
+            seconds = (now - attempt.running_at).total_seconds()  # ComfyUI reported no execution time
+        cost = actual_cost(backend=attempt.backend, job=attempt.job, seconds=seconds, outputs=len(files),
+                           rate=meter_rate(attempt) if attempt.backend.kind == Backend.Kind.POD else None)
         updated = Attempt.objects.filter(id=attempt_id, status__in=ACTIVE_ATTEMPT_STATES).update(
             status=AttemptStatus.SUCCEEDED, finished_at=now, progress=100, seconds=done.seconds, error="",
             cost=cost,
@@ -547,8 +591,7 @@ def job_cancel(*, user, job_id) -> bool:
         _ended(job_id)
         for attempt in Attempt.objects.filter(job_id=job_id, status__in=ACTIVE_ATTEMPT_STATES).select_related("backend"):
             now = timezone.now()
-            used = metered_cost(attempt.backend, (now - attempt.running_at).total_seconds()) \
-                if attempt.running_at and metered_price(attempt.backend) else None
+            used = _used_so_far(attempt, now)
             if Attempt.objects.filter(id=attempt.id, status__in=ACTIVE_ATTEMPT_STATES).update(
                     status=AttemptStatus.CANCELLED, finished_at=now, cost=used or Decimal("0")):
                 _settle(attempt, used)

@@ -4,6 +4,7 @@ A per-second backend's hold is a meter (billing/caps.py): each poll extends it p
 used so far; when a cap refuses, the remote job is cancelled and the time it ran is charged.
 The fake RunPod's record of how long each job ran is the provider's truth the ledger is held to.
 """
+import time
 from decimal import Decimal
 
 import pytest
@@ -11,6 +12,7 @@ from django.utils import timezone
 
 from billing import caps
 from billing.models import LedgerEntry, SpendCounter
+from billing.pricing import money
 from routing import services
 from routing.models import Attempt, Backend, Job, JobStatus
 from tests.conftest import configure, wait_for
@@ -177,3 +179,71 @@ def test_a_run_that_fails_on_runpod_is_recorded_as_the_installations_spend(runpo
     assert lost.amount == PRICE * 2  # the executionTime RunPod reports for the failed run
     assert not LedgerEntry.objects.filter(kind=LedgerEntry.Kind.CHARGE, attempt=first).exists()
     wait_for(lambda: first.handle["job_id"] in runpod.cancelled, 20, 0.1, "the cancel to reach RunPod")
+
+
+# --- pods: a pod's seconds are metered like a serverless run's -----------------------------------
+POD_GPU = "NVIDIA H100 80GB HBM3"  # $3.29/h on the fake (RunPod's secure-cloud price)
+POD_CAP = Decimal("0.01")  # about 11 s of H100
+POD_POLL = 0.2 + 1.0  # COMFYUI_POLL_INTERVAL + COMFYUI_WATCH_SECONDS: one poll of a pod's job
+
+
+@pytest.fixture
+def pod_cloud(settings, workers, local_backend, fake_comfyui):
+    # each job executes for about 3 s on its pod (10 sampler steps of 0.3 s)
+    with FakeRunPod(pod_start_delay=0.2, pod_comfy_kwargs={"steps": 10, "step_delay": 0.3}) as fake:
+        configure(settings, workers, RUNPOD_API_KEY="test-key", RUNPOD_API_BASE_URL=fake.url,
+                  RUNPOD_POD_URL_TEMPLATE=fake.pod_url_template, RUNPOD_POD_IMAGE="comfy-hybrid-worker:test",
+                  RUNPOD_MAX_PODS=1, RUNPOD_POD_MAX_JOBS=10, RUNPOD_IDLE_SECONDS=1, RUNPOD_IDLE_SECONDS_EXPENSIVE=1,
+                  COMFYUI_POLL_INTERVAL=0.2, COMFYUI_WATCH_SECONDS=1.0, DAILY_CAP_USD=POD_CAP)
+        settings.RUNPOD_POD_GPU_TYPES = [POD_GPU]
+        workers.env["RUNPOD_POD_GPU_TYPES"] = POD_GPU
+        Backend.objects.filter(id=local_backend.id).update(
+            url=fake_comfyui.url, health="up", last_probe_at=timezone.now(), queue_depth=settings.LOCAL_QUEUE_LIMIT)
+        Backend.objects.filter(name="runpod").update(enabled=False)  # the pod is the only cloud backend
+        yield fake
+
+
+def _ready_pod(fake):
+    from workers.pods import services as pod_services
+    from workers.pods.models import CloudPod, PodStatus
+
+    row = CloudPod.objects.create(backend=Backend.objects.get(name="pods"), name="comfy-hybrid-meter")
+    pod_services.pod_spawn(pod_id=row.id)
+    wait_for(lambda: pod_services.pod_check(pod_id=row.id) == PodStatus.READY, 20, 0.1, "the pod to be ready")
+    return CloudPod.objects.get(id=row.id)
+
+
+def test_jobs_on_a_running_pod_spend_no_more_than_the_cap_plus_one_poll_interval(pod_cloud, workers, alice):
+    from workers.pods import services as pod_services
+    from workers.pods.models import CloudPod, PodStatus
+
+    pod = _ready_pod(pod_cloud)
+    rate = pod.cost_per_hour / 3600
+    assert pod.cost_per_hour == Decimal("3.29")  # the rate RunPod returned for the GPU it gave
+    workers.start(concurrency=4)
+    jobs = [services.job_submit(user=alice, kind="image", preference="cloud", prompt="a lighthouse", seed=i)
+            for i in range(10)]  # a pod with room is estimated at $0: every job starts on a $0 hold
+
+    jobs = wait_for(lambda: _all_final(jobs), 120, 0.5, "every job to end")
+
+    assert {job.attempts.get().backend.name for job in jobs} == {"pods"}
+    done = [job for job in jobs if job.status == JobStatus.SUCCEEDED]
+    stopped = [job for job in jobs if job.status != JobStatus.SUCCEEDED]
+    # ten 3 s jobs would cost $0.027 at $3.29/h: the cap lets about a third of that run
+    assert 2 <= len(done) <= 4 and stopped, [job.error for job in jobs]
+    assert all("Daily spending limit" in job.attempts.get().error for job in stopped)
+    charged = caps.ledger_total(user=alice)
+    assert charged <= POD_CAP + rate * Decimal(str(POD_POLL)), charged
+    assert charged == sum(job.cost for job in jobs)  # each job's seconds on the pod, charged when it ended
+    assert all(job.cost == money(rate * Decimal(str(job.attempts.get().seconds))) for job in done)
+    day = SpendCounter.objects.get(scope=SpendCounter.Scope.USER_DAY, user=alice)
+    assert day.amount == charged  # every hold is settled
+
+    # The pod ends; what RunPod bills for it is in the ledger: the jobs' seconds plus its idle time.
+    time.sleep(1.1)
+    assert pod_services.pod_reap_idle() == [pod.id]
+    wait_for(lambda: CloudPod.objects.get(id=pod.id).status == PodStatus.TERMINATED, 20, 0.1, "the pod to end")
+    pod.refresh_from_db()
+    assert pod.uptime_cost == charged + pod.idle_cost
+    provider = Decimal(str(pod_cloud.billed_pod_cost()))
+    assert abs(provider - caps.ledger_total()) <= rate * 2, (provider, caps.ledger_total())  # our clock vs RunPod's

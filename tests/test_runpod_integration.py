@@ -84,7 +84,11 @@ def test_a_backlog_with_local_busy_spawns_pods_that_run_the_jobs_and_are_stopped
     rows = list(CloudPod.objects.all())
     assert sum(row.jobs_processed for row in rows) == 10
     assert all(row.uptime_cost > 0 and row.idle_cost > 0 and row.terminated_at for row in rows)
-    assert sum(Job.objects.get(id=job.id).cost for job in jobs) > 0  # the pods' busy time, split over the jobs
+    assert all(Job.objects.get(id=job.id).cost > 0 for job in jobs)  # each job's seconds on its pod
+    for row in rows:  # what RunPod bills for each pod is, exactly, its jobs' charges plus its idle time
+        charged = sum(a.attempt.cost for a in row.assignments.select_related("attempt"))
+        assert charged + row.idle_cost == row.uptime_cost
+    assert caps.ledger_total() == sum(row.uptime_cost for row in rows)
 
 
 def test_a_pod_whose_comfyui_dies_mid_job_fails_the_job_over(cloud, workers, alice, settings, local_backend):

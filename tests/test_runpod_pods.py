@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 from django.utils import timezone
 
-from billing.pods import busy_seconds, pod_cost, split
+from billing.pods import busy_seconds, pod_cost
 from routing.defaults import ensure_default_backends
 from routing.models import Attempt, AttemptStatus, Backend, Job, JobStatus
 from routing.selectors import estimate
@@ -198,16 +198,17 @@ def test_a_busy_pod_is_never_reaped(pods, fake, alice):
     assert CloudPod.objects.get(id=pod.id).status == PodStatus.BUSY
 
 
-def test_terminating_records_uptime_idle_cost_and_each_jobs_share(pods, fake, alice):
+def test_terminating_records_uptime_and_as_idle_what_the_jobs_were_not_charged(pods, fake, alice):
     pod = ready_pod(fake, pods)
     now = timezone.now()
     CloudPod.objects.filter(id=pod.id).update(created_at=now - timedelta(seconds=600), cost_per_hour=Decimal("0.72"))
     done, failed = waiting_jobs(alice, pods, 2)
     for attempt in (done, failed):
         services.pod_place(attempt=attempt)
+    # the done job was charged its 60 s of execution at $0.72/h when it ended; the failed one nothing
     Attempt.objects.filter(id=done.id).update(status=AttemptStatus.SUCCEEDED, started_at=now - timedelta(seconds=300),
-                                              finished_at=now - timedelta(seconds=240))
-    Job.objects.filter(id=done.job_id).update(status=JobStatus.SUCCEEDED)
+                                              finished_at=now - timedelta(seconds=240), cost=Decimal("0.012"))
+    Job.objects.filter(id=done.job_id).update(status=JobStatus.SUCCEEDED, cost=Decimal("0.012"))
     Attempt.objects.filter(id=failed.id).update(status=AttemptStatus.FAILED, started_at=now - timedelta(seconds=250),
                                                 finished_at=now - timedelta(seconds=200))
     services.pod_give_up(pod_id=pod.id, error="test")
@@ -220,16 +221,14 @@ def test_terminating_records_uptime_idle_cost_and_each_jobs_share(pods, fake, al
     assert pod.status == PodStatus.TERMINATED and pod.jobs_processed == 1
     assert pod.uptime_cost == Decimal("0.120000")  # 600 s at $0.72/h
     assert pod.busy_seconds == 100  # 300→240 and 250→200 overlap: 100 s with work in flight
-    share = PodAssignment.objects.get(attempt=done).cost
-    assert share == Decimal("0.020000")  # the busy cost, all to the one completed job
-    assert pod.idle_cost == Decimal("0.100000") and share + pod.idle_cost == pod.uptime_cost
-    assert Job.objects.get(id=done.job_id).cost == share
+    assert PodAssignment.objects.get(attempt=done).cost == Decimal("0.012")
+    assert pod.idle_cost == Decimal("0.108000")  # everything the job was not charged for
+    assert Job.objects.get(id=done.job_id).cost == Decimal("0.012")  # nothing added at the pod's end
     assert fake.terminated == [pod.runpod_id]
-    # the ledger holds the same money: the job's share as a charge, the rest as idle time
     from billing.models import LedgerEntry
 
-    ledger = {e.kind: e.amount for e in LedgerEntry.objects.filter(key__in=[f"pod-share:{done.id}", f"pod-idle:{pod.id}"])}
-    assert ledger == {"charge": share, "idle": pod.idle_cost}
+    [idle] = LedgerEntry.objects.filter(key=f"pod-idle:{pod.id}")
+    assert idle.kind == "idle" and idle.amount == pod.idle_cost and idle.user_id is None
 
 
 def test_reconcile_terminates_untracked_pods_and_pods_we_ended_but_never_others(pods, fake):
@@ -328,16 +327,18 @@ def test_busy_time_is_the_union_of_the_jobs_on_the_pod_clipped_to_its_life():
     assert busy_seconds([(at(-10), at(5)), (at(95), at(120))], at(0), at(100)) == 10
 
 
-def test_the_pods_cost_always_adds_up_to_its_uptime_cost():
+def test_the_pods_idle_cost_is_its_uptime_cost_less_what_its_jobs_were_charged():
     t = timezone.now()
-    jobs = {1: (t, t + timedelta(seconds=7)), 2: (t, t + timedelta(seconds=7)), 3: (t, t + timedelta(seconds=7))}
+    jobs = [(t, t + timedelta(seconds=7))] * 3
 
     cost = pod_cost(cost_per_hour=Decimal("1.000001"), started=t - timedelta(seconds=50),
-                    ended=t + timedelta(seconds=50), jobs=jobs, completed={1, 2, 3})
+                    ended=t + timedelta(seconds=50), jobs=jobs, charged=Decimal("0.001"))
 
-    assert sum(cost.shares.values()) + cost.idle_cost == cost.uptime_cost
-    assert len(set(cost.shares.values())) <= 2  # equal thirds, up to the last micro-dollar
-    assert split(Decimal("0.000010"), {"a": 0, "b": 0}) == {"a": Decimal("0.000005"), "b": Decimal("0.000005")}
+    assert cost.uptime_cost == Decimal("0.027778") and cost.busy_seconds == 7
+    assert cost.charged + cost.idle_cost == cost.uptime_cost
+    # rounding (a job charged a micro-dollar more than the pod's share of it) never makes it negative
+    assert pod_cost(cost_per_hour=Decimal("1"), started=t, ended=t + timedelta(seconds=1), jobs=[],
+                    charged=Decimal("0.01")).idle_cost == 0
 
 
 def test_the_pods_backend_probe_reports_the_runpod_api_and_a_missing_image(pods, fake, settings):

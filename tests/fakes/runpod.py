@@ -95,6 +95,7 @@ class FakePod:
         self.cloud_type = cloud_type
         self.desired = "RUNNING"
         self.created = time.monotonic()
+        self.ended = None  # when it was terminated (RunPod bills created → terminated)
         self.runtime_at = self.created + start_delay
         self.comfy: FakeComfyUI | None = None
 
@@ -146,6 +147,7 @@ class FakeRunPod:
         self.cancelled = []  # job ids POSTed to /cancel
         self.pods: dict[str, FakePod] = {}  # live pods (RUNNING or EXITED), as myself { pods } lists
         self.terminated = []  # pod ids podTerminate'd, in order
+        self.every_pod: dict[str, FakePod] = {}  # every pod ever created, terminated ones too
         self.workers_seen = {}  # worker id -> last job-take time
         self.bucket = {}  # name -> bytes, served at /bucket/{name} (a stand-in for presigned URLs)
         self.host, self.port = "127.0.0.1", 0
@@ -252,6 +254,12 @@ class FakeRunPod:
             self._advance(job)
         return {job.id: (job.finished or now) - job.started for job in list(self.jobs.values())
                 if job.started is not None}
+
+    def billed_pod_cost(self) -> float:
+        """The provider's record for pods: every pod's uptime (created until terminated, or now)
+        × its hourly rate, in dollars."""
+        now = time.monotonic()
+        return sum(((pod.ended or now) - pod.created) * pod.cost_per_hour / 3600 for pod in list(self.every_pod.values()))
 
     def worker_env(self, endpoint_id=ENDPOINT_ID, worker_id="worker-1") -> dict:
         """Environment for a real `runpod.serverless.start` worker served by this fake."""
@@ -494,7 +502,7 @@ class FakeRunPod:
         pod_id = "".join(random.choice(string.ascii_lowercase + string.digits) for _ in range(14))
         pod = FakePod(pod_id=pod_id, name=name, image=image, gpu=gpu, env=env, ports=ports,
                       start_delay=self.pod_start_delay, cloud_type=cloud_type)
-        self.pods[pod_id] = pod
+        self.pods[pod_id] = self.every_pod[pod_id] = pod
         return pod
 
     def _pod(self, pod_id):
@@ -506,6 +514,7 @@ class FakeRunPod:
     async def _terminate(self, pod_id):
         pod = self._pod(pod_id)
         await self._stop_comfy(pod)
+        pod.ended = time.monotonic()
         del self.pods[pod_id]  # terminated pods vanish from myself { pods }
         self.terminated.append(pod_id)
 

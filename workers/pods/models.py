@@ -69,7 +69,7 @@ class PodAssignment(models.Model):
     attempt = models.OneToOneField(Attempt, on_delete=models.CASCADE, related_name="pod_assignment")
     pod = models.ForeignKey(CloudPod, on_delete=models.CASCADE, related_name="assignments")
     created_at = models.DateTimeField(auto_now_add=True)
-    cost = models.DecimalField(**MONEY, help_text="Share of the pod's busy cost, set when the pod ends")
+    cost = models.DecimalField(**MONEY, help_text="What the job was charged for its seconds on this pod, copied when the pod ends")
     cost_settled = models.BooleanField(default=False)
 
     class Meta:

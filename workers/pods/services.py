@@ -30,12 +30,12 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from billing.caps import charge_pod_share, record_idle
+from billing.caps import record_idle
 from billing.pods import pod_cost
 from routing import dispatch
 from routing.backends import client_for_backend, missing_settings
 from routing.inventory import inventory_due, inventory_store
-from routing.models import Attempt, AttemptStatus, Backend, Job, JobStatus
+from routing.models import Attempt, AttemptStatus, Backend
 from workers.clients import BackendError
 
 from .models import LIVE, RUNNING_REMOTELY, USABLE, CloudPod, PodAssignment, PodStatus
@@ -411,21 +411,19 @@ def pod_terminate(*, pod_id: int, now=None) -> bool:
 
 
 def _settle_costs(pod: CloudPod, now) -> None:
+    """The pod's uptime cost, and its idle part: what its jobs were not charged (billing.pods).
+    Each job was charged for its own seconds when it ended, against its user's caps."""
     assignments = list(pod.assignments.select_related("attempt"))
-    jobs = {a.id: (a.attempt.started_at or a.created_at, a.attempt.finished_at or now) for a in assignments}
-    completed = {a.id for a in assignments if a.attempt.status == AttemptStatus.SUCCEEDED}
-    cost = pod_cost(cost_per_hour=pod.cost_per_hour, started=pod.created_at, ended=now, jobs=jobs, completed=completed)
+    jobs = [(a.attempt.started_at or a.created_at, a.attempt.finished_at or now) for a in assignments]
+    charged = sum((a.attempt.cost for a in assignments), Decimal("0"))
+    cost = pod_cost(cost_per_hour=pod.cost_per_hour, started=pod.created_at, ended=now, jobs=jobs, charged=charged)
     CloudPod.objects.filter(id=pod.id).update(
-        jobs_processed=len(completed), busy_seconds=cost.busy_seconds, uptime_cost=cost.uptime_cost,
-        idle_cost=cost.idle_cost, last_job_ended_at=last_job_ended(pod))
+        jobs_processed=sum(1 for a in assignments if a.attempt.status == AttemptStatus.SUCCEEDED),
+        busy_seconds=cost.busy_seconds, uptime_cost=cost.uptime_cost, idle_cost=cost.idle_cost,
+        last_job_ended_at=last_job_ended(pod))
     for assignment in assignments:
-        share = cost.shares.get(assignment.id)
-        if share is None or not PodAssignment.objects.filter(id=assignment.id, cost_settled=False).update(
-                cost=share, cost_settled=True):
-            continue
-        Attempt.objects.filter(id=assignment.attempt_id).update(cost=F("cost") + share)
-        Job.objects.filter(id=assignment.attempt.job_id, status=JobStatus.SUCCEEDED).update(cost=F("cost") + share)
-        charge_pod_share(attempt=assignment.attempt, amount=share, now=now)
+        PodAssignment.objects.filter(id=assignment.id, cost_settled=False).update(
+            cost=assignment.attempt.cost, cost_settled=True)
     _record_idle(pod, cost.idle_cost, now)
 
 
