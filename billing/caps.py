@@ -14,6 +14,12 @@ A per-second backend's hold is a meter: while the attempt runs, each poll extend
 the time used so far plus the time until the next poll (`extend`, the same conditional
 UPDATEs). When an extension is refused the remote job is cancelled and the time it used is
 charged, so a cap is overshot by at most one poll interval of the running jobs' price.
+
+A pod bills its whole uptime; its jobs are metered for their own seconds (billing/pods.py) and
+the rest is the installation's. So each live pod holds, against the installation's monthly cap
+only, its uptime so far and until the next look, less what its jobs hold or were charged
+(`meter_pod`, every autoscaler pass). The hold is released when the pod ends and its idle time
+is recorded instead.
 """
 import calendar
 from dataclasses import dataclass
@@ -103,8 +109,12 @@ class Budget:
 def refusal_message(limit: Limit, used_amount: Decimal, amount: Decimal) -> str:
     left = max(Decimal("0"), limit.cap - used_amount)
     if limit.scope == Scope.GLOBAL_MONTH:
-        return (f"The installation's monthly spending limit is used up: ${used_amount:.2f} of ${limit.cap:.2f}, "
-                f"resets on {_day_month(_next_month(limit.period))} at 00:00 UTC. {ADVICE_GLOBAL}")
+        resets = f"resets on {_day_month(_next_month(limit.period))} at 00:00 UTC"
+        if left < Decimal("0.005"):
+            return (f"The installation's monthly spending limit is used up: ${used_amount:.2f} of ${limit.cap:.2f}, "
+                    f"{resets}. {ADVICE_GLOBAL}")
+        return (f"The installation's monthly spending limit: this needs about ${amount:.2f} but only ${left:.2f} "
+                f"of ${limit.cap:.2f} is left, {resets}. {ADVICE_GLOBAL}")
     name = "Daily" if limit.scope == Scope.USER_DAY else "Monthly"
     resets = "resets at 00:00 UTC" if limit.scope == Scope.USER_DAY else \
         f"resets on {_day_month(_next_month(limit.period))} at 00:00 UTC"
@@ -189,7 +199,11 @@ def first_hold(attempt) -> Decimal:
 
 def held(attempt) -> Decimal:
     """What is reserved for this attempt: its hold plus every extension of its meter."""
-    total = LedgerEntry.objects.filter(attempt_id=attempt.id, kind=LedgerEntry.Kind.HOLD).aggregate(
+    return held_by(attempt.id)
+
+
+def held_by(attempt_id) -> Decimal:
+    total = LedgerEntry.objects.filter(attempt_id=attempt_id, kind=LedgerEntry.Kind.HOLD).aggregate(
         total=Sum("amount"))["total"]
     return total or Decimal("0")
 
@@ -250,10 +264,12 @@ def charge(*, attempt, amount: Decimal, now=None) -> bool:
     return True
 
 
-def record_idle(*, key: str, amount: Decimal, backend=None, pod_id: str = "", now=None, note: str = "") -> bool:
-    """Pod time that served no job: the installation's wasted money, once per key."""
+def record_idle(*, key: str, amount: Decimal, backend=None, pod_id: str = "", now=None, note: str = "",
+                day: date | None = None) -> bool:
+    """Cloud time that served no job (a pod's idle time, serverless workers' cold starts and idle
+    timeouts): the installation's wasted money, once per key; `day`: the day it was spent."""
     amount = money(amount)
-    day, month = periods(now or timezone.now())
+    day, month = (day, day.replace(day=1)) if day else periods(now or timezone.now())
     entry = LedgerEntry(kind=LedgerEntry.Kind.IDLE, amount=amount, key=key, backend=backend, pod_id=pod_id,
                         category="cloud", day=day, month=month, note=note or "idle pod time")
     if not amount or not _insert(entry):
@@ -274,6 +290,54 @@ def record_unmatched(*, attempt, key: str, amount: Decimal, note: str, now=None)
     if not amount or not _insert(entry):
         return False
     _move(user_id=None, day=day, month=month, delta=amount)
+    return True
+
+
+def _pod_hold_key(pod_id) -> str:
+    return f"pod-hold:{pod_id}:"
+
+
+def pod_held(pod_id) -> Decimal:
+    total = LedgerEntry.objects.filter(kind=LedgerEntry.Kind.HOLD, key__startswith=_pod_hold_key(pod_id)).aggregate(
+        total=Sum("amount"))["total"]
+    return total or Decimal("0")
+
+
+def meter_pod(*, pod, amount: Decimal, now=None) -> str:
+    """Hold `amount` more of a live pod's uptime against the installation's monthly cap; "" when
+    taken, else the refusal. Keys count up per pod, so a redelivered pass cannot double a step."""
+    amount = money(amount)
+    if amount <= 0:
+        return ""
+    now = now or timezone.now()
+    day, month = periods(now)
+    first = LedgerEntry.objects.filter(key__startswith=_pod_hold_key(pod.id)).order_by("id").first()
+    if first is not None:
+        day, month = first.day, first.month  # the pod's uptime counts against the month it began in
+    steps = LedgerEntry.objects.filter(key__startswith=_pod_hold_key(pod.id)).count()
+    try:
+        with transaction.atomic():
+            _take(Limit(Scope.GLOBAL_MONTH, None, month, settings.GLOBAL_MONTHLY_CAP_USD), amount)
+            LedgerEntry.objects.create(
+                kind=LedgerEntry.Kind.HOLD, amount=amount, key=f"{_pod_hold_key(pod.id)}{steps}", backend=pod.backend,
+                pod_id=pod.runpod_id or "", category="cloud", day=day, month=month, note=f"uptime of pod {pod.name}")
+    except (CapReached, IntegrityError) as refused:
+        return str(refused) if isinstance(refused, CapReached) else ""
+    return ""
+
+
+def release_pod(*, pod) -> bool:
+    """The pod ended: give back what its meter held (its idle time is recorded instead). Once."""
+    first = LedgerEntry.objects.filter(key__startswith=_pod_hold_key(pod.id)).order_by("id").first()
+    if first is None:
+        return False
+    amount = pod_held(pod.id)
+    entry = LedgerEntry(kind=LedgerEntry.Kind.RELEASE, amount=-amount, key=f"pod-release:{pod.id}",
+                        backend_id=first.backend_id, pod_id=first.pod_id, category="cloud", day=first.day,
+                        month=first.month, note=f"pod {pod.name} ended")
+    if not _insert(entry):
+        return False
+    _move(user_id=None, day=first.day, month=first.month, delta=-amount)
     return True
 
 

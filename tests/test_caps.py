@@ -114,8 +114,12 @@ def test_the_installation_cap_applies_to_everyone(alice, bob, paid, settings):
     settings.GLOBAL_MONTHLY_CAP_USD = Decimal("6")
     assert caps.hold(attempt=_attempt(alice, paid), amount=Decimal("4")) == ""
     refusal = caps.hold(attempt=_attempt(bob, paid), amount=Decimal("4"))
-    assert refusal.startswith("The installation's monthly spending limit is used up: $4.00 of $6.00")
+    assert refusal.startswith("The installation's monthly spending limit: this needs about $4.00 but only $2.00 "
+                              "of $6.00 is left")
     assert caps.cloud_budget_left() == Decimal("2")
+    assert caps.hold(attempt=_attempt(bob, paid), amount=Decimal("2")) == ""
+    assert caps.hold(attempt=_attempt(bob, paid), amount=Decimal("1")).startswith(
+        "The installation's monthly spending limit is used up: $6.00 of $6.00")
 
 
 @pytest.mark.django_db

@@ -231,6 +231,67 @@ def test_terminating_records_uptime_and_as_idle_what_the_jobs_were_not_charged(p
     assert idle.kind == "idle" and idle.amount == pod.idle_cost and idle.user_id is None
 
 
+def test_a_pods_uptime_is_held_against_the_installations_cap_as_it_accrues(pods, fake, alice, settings, sent):
+    from billing import caps
+    from billing.models import SpendCounter
+
+    settings.RUNPOD_AUTOSCALE_SECONDS = 15
+    pod = ready_pod(fake, pods)
+    now = timezone.now()
+    CloudPod.objects.filter(id=pod.id).update(created_at=now - timedelta(seconds=600), cost_per_hour=Decimal("0.72"))
+    installation = lambda: SpendCounter.objects.get(scope=SpendCounter.Scope.GLOBAL_MONTH).amount  # noqa: E731
+    done = waiting_jobs(alice, pods, 1)[0]
+    services.pod_place(attempt=done)
+    Attempt.objects.filter(id=done.id).update(status=AttemptStatus.SUCCEEDED, cost=Decimal("0.012"),
+                                              started_at=now - timedelta(seconds=100), finished_at=now)
+
+    services.autoscale(now=now)
+
+    # 600 s up + 30 s until after the next pass, at $0.72/h = $0.126, less the job's $0.012 charge,
+    # plus one more step of room
+    assert caps.pod_held(pod.id) == Decimal("0.120000") and installation() == Decimal("0.120000")
+    services.autoscale(now=now + timedelta(seconds=5))
+    assert caps.pod_held(pod.id) == Decimal("0.120000")  # still covered: nothing written
+    services.autoscale(now=now + timedelta(seconds=60))
+    assert caps.pod_held(pod.id) == Decimal("0.132000")
+
+    # The pod ends: its hold is given back and its idle time recorded instead.
+    services.pod_give_up(pod_id=pod.id, error="test")
+    CloudPod.objects.filter(id=pod.id).update(last_error="")
+    assert services.pod_terminate(pod_id=pod.id, now=now + timedelta(seconds=60))
+    pod.refresh_from_db()
+    assert pod.idle_cost == Decimal("0.120000")  # 660 s up = $0.132, less the job's $0.012
+    assert installation() == pod.idle_cost  # the job's charge is its user's and is not moved here
+    assert not caps.release_pod(pod=pod)  # once
+
+
+def test_a_pod_the_installations_cap_refuses_is_ended_once_no_job_runs_on_it(
+        pods, fake, alice, settings, sent, django_capture_on_commit_callbacks):
+    from billing import caps
+
+    settings.GLOBAL_MONTHLY_CAP_USD = Decimal("0.05")
+    pod = ready_pod(fake, pods)
+    now = timezone.now()
+    CloudPod.objects.filter(id=pod.id).update(created_at=now - timedelta(seconds=600), cost_per_hour=Decimal("0.72"))
+    running = waiting_jobs(alice, pods, 1)[0]
+    services.pod_place(attempt=running)
+    Attempt.objects.filter(id=running.id).update(status=AttemptStatus.RUNNING, started_at=now)
+
+    services.autoscale(now=now)  # $0.126 of uptime against $0.05 left: refused, but a job runs on it
+
+    assert caps.pod_held(pod.id) == 0
+    assert CloudPod.objects.get(id=pod.id).status == PodStatus.BUSY
+    Attempt.objects.filter(id=running.id).update(status=AttemptStatus.FAILED, finished_at=now)  # its meter stopped it
+    with django_capture_on_commit_callbacks(execute=True):
+        services.autoscale(now=now + timedelta(seconds=15))
+
+    pod.refresh_from_db()
+    assert pod.status == PodStatus.TERMINATING
+    assert pod.last_error.startswith("The installation's monthly spending limit: this needs about $0.13 but only "
+                                     "$0.05 of $0.05 is left"), pod.last_error
+    assert "workers.pod_tasks.terminate_pod" in sent
+
+
 def test_reconcile_terminates_untracked_pods_and_pods_we_ended_but_never_others(pods, fake):
     orphan = fake.add_orphan_pod(name="comfy-hybrid-lost")
     foreign = fake.add_orphan_pod(name="my-notebook")

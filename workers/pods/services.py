@@ -27,15 +27,16 @@ from typing import Optional
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, Sum
 from django.utils import timezone
 
-from billing.caps import record_idle
-from billing.pods import pod_cost
+from billing.caps import held_by, meter_pod, pod_held, record_idle, release_pod
+from billing.pods import pod_cost, pod_price_per_second
+from billing.pricing import cost_at
 from routing import dispatch
 from routing.backends import client_for_backend, missing_settings
 from routing.inventory import inventory_due, inventory_store
-from routing.models import Attempt, AttemptStatus, Backend
+from routing.models import ACTIVE_ATTEMPT_STATES, Attempt, AttemptStatus, Backend
 from workers.clients import BackendError
 
 from .models import LIVE, RUNNING_REMOTELY, USABLE, CloudPod, PodAssignment, PodStatus
@@ -128,12 +129,42 @@ def autoscale(*, now=None) -> dict:
             continue
         _sync_busy_idle(backend.id)
         report["gave_up"] += _fail_long_waits(backend, now)
+        _meter_pods(backend, now)
         report["spawned"] += _spawn_for_backlog(backend)
         for pod_id in CloudPod.objects.filter(backend=backend, status__in=LIVE).values_list("id", flat=True):
             dispatch.send_on_commit(CHECK, [pod_id], queue=CLOUD)
             report["checked"] += 1
         report["dispatched"] += pods_dispatch_waiting(backend_id=backend.id)
     return report
+
+
+def _meter_pods(backend: Backend, now) -> None:
+    """Hold each pod's uptime, so far and until the next pass, against the installation's cap,
+    less what its jobs hold or were charged (billing/caps.py). A pod the cap refuses is ended as
+    soon as no job runs on it (the running jobs' meters meet the same cap and stop them)."""
+    ahead = 2 * settings.RUNPOD_AUTOSCALE_SECONDS
+    for pod in CloudPod.objects.filter(backend=backend, status__in=LIVE, runpod_id__isnull=False).select_related(
+            "backend"):
+        rate = pod_price_per_second(pod.cost_per_hour)
+        uptime = cost_at(rate, (now - pod.created_at).total_seconds() + ahead)
+        need = uptime - _covered_by_jobs(pod) - pod_held(pod.id)
+        if need <= 0:
+            continue
+        refusal = meter_pod(pod=pod, amount=need + cost_at(rate, ahead), now=now) and \
+            meter_pod(pod=pod, amount=need, now=now)
+        if refusal and not active_counts([pod.id]).get(pod.id):
+            pod_give_up(pod_id=pod.id, error=refusal)
+        elif refusal:
+            log.warning("pod %s: %s; it ends once its jobs stop", pod.name, refusal)
+
+
+def _covered_by_jobs(pod: CloudPod) -> Decimal:
+    """What the pod's jobs account for: the charges of those that ended, the holds of those in flight."""
+    assignments = PodAssignment.objects.filter(pod=pod)
+    ended = assignments.exclude(attempt__status__in=ACTIVE_ATTEMPT_STATES).aggregate(
+        total=Sum("attempt__cost"))["total"] or Decimal("0")
+    active = assignments.filter(attempt__status__in=ACTIVE_ATTEMPT_STATES).values_list("attempt_id", flat=True)
+    return ended + sum((held_by(attempt_id) for attempt_id in active), Decimal("0"))
 
 
 def _spawn_for_backlog(backend: Backend) -> list[int]:
@@ -421,6 +452,7 @@ def _settle_costs(pod: CloudPod, now) -> None:
         jobs_processed=sum(1 for a in assignments if a.attempt.status == AttemptStatus.SUCCEEDED),
         busy_seconds=cost.busy_seconds, uptime_cost=cost.uptime_cost, idle_cost=cost.idle_cost,
         last_job_ended_at=last_job_ended(pod))
+    release_pod(pod=pod)
     for assignment in assignments:
         PodAssignment.objects.filter(id=assignment.id, cost_settled=False).update(
             cost=assignment.attempt.cost, cost_settled=True)
