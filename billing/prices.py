@@ -1,7 +1,8 @@
 """What the providers charge, per model id (USD), and where each figure comes from.
 
 A backend row's price, when staff set one in the admin, overrides the table. The default is 0,
-which means "from the table, for the model the backend is configured with". Prices move, so
+which means "from the table, for the model (or GPU) the backend is configured with"; a model or
+GPU the table does not know falls back to the matching setting. Prices move, so
 each row names its source; check them against the provider's pricing page when you update.
 """
 from decimal import Decimal
@@ -43,3 +44,52 @@ def veo_price_per_second(backend) -> Decimal:
     if backend.price_per_video_second:
         return backend.price_per_video_second
     return VEO.get(settings.GEMINI_VIDEO_MODEL, settings.GEMINI_PRICE_PER_VIDEO_SECOND)
+
+
+# RunPod serverless, flex workers, $ per second by GPU class (runpod/docs
+# snippets/serverless-gpu-pricing-table.mdx, last changed 2026-06-08). Active (always-on) workers
+# are cheaper per second but billed around the clock; this project scales from zero, so flex.
+RUNPOD_SERVERLESS = {
+    **dict.fromkeys(("A4000", "A4500", "RTX 4000"), Decimal("0.00016")),
+    **dict.fromkeys(("L4", "A5000", "RTX 3090"), Decimal("0.00019")),
+    "RTX 4090": Decimal("0.00031"),
+    **dict.fromkeys(("A6000", "A40"), Decimal("0.00034")),
+    **dict.fromkeys(("L40", "L40S", "6000 Ada"), Decimal("0.00053")),
+    "A100": Decimal("0.00076"),
+    "H100": Decimal("0.00116"),
+    "H200": Decimal("0.00155"),
+    "B200": Decimal("0.00240"),
+}
+
+# RunPod on-demand pods, $ per hour by GPU type id: (secure, community). RunPod's docs no longer
+# list them; third-party transcriptions of runpod.io/pricing, 2026 (reference §2.9). Only the
+# estimate before RunPod names a pod's rate: a pod is billed, and charged, at the costPerHr
+# RunPod returns for it.
+RUNPOD_POD = {
+    "NVIDIA GeForce RTX 4090": (Decimal("0.69"), Decimal("0.59")),
+    "NVIDIA GeForce RTX 3090": (Decimal("0.43"), Decimal("0.39")),
+    "NVIDIA A40": (Decimal("0.44"), Decimal("0.40")),
+    "NVIDIA A100 80GB PCIe": (Decimal("1.39"), Decimal("1.19")),
+    "NVIDIA A100-SXM4-80GB": (Decimal("1.59"), Decimal("1.39")),
+    "NVIDIA H100 PCIe": (Decimal("2.89"), Decimal("1.99")),
+    "NVIDIA H100 80GB HBM3": (Decimal("3.29"), Decimal("2.69")),
+}
+
+
+def serverless_price_per_second(backend) -> Decimal:
+    """The endpoint's price: the admin's if set, else the table's for RUNPOD_ENDPOINT_GPU, else
+    RUNPOD_PRICE_PER_SECOND."""
+    if backend.price_per_second:
+        return backend.price_per_second
+    return RUNPOD_SERVERLESS.get(settings.RUNPOD_ENDPOINT_GPU, settings.RUNPOD_PRICE_PER_SECOND)
+
+
+def pod_hourly_estimate() -> Decimal:
+    """What a new pod is expected to cost before RunPod has named a rate: the table's price for
+    the first GPU type asked for (RunPod gives the first it can place), in the cloud asked for
+    (ALL: the cheaper, community), else RUNPOD_POD_PRICE_PER_HOUR."""
+    gpus = settings.RUNPOD_POD_GPU_TYPES
+    prices = RUNPOD_POD.get(gpus[0]) if gpus else None
+    if prices is None:
+        return Decimal(settings.RUNPOD_POD_PRICE_PER_HOUR)
+    return prices[0] if settings.RUNPOD_POD_CLOUD_TYPE == "SECURE" else prices[1]

@@ -8,7 +8,7 @@
 """
 from decimal import ROUND_HALF_UP, Decimal
 
-from .prices import gemini_image_price, veo_price_per_second
+from .prices import gemini_image_price, serverless_price_per_second, veo_price_per_second
 
 PLACES = Decimal("0.000001")
 
@@ -41,6 +41,8 @@ def metered_price(backend) -> Decimal:
     its own rate, see routing.services.meter_rate)."""
     if backend.kind in ("pod", "gemini"):
         return Decimal("0")
+    if backend.kind == "runpod":
+        return serverless_price_per_second(backend)
     return backend.price_per_second or Decimal("0")
 
 

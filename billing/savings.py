@@ -6,7 +6,7 @@ backend that could have run it (configured or not: it is what the user would hav
 from decimal import Decimal
 
 from billing.prices import gemini_image_price
-from billing.pricing import gemini_video_price, money
+from billing.pricing import gemini_video_price, metered_cost, money
 
 
 def paid_price(backend, kind: str, duration_seconds: int) -> Decimal:
@@ -16,7 +16,7 @@ def paid_price(backend, kind: str, duration_seconds: int) -> Decimal:
             return gemini_video_price(backend, duration_seconds)
         return money(gemini_image_price(backend))
     seconds = backend.expected_video_seconds if kind == "video" else backend.expected_image_seconds
-    return money(backend.price_per_second * Decimal(str(seconds)))
+    return metered_cost(backend, seconds)
 
 
 def cheapest_paid_price(paid_backends, *, kind: str, duration_seconds: int, custom_workflow: bool) -> Decimal:

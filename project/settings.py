@@ -222,7 +222,10 @@ RUNPOD_API_KEY = env_str("RUNPOD_API_KEY")
 RUNPOD_ENDPOINT_ID = env_str("RUNPOD_ENDPOINT_ID")
 RUNPOD_ENDPOINT_BASE_URL = env_str("RUNPOD_ENDPOINT_BASE_URL", "https://api.runpod.ai/v2")
 RUNPOD_API_BASE_URL = env_str("RUNPOD_API_BASE_URL", "https://api.runpod.io")
-# Flex price per second of the endpoint's GPU (RTX 4090 PRO class, RunPod docs 2026-06).
+RUNPOD_REST_BASE_URL = env_str("RUNPOD_REST_BASE_URL", "https://rest.runpod.io/v1")  # billing history (reconcile)
+# The endpoint's GPU class, for its price per second (billing/prices.py: RUNPOD_SERVERLESS);
+# RUNPOD_PRICE_PER_SECOND is the price of a class the table does not know.
+RUNPOD_ENDPOINT_GPU = env_str("RUNPOD_ENDPOINT_GPU", "RTX 4090")
 RUNPOD_PRICE_PER_SECOND = env_decimal("RUNPOD_PRICE_PER_SECOND", "0.00031")
 RUNPOD_HTTP_TIMEOUT = env_float("RUNPOD_HTTP_TIMEOUT", 10.0)  # every serverless API call
 RUNPOD_POLL_INTERVAL = env_float("RUNPOD_POLL_INTERVAL", 2.0)  # seconds between /status polls
@@ -249,12 +252,15 @@ RUNPOD_POD_SELF_STOP_SECONDS = env_int("RUNPOD_POD_SELF_STOP_SECONDS", 900)
 RUNPOD_POD_START_TIMEOUT = env_int("RUNPOD_POD_START_TIMEOUT", 900)  # image pull + ComfyUI start
 RUNPOD_POD_WAIT_SECONDS = env_int("RUNPOD_POD_WAIT_SECONDS", 300)  # a job waiting longer fails over
 RUNPOD_POD_FAILURES_TO_REPLACE = env_int("RUNPOD_POD_FAILURES_TO_REPLACE", 2)  # failed probes in a row
-# Routing estimate of a new pod before RunPod tells us its rate (RTX 4090 secure, ~2026).
+# Estimate of a new pod before RunPod names its rate, for a GPU type billing/prices.py does not know.
 RUNPOD_POD_PRICE_PER_HOUR = env_decimal("RUNPOD_POD_PRICE_PER_HOUR", "0.69")
 RUNPOD_POD_SPINUP_SECONDS = env_int("RUNPOD_POD_SPINUP_SECONDS", 180)
 RUNPOD_AUTOSCALE_SECONDS = env_int("RUNPOD_AUTOSCALE_SECONDS", 15)
 RUNPOD_REAP_SECONDS = env_int("RUNPOD_REAP_SECONDS", 60)
 RUNPOD_RECONCILE_SECONDS = env_int("RUNPOD_RECONCILE_SECONDS", 300)
+# The ledger against RunPod's billing records for the day before (billing/reconcile.py); it
+# records the serverless workers' cold starts and idle timeouts once the day's records are in.
+RECONCILE_SPEND_SECONDS = env_int("RECONCILE_SPEND_SECONDS", 3600)
 
 # --- Google Gemini --------------------------------------------------------------------------
 GEMINI_API_KEY = env_str("GEMINI_API_KEY")

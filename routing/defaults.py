@@ -2,17 +2,16 @@
 
 The local ComfyUI is free and on by default; its URL comes from COMFYUI_URL unless staff set
 one in the admin. Paid backends exist from the start but stay "not configured" (and unused)
-until their API keys are set; their prices start from settings and are editable in the admin.
+until their API keys are set; their prices come from billing/prices.py until staff set one in the
+admin.
 """
-from django.conf import settings
 
 
 def default_backends() -> list[dict]:
     return [
         {"name": "local", "kind": "comfyui", "category": "local", "priority": 0,
          "expected_image_seconds": 15.0, "expected_video_seconds": 240.0},
-        {"name": "runpod", "kind": "runpod", "category": "cloud", "priority": 10,
-         "price_per_second": settings.RUNPOD_PRICE_PER_SECOND,
+        {"name": "runpod", "kind": "runpod", "category": "cloud", "priority": 10,  # price: billing.prices
          "expected_image_seconds": 25.0, "expected_video_seconds": 300.0},
         {"name": "pods", "kind": "pod", "category": "cloud", "priority": 15,
          "expected_image_seconds": 20.0, "expected_video_seconds": 240.0},

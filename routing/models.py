@@ -103,7 +103,8 @@ class Backend(models.Model):
     priority = models.IntegerField(default=0, help_text="Lower is tried first among equals")
 
     # Cost model (USD). Local ComfyUI is free; cloud charges per second, Gemini per output.
-    price_per_second = models.DecimalField(**MONEY)
+    price_per_second = models.DecimalField(
+        **MONEY, help_text="RunPod serverless: 0 = billing/prices.py for RUNPOD_ENDPOINT_GPU")
     price_per_image = models.DecimalField(**MONEY, help_text="Gemini: 0 = billing/prices.py for the configured model")
     price_per_video_second = models.DecimalField(**MONEY, help_text="Veo: 0 = billing/prices.py for the configured model")
     # Learned expected run time per job kind, seconds (exponential moving average).

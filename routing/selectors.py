@@ -5,7 +5,7 @@ from django.db.models import Count, F, Q
 
 from billing import caps
 from billing.prices import gemini_image_price
-from billing.pricing import gemini_video_price
+from billing.pricing import gemini_video_price, metered_cost
 from workers.workflows import build_workflow
 from workers.workflows.requirements import Inventory, requirements_of
 
@@ -59,7 +59,7 @@ def estimate(backend: Backend, job: Job) -> tuple[Decimal, float]:
         from workers.pods.selectors import pod_estimate
 
         return pod_estimate(backend, seconds)
-    return (backend.price_per_second * Decimal(str(seconds))).quantize(Decimal("0.000001")), seconds
+    return metered_cost(backend, seconds), seconds
 
 
 def candidates_for(job: Job, refused: dict | None = None) -> list[Candidate]:

@@ -7,6 +7,7 @@ from django.conf import settings
 from django.db.models import Count, Max
 from django.utils import timezone
 
+from billing.prices import pod_hourly_estimate
 from routing.models import ACTIVE_ATTEMPT_STATES, ACTIVE_JOB_STATES, Attempt, AttemptStatus
 
 from .models import LIVE, USABLE, CloudPod, PodAssignment, PodStatus
@@ -40,10 +41,10 @@ def idle_since(pod: CloudPod) -> Optional[datetime]:
 
 def expected_pod_rate() -> Decimal:
     """$/h a new pod will cost: the rate RunPod reported for the newest pod it created (the
-    GPU types and clouds it picks from do not change between pods), else the setting."""
+    GPU types and clouds it picks from do not change between pods), else the price table's."""
     latest = (CloudPod.objects.filter(runpod_id__isnull=False, cost_per_hour__gt=0).exclude(runpod_id="")
               .order_by("-created_at").values_list("cost_per_hour", flat=True).first())
-    return Decimal(latest) if latest else Decimal(settings.RUNPOD_POD_PRICE_PER_HOUR)
+    return Decimal(latest) if latest else pod_hourly_estimate()
 
 
 def pod_estimate(backend, seconds: float, now=None) -> tuple[Decimal, float]:
