@@ -377,8 +377,8 @@ def _meter_stopped(attempt: Attempt, client, *, ahead: float) -> bool:
 
 def _queued_metered(user_id, exclude):
     """The user's metered attempts still queued on their backends (sent, not running yet)."""
-    metered = Q(backend__price_per_second__gt=0, backend__kind__in=(Backend.Kind.RUNPOD, Backend.Kind.COMFYUI)) | \
-        Q(backend__kind=Backend.Kind.POD)
+    metered = Q(backend__kind__in=(Backend.Kind.RUNPOD, Backend.Kind.POD)) | \
+        Q(backend__kind=Backend.Kind.COMFYUI, backend__price_per_second__gt=0)
     return Attempt.objects.filter(metered, job__user_id=user_id, status=AttemptStatus.SUBMITTED,
                                   running_at__isnull=True).exclude(id=exclude).select_related("backend", "job")
 

@@ -4,13 +4,16 @@ Beat is played by the test: it calls the autoscaler and the reaper itself (with 
 the reaper), so nothing waits for minutes. Everything else runs in the worker processes.
 """
 import base64
-from datetime import timedelta
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 from decimal import Decimal
 
 import pytest
 from django.utils import timezone
 
 from billing import caps
+from billing.models import LedgerEntry
+from billing.reconcile import reconcile
 from routing import services
 from routing.models import Backend, Job, JobStatus
 from tests.conftest import configure, wait_for
@@ -58,7 +61,17 @@ def all_final(jobs):
     return all(Job.objects.get(id=job.id).is_final for job in jobs)
 
 
-def test_a_backlog_with_local_busy_spawns_pods_that_run_the_jobs_and_are_stopped_when_idle(cloud, workers, alice):
+def _day_window(entries):
+    """The UTC day the entries were written on (a run across midnight cannot be compared by day)."""
+    days = {entry.created_at.astimezone(dt_timezone.utc).date() for entry in entries}
+    if len(days) != 1:
+        pytest.skip("the run crossed midnight UTC")
+    start = datetime.combine(days.pop(), datetime.min.time(), tzinfo=dt_timezone.utc)
+    return start, start + timedelta(days=1)
+
+
+def test_a_backlog_with_local_busy_spawns_pods_that_run_the_jobs_and_are_stopped_when_idle(
+        cloud, workers, alice, settings):
     fake = cloud
     workers.start(concurrency=4)
     jobs = submit(alice, 10)
@@ -89,6 +102,14 @@ def test_a_backlog_with_local_busy_spawns_pods_that_run_the_jobs_and_are_stopped
         charged = sum(a.attempt.cost for a in row.assignments.select_related("attempt"))
         assert charged + row.idle_cost == row.uptime_cost
     assert caps.ledger_total() == sum(row.uptime_cost for row in rows)
+
+    # ...and agrees with what RunPod's billing API says it billed for each pod
+    settings.RUNPOD_REST_BASE_URL = fake.rest_url
+    start, end = _day_window(LedgerEntry.objects.all())
+    report = reconcile(start=start, end=end)
+    pod_lines = [line for line in report.lines if line.provider == "runpod pods"]
+    assert len(pod_lines) == 2 and report.clean, [(line.what, line.billed, line.ledger) for line in report.lines]
+    assert all(line.ledger >= line.billed for line in pod_lines)  # our clock starts a moment before RunPod's
 
 
 def test_a_pod_whose_comfyui_dies_mid_job_fails_the_job_over(cloud, workers, alice, settings, local_backend):
@@ -151,6 +172,30 @@ def test_a_serverless_job_stores_its_image_and_video_at_once_and_costs_its_execu
     attempt = job.attempts.get()
     assert attempt.seconds == pytest.approx(0.5, abs=0.05)
     assert attempt.cost == (settings.RUNPOD_PRICE_PER_SECOND * 500 / 1000).quantize(attempt.cost)
+
+
+def test_reconciliation_records_the_serverless_worker_time_no_job_was_charged_for(cloud, workers, alice, settings):
+    fake = cloud
+    fake.worker_overhead_seconds = 40.0  # RunPod bills each job's cold start and idle timeout too
+    configure(settings, workers, RUNPOD_ENDPOINT_ID=ENDPOINT_ID, RUNPOD_REST_BASE_URL=fake.rest_url)
+    workers.start()
+    jobs = submit(alice, 2, preference="cloud")
+    wait_for(lambda: all_final(jobs), 30, 0.2, "the serverless jobs")
+    assert all(Job.objects.get(id=job.id).backend.name == "runpod" for job in jobs)
+    start, end = _day_window(LedgerEntry.objects.all())
+    price = settings.RUNPOD_PRICE_PER_SECOND
+
+    before = reconcile(start=start, end=end, now=end)  # not recording: the gap is shown
+    [line] = [line for line in before.lines if line.provider == "runpod serverless"]
+    assert line.difference == price * 80 and not before.clean  # 2 jobs x 40 s beyond their executionTime
+
+    later = end + timedelta(hours=3)  # the day has ended and RunPod has written its records
+    after = reconcile(start=start, end=end, record=True, now=later)  # recorded once
+    assert after.recorded == [(f"runpod-overhead:{ENDPOINT_ID}:{start.date()}", price * 80)] and after.clean
+    assert reconcile(start=start, end=end, record=True, now=later).recorded == []
+    [overhead] = LedgerEntry.objects.filter(key__startswith="runpod-overhead:")
+    assert overhead.kind == "idle" and overhead.user_id is None  # the installation's, against its cap
+    assert caps.ledger_total() == sum(Job.objects.get(id=job.id).cost for job in jobs) + price * 80
 
 
 def test_a_job_cancelled_by_the_user_is_cancelled_on_runpod(cloud, workers, alice, settings):

@@ -12,6 +12,7 @@ SCHEDULES = [
     ("autoscale cloud pods", "workers.pod_tasks.autoscale_pods", "RUNPOD_AUTOSCALE_SECONDS", "control", 15),
     ("stop idle cloud pods", "workers.pod_tasks.reap_idle_pods", "RUNPOD_REAP_SECONDS", "control", 60),
     ("reconcile cloud pods", "workers.pod_tasks.reconcile_pods", "RUNPOD_RECONCILE_SECONDS", "cloud", 300),
+    ("reconcile spend with RunPod", "billing.tasks.reconcile_spend", "RECONCILE_SPEND_SECONDS", "cloud", 600),
 ]
 
 

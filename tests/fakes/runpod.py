@@ -148,6 +148,9 @@ class FakeRunPod:
         self.pods: dict[str, FakePod] = {}  # live pods (RUNNING or EXITED), as myself { pods } lists
         self.terminated = []  # pod ids podTerminate'd, in order
         self.every_pod: dict[str, FakePod] = {}  # every pod ever created, terminated ones too
+        # Serverless billing: the endpoint's flex price, and the worker seconds billed per job
+        # beyond its execution (cold start, the idle timeout after it), as RunPod bills them.
+        self.serverless_price, self.worker_overhead_seconds = 0.00031, 0.0
         self.workers_seen = {}  # worker id -> last job-take time
         self.bucket = {}  # name -> bytes, served at /bucket/{name} (a stand-in for presigned URLs)
         self.host, self.port = "127.0.0.1", 0
@@ -227,6 +230,8 @@ class FakeRunPod:
         app.router.add_post(v2 + "/job-done/{worker}/{job_id}", self._job_done)
         app.router.add_get(v2 + "/ping/{worker}", self._ping)
         app.router.add_post("/graphql", self._graphql)
+        app.router.add_get("/v1/billing/pods", self._billing_pods)  # rest.runpod.io/v1 stand-in
+        app.router.add_get("/v1/billing/endpoints", self._billing_endpoints)
         app.router.add_route("*", "/proxy/{pod_id}-{port}/{tail:.*}", self._proxy)
         app.router.add_get("/bucket/{name}", self._bucket_get)
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
@@ -260,6 +265,35 @@ class FakeRunPod:
         × its hourly rate, in dollars."""
         now = time.monotonic()
         return sum(((pod.ended or now) - pod.created) * pod.cost_per_hour / 3600 for pod in list(self.every_pod.values()))
+
+    @property
+    def rest_url(self):
+        return f"{self.url}/v1"
+
+    async def _billing_pods(self, request):
+        """GET /billing/pods?grouping=podId: one record per pod (this fake's buckets are whole
+        lives, not hours, and fall in any window asked for), amount = uptime × rate."""
+        if not self._auth_ok(request):
+            return web.json_response({"error": "Unauthorized"}, status=401)
+        now = time.monotonic()
+        records = [{"time": "2026-01-01T00:00:00Z", "podId": pod.id, "gpuTypeId": pod.gpu[0],
+                    "amount": round(((pod.ended or now) - pod.created) * pod.cost_per_hour / 3600, 6),
+                    "timeBilledMs": int(((pod.ended or now) - pod.created) * 1000), "diskSpaceBilledGb": 40}
+                   for pod in list(self.every_pod.values())]
+        wanted = request.query.get("podId")
+        return web.json_response([r for r in records if not wanted or r["podId"] == wanted])
+
+    async def _billing_endpoints(self, request):
+        """GET /billing/endpoints?grouping=endpointId: the endpoint's worker time, each job's run
+        plus the overhead RunPod bills around it."""
+        if not self._auth_ok(request):
+            return web.json_response({"error": "Unauthorized"}, status=401)
+        seconds = sum(self.billed_seconds().values()) + self.worker_overhead_seconds * sum(
+            1 for job in list(self.jobs.values()) if job.started is not None)
+        endpoint = request.query.get("endpointId") or ENDPOINT_ID
+        return web.json_response([{"time": "2026-01-01T00:00:00Z", "endpointId": endpoint,
+                                   "amount": round(seconds * self.serverless_price, 6),
+                                   "timeBilledMs": int(seconds * 1000)}])
 
     def worker_env(self, endpoint_id=ENDPOINT_ID, worker_id="worker-1") -> dict:
         """Environment for a real `runpod.serverless.start` worker served by this fake."""

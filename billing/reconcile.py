@@ -1,0 +1,175 @@
+"""Reconciliation: the ledger against what the providers say they billed, where their APIs allow.
+
+- RunPod pods: `GET /billing/pods` by pod id. A pod that ended is in the ledger as its jobs'
+  charges plus its idle time, which should equal RunPod's amount (our clock starts when we ask
+  for the pod, a second or so before RunPod's, so ours is a little higher). A live pod is not
+  settled yet: reported, not compared. A billed pod with no row here is named: it may be
+  another use of the account, or one of ours that reconcile_pods has not seen.
+- RunPod serverless: `GET /billing/endpoints` for the endpoint. The ledger charges each job its
+  executionTime; RunPod bills worker time from start to stop, so the endpoint's bill is higher by
+  the cold starts and idle timeouts around the jobs. That gap is the installation's, and
+  `record` writes it to the ledger once per UTC day that has ended (kind idle, against the
+  installation's monthly cap), so the ledger's total is the real bill. Beat does this every
+  RECONCILE_SPEND_SECONDS for the day before (billing/tasks.py).
+- Gemini: the Developer API has no billing or usage endpoint for an API key (usage is in the
+  Cloud Billing report of the project); the ledger's Gemini total is reported for comparison by
+  hand.
+
+Differences within TOLERANCE per pod or endpoint-day are clean; RunPod writes its records up
+to an hour after the usage, so the current hour may show RunPod below the ledger.
+"""
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from datetime import timezone as dt_timezone
+from decimal import Decimal
+
+from django.conf import settings
+from django.db.models import Q, Sum
+
+from . import caps
+from .models import LedgerEntry
+from .pricing import money
+
+TOLERANCE = Decimal("0.01")
+RECORD_LAG = timedelta(hours=2)  # a day's RunPod records are complete this long after it ended
+SPENT = (LedgerEntry.Kind.CHARGE, LedgerEntry.Kind.IDLE, LedgerEntry.Kind.UNMATCHED, LedgerEntry.Kind.ADJUSTMENT)
+
+
+@dataclass
+class Line:
+    provider: str
+    what: str
+    billed: Decimal | None  # None: the provider's figure is not available
+    ledger: Decimal
+    note: str = ""
+    suspect: bool = False  # a mismatch whatever the amounts (money no row here accounts for)
+
+    @property
+    def difference(self) -> Decimal | None:
+        return None if self.billed is None else self.billed - self.ledger
+
+    @property
+    def clean(self) -> bool:
+        return not self.suspect and (self.difference is None or abs(self.difference) <= TOLERANCE)
+
+
+@dataclass
+class Report:
+    start: datetime
+    end: datetime
+    lines: list = field(default_factory=list)
+    recorded: list = field(default_factory=list)  # (key, amount) written by record=True
+    errors: list = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return not self.errors and all(line.clean for line in self.lines)
+
+
+def reconcile(*, start: datetime, end: datetime, billing=None, record: bool = False, now=None) -> Report:
+    """`billing`: a RunPodBilling (built from the settings when RUNPOD_API_KEY is set)."""
+    from workers.clients.base import BackendError
+
+    now = now or datetime.now(dt_timezone.utc)
+    report = Report(start=start, end=end)
+    if billing is None and settings.RUNPOD_API_KEY:
+        from workers.clients.runpod_billing import RunPodBilling
+
+        billing = RunPodBilling(api_key=settings.RUNPOD_API_KEY, base_url=settings.RUNPOD_REST_BASE_URL,
+                                timeout=settings.RUNPOD_HTTP_TIMEOUT)
+    if billing is not None:
+        for check in (_pods, _serverless):
+            try:
+                check(report, billing, record=record, now=now)
+            except BackendError as error:
+                report.errors.append(error.message)
+    gemini = _ledger(Q(backend__kind="gemini"), start, end)
+    report.lines.append(Line("gemini", "all Gemini runs", None, gemini,
+                             "no billing API for an API key: compare with the project's Cloud Billing report"))
+    return report
+
+
+def _ledger(where: Q, start: datetime, end: datetime) -> Decimal:
+    return _ever(where & Q(created_at__gte=start, created_at__lt=end))
+
+
+def _ever(where: Q) -> Decimal:
+    rows = LedgerEntry.objects.filter(where, kind__in=SPENT)
+    return rows.aggregate(total=Sum("amount"))["total"] or Decimal("0")
+
+
+def _pods(report: Report, billing, *, record: bool, now) -> None:
+    from workers.pods.models import LIVE, CloudPod
+
+    billed = billing.pods(report.start, report.end)
+    rows = {row.runpod_id: row for row in CloudPod.objects.filter(runpod_id__in=list(billed))}
+    for pod_id, amount in sorted(billed.items()):
+        row = rows.get(pod_id)
+        if row is None:
+            report.lines.append(Line("runpod pods", pod_id, amount, Decimal("0"),
+                                     "billed by RunPod, no row here: another use of the account, or untracked",
+                                     suspect=True))
+            continue
+        if row.status in LIVE or row.terminated_at is None:
+            report.lines.append(Line("runpod pods", f"{pod_id} ({row.name})", None, caps.pod_held(row.id),
+                                     "still running: held so far, settled when it ends"))
+            continue
+        ledger = _ever(Q(attempt__pod_assignment__pod=row) | Q(key=f"pod-idle:{row.id}"))
+        report.lines.append(Line("runpod pods", f"{pod_id} ({row.name})", amount, ledger,
+                                 f"{row.jobs_processed} jobs, idle ${row.idle_cost}"))
+
+
+def _serverless(report: Report, billing, *, record: bool, now) -> None:
+    if not settings.RUNPOD_ENDPOINT_ID:
+        return
+    endpoint = settings.RUNPOD_ENDPOINT_ID
+    day = report.start.astimezone(dt_timezone.utc).date()
+    last = report.end.astimezone(dt_timezone.utc).date()
+    while day <= last:
+        start = max(report.start, _midnight(day))
+        end = min(report.end, _midnight(day + timedelta(days=1)))
+        if start < end:
+            _serverless_day(report, billing, endpoint, day, start, end, record=record, now=now)
+        day += timedelta(days=1)
+
+
+def _serverless_day(report, billing, endpoint, day: date, start, end, *, record: bool, now) -> None:
+    billed = billing.endpoint(endpoint, start, end)
+    key = f"runpod-overhead:{endpoint}:{day.isoformat()}"
+    jobs = _ledger(Q(backend__kind="runpod") & ~Q(key=key), start, end)
+    overhead = _ever(Q(key=key))
+    gap = money(billed - jobs - overhead)
+    whole_day = start == _midnight(day) and end == _midnight(day + timedelta(days=1)) and end + RECORD_LAG <= now
+    if record and gap > 0 and not overhead and whole_day:
+        from routing.models import Backend
+
+        backend = Backend.objects.filter(kind=Backend.Kind.RUNPOD).order_by("id").first()
+        if caps.record_idle(key=key, amount=gap, backend=backend, day=day,
+                            note=f"RunPod worker time around the jobs of {day}: cold starts and idle timeouts"):
+            report.recorded.append((key, gap))
+            overhead = gap
+    report.lines.append(Line("runpod serverless", f"endpoint {endpoint}, {day.isoformat()}", billed, jobs + overhead,
+                             "worker time beyond the jobs' executionTime (cold starts, idle timeout)"
+                             + ("" if overhead else "; not recorded yet")))
+
+
+def _midnight(day: date) -> datetime:
+    return datetime.combine(day, time.min, tzinfo=dt_timezone.utc)
+
+
+def reconcile_yesterday(*, now=None) -> Report:
+    """What beat runs: yesterday (UTC), recording its serverless overhead once RunPod's records
+    are complete, and a warning for every line that does not agree."""
+    import logging
+
+    now = now or datetime.now(dt_timezone.utc)
+    today = _midnight(now.astimezone(dt_timezone.utc).date())
+    report = reconcile(start=today - timedelta(days=1), end=today, record=True, now=now)
+    log = logging.getLogger(__name__)
+    for line in report.lines:
+        if not line.clean:
+            log.warning("reconcile: %s %s: provider $%s, ledger $%s (%s)", line.provider, line.what, line.billed,
+                        line.ledger, line.note)
+    for error in report.errors:
+        log.warning("reconcile: could not read the provider's records: %s", error)
+    return report

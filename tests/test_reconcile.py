@@ -1,0 +1,95 @@
+"""manage.py reconcile_spend and the RunPod billing client, against the fake RunPod's billing API."""
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
+from decimal import Decimal
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from billing.reconcile import reconcile
+from routing.defaults import ensure_default_backends
+from tests.fakes.runpod import FakeRunPod
+from workers.clients.base import BackendError
+from workers.clients.runpod_billing import RunPodBilling
+
+pytestmark = pytest.mark.django_db
+NOW = datetime.now(dt_timezone.utc)
+
+
+@pytest.fixture
+def fake(settings):
+    with FakeRunPod() as server:
+        settings.RUNPOD_API_KEY, settings.RUNPOD_REST_BASE_URL = "test-key", server.rest_url
+        settings.RUNPOD_ENDPOINT_ID = ""
+        ensure_default_backends()
+        yield server
+
+
+def test_a_pod_runpod_billed_that_we_have_no_row_for_is_a_mismatch_and_the_command_exits_2(fake, capsys):
+    orphan = fake.add_orphan_pod()
+
+    report = reconcile(start=NOW - timedelta(hours=1), end=NOW + timedelta(minutes=1))
+
+    [line] = [line for line in report.lines if line.provider == "runpod pods"]
+    assert line.what == orphan and line.ledger == 0 and "no row here" in line.note
+    with pytest.raises(SystemExit) as exit:
+        call_command("reconcile_spend", "--days", "1")
+    assert exit.value.code == 2
+    out = capsys.readouterr().out
+    assert orphan in out and "DIFFERENCES FOUND" in out and "Cloud Billing report" in out
+
+
+def test_nothing_billed_and_nothing_spent_is_clean(fake, capsys):
+    call_command("reconcile_spend", "--json")
+    assert '"clean": true' in capsys.readouterr().out
+
+
+def test_a_billing_api_that_refuses_the_key_is_reported_not_raised(fake, settings):
+    settings.RUNPOD_API_KEY = "wrong"
+
+    report = reconcile(start=NOW - timedelta(days=1), end=NOW)
+
+    assert not report.clean and "HTTP 401" in report.errors[0]
+
+
+def test_the_billing_client_sums_records_by_pod_and_refuses_garbage(fake):
+    billing = RunPodBilling(api_key="test-key", base_url=fake.rest_url, timeout=5)
+    orphan = fake.add_orphan_pod()
+    assert set(billing.pods(NOW - timedelta(hours=1), NOW)) == {orphan}
+    assert billing._by([{"podId": "a", "amount": 0.25}, {"podId": "a", "amount": "0.5"}, {"amount": 9}], "podId") == \
+        {"a": Decimal("0.75")}
+    with pytest.raises(BackendError, match="not a number"):
+        billing._by([{"podId": "a", "amount": "lots"}], "podId")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--since", "yesterday"], "not a date"),
+    (["--days", "0"], "positive"),
+    (["--since", "2026-12-02", "--until", "2026-12-01"], "before"),
+])
+def test_bad_arguments_are_clear_errors(fake, args, message):
+    with pytest.raises(CommandError, match=message):
+        call_command("reconcile_spend", *args)
+
+
+def test_beat_reconciles_yesterday_and_records_its_overhead_only_once_runpods_records_are_in(fake, settings):
+    from billing.models import LedgerEntry
+    from billing.reconcile import reconcile_yesterday
+    from billing.tasks import reconcile_spend
+    from workers.schedules import SCHEDULES
+
+    settings.RUNPOD_ENDPOINT_ID = "ep-test"
+    fake.jobs["old"] = type("Job", (), {"id": "old", "started": 0.0, "finished": 1000.0, "status": "COMPLETED"})()
+    fake.worker_overhead_seconds = 0.0  # 1000 s billed for the endpoint, no job charged for any of it
+    midnight = datetime.combine(NOW.date(), datetime.min.time(), tzinfo=dt_timezone.utc)
+
+    early = reconcile_yesterday(now=midnight + timedelta(minutes=30))  # RunPod may still be writing records
+    assert early.recorded == [] and not early.clean and not early.errors
+    later = reconcile_yesterday(now=midnight + timedelta(hours=3))
+    yesterday = (midnight - timedelta(days=1)).date()
+    assert later.recorded == [(f"runpod-overhead:ep-test:{yesterday}", Decimal("0.31"))] and later.clean
+    [entry] = LedgerEntry.objects.filter(kind="idle")
+    assert entry.day == yesterday and entry.user_id is None
+    assert reconcile_spend.run()["recorded"] == []  # once per day, whoever runs it again
+    assert ("RECONCILE_SPEND_SECONDS", "cloud") in {(every, queue) for _, task, every, queue, _ in SCHEDULES
+                                                    if task == "billing.tasks.reconcile_spend"}
