@@ -8,7 +8,8 @@ fake Gemini. Each fake sits behind a ChaosProxy (tests/fakes/chaos_proxy.py) tha
 given share of requests (5xx, hangs, garbage, dropped connections, answers lost after the
 work was done, WebSockets cut mid-stream, Google-style 429s), decided on the seed. Meanwhile
 the run SIGKILLs a worker of another queue a few times (and starts a replacement), kills a
-pod's ComfyUI mid-job a few times, and crashes Redis once. A supervisor restarts any worker or
+pod's ComfyUI mid-job a few times, and crashes Redis twice: once it comes back from its AOF,
+once empty (as a Redis without persistence would). A supervisor restarts any worker or
 beat that exits on its own, as systemd does in production (deploy/systemd: Restart=always),
 and the report lists those exits.
 
@@ -17,9 +18,11 @@ submitted / succeeded / failed and why, success rate, failovers, duplicate execu
 vs job costs, pods left running, p50/p95 job time. Figures go to DIR/chaos.json (default
 bench/results/); worker logs to DIR/chaos-logs/.
 
-Exit status 1 when a hard invariant breaks: a duplicate execution, the ledger not matching the
-job costs to the cent (or a hold left unsettled), a pod left running. The success-rate target
-(99 % of the jobs that could succeed) and "every failure unavoidable" are reported as targets.
+Exit status 1 when a hard invariant breaks: a job not ended, an avoidable failure, a duplicate
+execution, a provider-side paid run the ledger does not hold (the fakes' records are the
+truth), the ledger not matching the job costs to the cent (or a hold left unsettled), a pod
+left running, a capped user charged past the cap plus one poll interval. The success-rate
+target (99 % of the jobs that could succeed) is reported as a target.
 """
 import argparse
 import json
@@ -110,8 +113,9 @@ def _invalid_workflow(prompt: str) -> dict:
 
 # --- the chaos monkey ------------------------------------------------------------------------
 class Monkey(threading.Thread):
-    """Fires the scheduled faults as the submissions progress: worker kills, pod deaths, one
-    Redis crash. A pod death waits for a pod with a running job (gives up after the run)."""
+    """Fires the scheduled faults as the submissions progress: worker kills, pod deaths, a Redis
+    crash recovered from its AOF and one that loses all of Redis's data. A pod death waits for a
+    pod with a running job (gives up after the run)."""
 
     def __init__(self, world, schedule, progress, started):
         super().__init__(name="chaos-monkey", daemon=True)
@@ -157,10 +161,12 @@ class Monkey(threading.Thread):
             replacement = self.world.processes.start_worker(process.queue)
             self.log(what, f"SIGKILL {name} (queue {process.queue}); replacement {replacement} ready")
             return True
-        if what == "restart redis":
+        if what in ("restart redis", "restart redis empty"):
             began = time.monotonic()
-            self.world.restart_redis()
-            self.log(what, f"Redis SIGKILLed and restarted from its AOF, back after {time.monotonic() - began:.1f} s")
+            empty = what == "restart redis empty"
+            self.world.restart_redis(lose_data=empty)
+            how = "empty (its data lost, as without an AOF)" if empty else "from its AOF"
+            self.log(what, f"Redis SIGKILLed and restarted {how}, back after {time.monotonic() - began:.1f} s")
             return True
         if what == "kill pod":
             from routing.models import Attempt
@@ -185,6 +191,7 @@ def schedule(n: int, seed: int) -> list[tuple[float, str]]:
     events = [((k + 1) / (kills + 1) + rng.uniform(-0.07, 0.07), "kill worker") for k in range(kills)]
     events += [((k + 1.5) / (pods + 1.5) + rng.uniform(-0.05, 0.05), "kill pod") for k in range(pods)]
     events.append((0.45 + rng.uniform(-0.05, 0.05), "restart redis"))
+    events.append((0.75 + rng.uniform(-0.05, 0.05), "restart redis empty"))
     return sorted(events)
 
 

@@ -331,14 +331,18 @@ class World:
         self.processes.start_beat()
         self.processes.supervise()
 
-    def restart_redis(self, down_seconds: float = 1.5, crash: bool = True):
-        """Redis goes away (SIGKILL: a crash, only the AOF survives) and comes back on its port."""
+    def restart_redis(self, down_seconds: float = 1.5, crash: bool = True, lose_data: bool = False):
+        """Redis goes away (SIGKILL: a crash, only the AOF survives) and comes back on its port.
+        `lose_data`: it comes back empty, as a Redis without persistence does: every queued task,
+        result and lock is gone, and only the database says what was in flight."""
         process = self.redis.process
         if crash:
             process.kill()
         else:
             process.terminate()
         process.wait(10)
+        if lose_data:
+            self.redis.wipe()
         time.sleep(down_seconds)
         self.redis.start()
 

@@ -2,7 +2,8 @@
 
 50 jobs through the JSON API, real Redis and real Celery workers (one per queue, plus beat) to
 the fake ComfyUI, RunPod and Gemini, each behind a ChaosProxy failing 10 % of requests on a
-fixed seed, while a worker is SIGKILLed, a pod's ComfyUI dies mid-job and Redis crashes once.
+fixed seed, while a worker is SIGKILLed, a pod's ComfyUI dies mid-job and Redis crashes twice (once
+coming back from its AOF, once empty).
 The run is a separate process (it configures Django for its own scratch database and Redis).
 Small samples are noisy, so the success bar here is 95 %; the long run's target is 99 %.
 """
