@@ -2,12 +2,13 @@
 
 The chaos run: a few hundred jobs — image and video, mostly auto with some forced local /
 cloud / Gemini, low / normal / high priority, several users (one with a small spending cap),
-a few with an invalid workflow — sent through the JSON API, real Redis and real Celery workers
+a few with an invalid workflow — sent to the JSON API of the real web server (gunicorn), real Redis and real Celery workers
 (one per queue, plus beat) to the fake ComfyUI (local), fake RunPod (serverless + pods) and
 fake Gemini. Each fake sits behind a ChaosProxy (tests/fakes/chaos_proxy.py) that fails the
 given share of requests (5xx, hangs, garbage, dropped connections, answers lost after the
 work was done, WebSockets cut mid-stream, Google-style 429s), decided on the seed. Meanwhile
-the run SIGKILLs a worker of another queue a few times (and starts a replacement), kills a
+the run SIGKILLs a worker of another queue a few times (and starts a replacement), SIGKILLs the
+cloud and the Gemini worker inside a paid call (the fake holds its answer until then), kills a
 pod's ComfyUI mid-job a few times, and crashes Redis twice: once it comes back from its AOF,
 once empty (as a Redis without persistence would). A supervisor restarts any worker or
 beat that exits on its own, as systemd does in production (deploy/systemd: Restart=always),
@@ -124,6 +125,8 @@ class Monkey(threading.Thread):
         self.rng = random.Random(f"monkey|{world.seed}")
         self.error = None
         self.victims = self.rng.sample(QUEUES, len(QUEUES))  # each kill hits another queue's worker
+        self.armed = {}  # mid-call kills waiting for their call: what -> (calls seen, since)
+        self.gemini_latency = world.gemini.latency
 
     def log(self, what: str, detail: str):
         self.events.append({"t": round(time.monotonic() - self.started, 1), "what": what, "detail": detail})
@@ -137,12 +140,14 @@ class Monkey(threading.Thread):
                     if self.fire(event[1]):
                         pending.remove(event)
                 time.sleep(0.3)
+            self.release_holds()
             for at, what in pending:
                 self.log(what, "skipped: no occasion before the run ended")
         except Exception as error:  # reported; the run goes on
             self.error = repr(error)
             self.log("monkey error", repr(error))
         finally:
+            self.release_holds()
             from django.db import connection
 
             connection.close()
@@ -168,6 +173,8 @@ class Monkey(threading.Thread):
             how = "empty (its data lost, as without an AOF)" if empty else "from its AOF"
             self.log(what, f"Redis SIGKILLed and restarted {how}, back after {time.monotonic() - began:.1f} s")
             return True
+        if what in ("kill during runpod /run", "kill during gemini call"):
+            return self._kill_mid_call(what)
         if what == "kill pod":
             from routing.models import Attempt
 
@@ -185,6 +192,51 @@ class Monkey(threading.Thread):
         raise ValueError(what)
 
 
+    # A kill timed into a paid call: the fake holds its answer (the provider has started the run)
+    # until the call's worker is SIGKILLed, so the crash window is hit on purpose, not by luck.
+    MID_CALL = {"kill during runpod /run": ("cloud", "runpod"), "kill during gemini call": ("gemini", "gemini")}
+
+    def _kill_mid_call(self, what: str) -> bool:
+        queue, provider = self.MID_CALL[what]
+        armed = self.armed.get(what)
+        if armed is None:  # hold the next answers and remember how many calls had come
+            self._hold(provider, True)
+            self.armed[what] = (self._paid_calls(provider), time.monotonic())
+            return False
+        seen, since = armed
+        if self._paid_calls(provider) <= seen:
+            if time.monotonic() - since > 60:  # no such call came: let the answers go, try later
+                self._hold(provider, False)
+                del self.armed[what]
+            return False
+        names = sorted(n for n, p in list(self.world.processes.workers.items()) if p.queue == queue)
+        process = self.world.processes.kill(names[0]) if names else None
+        self._hold(provider, False)
+        del self.armed[what]
+        if process is None:
+            return False
+        replacement = self.world.processes.start_worker(process.queue)
+        self.log(what, f"SIGKILL {names[0]} while {provider} had started a paid run and not answered; "
+                       f"replacement {replacement} ready")
+        return True
+
+    def _paid_calls(self, provider: str) -> int:
+        if provider == "runpod":
+            return len(self.world.runpod.jobs)
+        return sum(1 for r in list(self.world.gemini.requests) if r["action"] in ("generateContent", "predictLongRunning"))
+
+    def _hold(self, provider: str, on: bool):
+        if provider == "runpod":
+            self.world.runpod.run_answer_delay = 3600 if on else 0.0
+        else:
+            self.world.gemini.latency = 3600 if on else self.gemini_latency
+
+    def release_holds(self):
+        for what in list(self.armed):
+            self._hold(self.MID_CALL[what][1], False)
+        self.armed.clear()
+
+
 def schedule(n: int, seed: int) -> list[tuple[float, str]]:
     rng = random.Random(f"schedule|{seed}")
     kills, pods = (3, 3) if n >= 100 else (1, 1)
@@ -192,22 +244,28 @@ def schedule(n: int, seed: int) -> list[tuple[float, str]]:
     events += [((k + 1.5) / (pods + 1.5) + rng.uniform(-0.05, 0.05), "kill pod") for k in range(pods)]
     events.append((0.45 + rng.uniform(-0.05, 0.05), "restart redis"))
     events.append((0.75 + rng.uniform(-0.05, 0.05), "restart redis empty"))
+    events.append((0.3 + rng.uniform(-0.05, 0.05), "kill during runpod /run"))
+    events.append((0.5 + rng.uniform(-0.05, 0.05), "kill during gemini call"))
     return sorted(events)
 
 
 # --- the run ---------------------------------------------------------------------------------
 def submit_all(world, plans: dict, rate: float, progress: dict):
-    from django.test import Client
+    """POST every plan to the JSON API of the real web server (gunicorn, as `make run` serves it)."""
+    import requests
 
-    clients = {user: Client(HTTP_AUTHORIZATION=f"Bearer {key}") for user, key in world.tokens.items()}
+    sessions = {}
+    for user, key in world.tokens.items():
+        sessions[user] = requests.Session()
+        sessions[user].headers["Authorization"] = f"Bearer {key}"
     started = time.monotonic()
     for i, plan in plans.items():
         due = started + i / rate
         if (wait := due - time.monotonic()) > 0:
             time.sleep(wait)
         try:
-            response = clients[plan.user].post("/api/jobs", plan.body, content_type="application/json")
-        except Exception as error:  # the test client re-raises a view's exception: a 500 for a user
+            response = sessions[plan.user].post(f"{world.web_url}/api/jobs", json=plan.body, timeout=30)
+        except requests.RequestException as error:
             plan.submit_error = f"{type(error).__name__}: {error}"[:300]
             progress["submitted"] = i + 1
             continue

@@ -121,7 +121,7 @@ class Processes:
         self.env = env
         self.log_dir = log_dir
         self.workers: dict[str, subprocess.Popen] = {}  # name -> live process
-        self.beat = None
+        self.beat = self.web = None
         self._count = collections.Counter()
         self.started = 0
         self.lock = threading.RLock()
@@ -155,6 +155,30 @@ class Processes:
                      f"worker {process.log.name} to be ready")
             if process.poll() is not None:
                 raise RuntimeError(f"a worker died at start:\n{process.log.read_text()[-3000:]}")
+
+    def start_web(self, timeout: float = 60) -> str:
+        """The web server as `make run` starts it (deploy/Procfile: gunicorn, 2 processes × 4
+        threads) on a free port; the URL once /healthz answers."""
+        import requests
+
+        port = _free_port()
+        log = self.log_dir / "web.log"
+        self.web = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "project.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "2",
+             "--threads", "4", "--access-logfile", "-", "--error-logfile", "-"],
+            cwd=ROOT, env=self.env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+
+        def answers():
+            if self.web.poll() is not None:
+                raise RuntimeError(f"the web server died at start:\n{log.read_text()[-3000:]}")
+            try:
+                return requests.get(f"{url}/healthz", timeout=2).status_code == 200
+            except requests.RequestException:
+                return False
+
+        wait_for(answers, timeout, 0.2, "the web server")
+        return url
 
     def start_beat(self):
         self._count["beat"] += 1
@@ -207,7 +231,7 @@ class Processes:
         self._stop.set()
         if self._supervisor is not None:
             self._supervisor.join(130)
-        processes = list(self.workers.values()) + ([self.beat] if self.beat else [])
+        processes = list(self.workers.values()) + [p for p in (self.beat, self.web) if p]
         for process in processes:
             if process.poll() is None:
                 try:
@@ -221,7 +245,15 @@ class Processes:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(5)
         self.workers.clear()
-        self.beat = None
+        self.beat = self.web = None
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _last_critical(log: Path) -> str:
@@ -329,6 +361,7 @@ class World:
         names = [self.processes.start_worker(queue, wait=False) for queue in QUEUES]
         self.processes.wait_ready([self.processes.workers[name] for name in names])
         self.processes.start_beat()
+        self.web_url = self.processes.start_web()
         self.processes.supervise()
 
     def restart_redis(self, down_seconds: float = 1.5, crash: bool = True, lose_data: bool = False):
