@@ -171,15 +171,15 @@ def test_placing_a_job_picks_the_least_loaded_pod_with_room_and_is_idempotent(po
     assert set(CloudPod.objects.values_list("status", flat=True)) == {"busy"}
 
 
-def test_the_reaper_terminates_a_pod_idle_for_five_minutes_after_its_last_job(pods, fake, alice):
+def test_the_reaper_terminates_a_pod_idle_for_three_minutes_after_its_last_job(pods, fake, alice):
     pod = ready_pod(fake, pods)
     attempt = waiting_jobs(alice, pods, 1)[0]
     services.pod_place(attempt=attempt)
     ended = timezone.now()
     finish(attempt, ended)
 
-    assert services.pod_reap_idle(now=ended + timedelta(seconds=299)) == []
-    assert services.pod_reap_idle(now=ended + timedelta(seconds=301)) == [pod.id]
+    assert services.pod_reap_idle(now=ended + timedelta(seconds=179)) == []
+    assert services.pod_reap_idle(now=ended + timedelta(seconds=181)) == [pod.id]
     assert CloudPod.objects.get(id=pod.id).status == PodStatus.TERMINATING
 
 
@@ -327,8 +327,8 @@ def test_a_pod_whose_comfyui_stops_answering_is_replaced(pods, fake, settings):
 def test_an_idle_pod_with_room_is_free_and_a_new_pod_costs_spin_up_run_and_idle_tail(pods, fake, alice, settings):
     job = Job.objects.create(user=alice, prompt="x")
     cost, seconds = estimate(pods, job)
-    # ready after 180 + 20 s, but billed until the reaper stops it 300 s later: $0.69/h × 500 s
-    assert seconds == 180 + 20 and cost == Decimal("0.095833")
+    # ready after 180 + 20 s, but billed until the reaper stops it 180 s later: $0.69/h × 380 s
+    assert seconds == 180 + 20 and cost == Decimal("0.072833")
 
     ready_pod(fake, pods)
 
@@ -344,7 +344,7 @@ def test_a_new_pod_is_priced_at_the_rate_runpod_reported_for_the_last_one(pods, 
 
     cost, seconds = estimate(pods, Job.objects.create(user=alice, prompt="x"))
 
-    assert cost == (Decimal("3.29") * (180 + 20 + 300) / 3600).quantize(cost)  # not RUNPOD_POD_PRICE_PER_HOUR
+    assert cost == (Decimal("3.29") * (180 + 20 + 180) / 3600).quantize(cost)  # not RUNPOD_POD_PRICE_PER_HOUR
 
 
 def test_jobs_waiting_too_long_for_a_pod_fail_over(pods, alice, settings):
