@@ -209,7 +209,6 @@ def queue_position(job: Job) -> dict | None:
     A job waiting for the local GPU counts the waiting jobs admitted before it (same order as
     admission) plus the GPU's current queue; a job queued on a backend uses the position the
     backend last reported."""
-    from django.conf import settings
     from django.utils import timezone
 
     from .services import admission_order

@@ -5,7 +5,6 @@ A row exists BEFORE the pod is asked for (status starting, no RunPod id yet) and
 "idle since" and "jobs processed" come from our own job records, never from process memory.
 State changes are conditional updates (services.py), like everywhere else.
 """
-from decimal import Decimal
 
 from django.db import models
 
@@ -54,12 +53,6 @@ class CloudPod(models.Model):
 
     def __str__(self):
         return f"{self.name} ({self.runpod_id or 'not created'}, {self.status})"
-
-    @property
-    def is_expensive(self) -> bool:
-        from django.conf import settings
-
-        return self.cost_per_hour > Decimal(settings.RUNPOD_EXPENSIVE_PER_HOUR)
 
 
 class PodAssignment(models.Model):

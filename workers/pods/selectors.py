@@ -67,9 +67,17 @@ def pod_estimate(backend, seconds: float, now=None) -> tuple[Decimal, float]:
     # A new pod for one job is billed for its spin-up, the job, and the idle minutes before the
     # reaper stops it: pricing only the first two made single video jobs pick pods that then
     # wasted 40 % of cloud spend idle (bench/cost.py, "ours-idle-aware").
-    billed = total + settings.RUNPOD_IDLE_SECONDS
-    cost = expected_pod_rate() * Decimal(str(billed)) / Decimal(3600)
+    rate = expected_pod_rate()
+    billed = total + idle_limit(rate)
+    cost = rate * Decimal(str(billed)) / Decimal(3600)
     return cost.quantize(Decimal("0.000001")), total
+
+
+def idle_limit(cost_per_hour: Decimal) -> int:
+    """How long the reaper lets a pod at this rate sit idle."""
+    if Decimal(cost_per_hour) > Decimal(settings.RUNPOD_EXPENSIVE_PER_HOUR):
+        return settings.RUNPOD_IDLE_SECONDS_EXPENSIVE
+    return settings.RUNPOD_IDLE_SECONDS
 
 
 def stale(since: Optional[datetime], seconds: float, now: datetime) -> bool:

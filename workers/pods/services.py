@@ -40,7 +40,8 @@ from routing.models import ACTIVE_ATTEMPT_STATES, Attempt, AttemptStatus, Backen
 from workers.clients import BackendError
 
 from .models import LIVE, RUNNING_REMOTELY, USABLE, CloudPod, PodAssignment, PodStatus
-from .selectors import active_counts, expected_pod_rate, idle_since, last_job_ended, room, stale, waiting_attempts
+from .selectors import (active_counts, expected_pod_rate, idle_limit, idle_since, last_job_ended, room, stale,
+                        waiting_attempts)
 
 log = logging.getLogger(__name__)
 
@@ -198,8 +199,8 @@ def _affordable_pods() -> int:
     except ImportError:
         return settings.RUNPOD_MAX_PODS
     left = cloud_budget_left()
-    seconds = settings.RUNPOD_POD_SPINUP_SECONDS + settings.RUNPOD_IDLE_SECONDS
-    commitment = expected_pod_rate() * Decimal(seconds) / Decimal(3600)
+    rate = expected_pod_rate()
+    commitment = rate * Decimal(settings.RUNPOD_POD_SPINUP_SECONDS + idle_limit(rate)) / Decimal(3600)
     return int(left // commitment) if commitment > 0 else settings.RUNPOD_MAX_PODS
 
 
@@ -405,7 +406,7 @@ def _reap_if_idle(pod_id: int, now) -> bool:
         pod = CloudPod.objects.select_for_update().get(id=pod_id)  # pod_place takes the same lock
         if pod.status not in USABLE or active_counts([pod.id]).get(pod.id):
             return False
-        limit = settings.RUNPOD_IDLE_SECONDS_EXPENSIVE if pod.is_expensive else settings.RUNPOD_IDLE_SECONDS
+        limit = idle_limit(pod.cost_per_hour)
         since = idle_since(pod)
         if not stale(since, limit, now):
             return False
