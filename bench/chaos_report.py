@@ -172,8 +172,14 @@ def collect(world, plans: dict, started: float, finished_submitting: float, ende
     given_up = sum(1 for remote_id, remote in list(world.runpod.jobs.items())
                    if remote.started is not None and remote_id in handles
                    and handles[remote_id].status == "failed" and handles[remote_id].id not in recorded_runs)
+    # Pods: RunPod bills uptime × rate; the ledger holds each pod's jobs' seconds plus its idle
+    # time (and untracked pods reconcile ended). Ours starts a moment before RunPod's clock.
+    pods_billed = Decimal(str(round(world.runpod.billed_pod_cost(), 6)))
+    pods_ledger = ledger_total(backend__kind="pod")
     paid_runs = {"beyond_attempts": paid_beyond, "lost_calls_recorded": dict(lost_calls),
                  "runs_of_failed_attempts_not_recorded": given_up,
+                 "pods_billed_by_runpod": str(pods_billed), "pods_in_ledger": str(pods_ledger),
+                 "pod_time_unrecorded": str(max(Decimal("0"), pods_billed - pods_ledger)),
                  "unrecorded": given_up + sum(max(0, n - lost_calls[name]) for name, n in paid_beyond.items())}
 
     # --- money
@@ -301,7 +307,8 @@ def render(result: dict) -> list[str]:
     pr = result["paid_runs"]
     lines.append(f"paid runs beyond attempts (calls cut short) {_fmt(pr['beyond_attempts'])}, recorded as unmatched "
                  f"{_fmt(pr['lost_calls_recorded'])}; runs of failed attempts not recorded "
-                 f"{pr['runs_of_failed_attempts_not_recorded']}; UNRECORDED {pr['unrecorded']}")
+                 f"{pr['runs_of_failed_attempts_not_recorded']}; UNRECORDED {pr['unrecorded']}; pods billed by "
+                 f"RunPod ${pr['pods_billed_by_runpod']}, in the ledger ${pr['pods_in_ledger']}")
     o = result["orphaned_remote_work"]
     lines.append(f"  remote work of given-up attempts (not duplicates): {o['comfyui_prompts_of_failed_attempts']} "
                  f"ComfyUI prompts, {o['serverless_jobs_of_failed_or_unknown_attempts']} serverless jobs")

@@ -56,6 +56,7 @@ def test_every_job_ends_and_none_runs_twice(chaos):
     assert result["jobs"]["not_finished"] == 0, report
     assert result["duplicates"]["total"] == 0, result["duplicates"]
     assert result["paid_runs"]["unrecorded"] == 0, result["paid_runs"]  # against the fakes' own records
+    assert Decimal(result["paid_runs"]["pod_time_unrecorded"]) <= Decimal("0.01"), result["paid_runs"]  # pods' uptime
     assert (returncode == 0) == result["invariants_hold"], report
 
 

@@ -293,7 +293,10 @@ def test_a_pod_the_installations_cap_refuses_is_ended_once_no_job_runs_on_it(
 
 
 def test_reconcile_terminates_untracked_pods_and_pods_we_ended_but_never_others(pods, fake):
+    from billing.models import LedgerEntry
+
     orphan = fake.add_orphan_pod(name="comfy-hybrid-lost")
+    fake.pods[orphan].runtime_at -= 3600  # it has run an hour, billed, with no row here
     foreign = fake.add_orphan_pod(name="my-notebook")
     ended = ready_pod(fake, pods)
     CloudPod.objects.filter(id=ended.id).update(status=PodStatus.TERMINATED)
@@ -303,6 +306,11 @@ def test_reconcile_terminates_untracked_pods_and_pods_we_ended_but_never_others(
     assert sorted(report["terminated"]) == sorted([orphan, ended.runpod_id])
     assert sorted(fake.terminated) == sorted([orphan, ended.runpod_id])
     assert foreign in fake.pods
+    # the orphan's hour is money RunPod bills: in the ledger as the installation's, once
+    [lost] = LedgerEntry.objects.filter(pod_id=orphan)
+    assert lost.kind == "idle" and Decimal("0.69") <= lost.amount < Decimal("0.70") and lost.user_id is None
+    services.pod_reconcile()
+    assert LedgerEntry.objects.filter(pod_id=orphan).count() == 1
 
 
 def test_reconcile_closes_a_pod_that_stopped_itself(pods, fake):

@@ -501,12 +501,26 @@ def _reconcile_one(api, pod: dict, row: Optional[CloudPod]) -> Optional[str]:
         if CloudPod.objects.filter(name=pod.get("name"), status=PodStatus.STARTING, runpod_id__isnull=True).exists():
             return None  # its spawn call is in flight and will adopt it by name
         log.warning("reconcile: pod %s (%s) is not tracked here; terminating it", pod["id"], pod.get("name"))
-        return _reconcile_terminate(api, pod["id"])
+        action = _reconcile_terminate(api, pod["id"])
+        if action:
+            _record_untracked(pod)
+        return action
     if row.status in (PodStatus.TERMINATED, PodStatus.FAILED):
         log.warning("reconcile: pod %s is %s here but RunPod still has it (%s); terminating it",
                     pod["id"], row.status, pod.get("desiredStatus"))
         return _reconcile_terminate(api, pod["id"])
     return None
+
+
+def _record_untracked(pod: dict) -> None:
+    """A pod of ours RunPod ran with no row here (its create answer was lost and no spawn
+    adopted it) billed all the same: its uptime as RunPod reports it goes into the ledger as
+    the installation's idle cost, once."""
+    rate = Decimal(str(pod.get("costPerHr") or 0))
+    seconds = float(pod.get("uptimeSeconds") or 0)
+    backend = Backend.objects.filter(kind=Backend.Kind.POD).order_by("id").first()
+    record_idle(key=f"pod-untracked:{pod['id']}", amount=cost_at(pod_price_per_second(rate), seconds), backend=backend,
+                pod_id=pod["id"], note=f"untracked pod {pod.get('name', '')} terminated by reconcile")
 
 
 def _reconcile_terminate(api, pod_id: str) -> Optional[str]:
