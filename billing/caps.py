@@ -278,6 +278,18 @@ def record_idle(*, key: str, amount: Decimal, backend=None, pod_id: str = "", no
     return True
 
 
+def record_adjustment(*, key: str, amount: Decimal, backend, day: date, note: str) -> bool:
+    """A correction of the installation's spend from the provider's own records (reconciliation),
+    signed, once per key: against the installation's cap only."""
+    amount = money(amount)
+    entry = LedgerEntry(kind=LedgerEntry.Kind.ADJUSTMENT, amount=amount, key=key, backend=backend, category="cloud",
+                        day=day, month=day.replace(day=1), note=note[:300])
+    if not amount or not _insert(entry):
+        return False
+    _move(user_id=None, day=day, month=day.replace(day=1), delta=amount)
+    return True
+
+
 def record_unmatched(*, attempt, key: str, amount: Decimal, note: str, now=None) -> bool:
     """A paid run the provider may have made that no job received (a worker died, or the
     connection dropped, during a call that cannot be found again): the installation's wasted

@@ -134,23 +134,36 @@ def _serverless(report: Report, billing, *, record: bool, now) -> None:
 
 
 def _serverless_day(report, billing, endpoint, day: date, start, end, *, record: bool, now) -> None:
+    """One day of the endpoint. RunPod above the ledger: worker time no job was charged for
+    (recorded as idle). RunPod below it: calls cut short that the ledger recorded at their
+    estimate ("unmatched") but RunPod never billed (corrected, up to what was so recorded)."""
     billed = billing.endpoint(endpoint, start, end)
-    key = f"runpod-overhead:{endpoint}:{day.isoformat()}"
-    jobs = _ledger(Q(backend__kind="runpod") & ~Q(key=key), start, end)
-    overhead = _ever(Q(key=key))
-    gap = money(billed - jobs - overhead)
+    overhead_key, correction_key = f"runpod-overhead:{endpoint}:{day}", f"runpod-correction:{endpoint}:{day}"
+    runs = Q(backend__kind="runpod") & ~Q(key__in=[overhead_key, correction_key])
+    entries = _ledger(runs, start, end)
+    settled = _ever(Q(key__in=[overhead_key, correction_key]))
+    gap = money(billed - entries - settled)
     whole_day = start == _midnight(day) and end == _midnight(day + timedelta(days=1)) and end + RECORD_LAG <= now
-    if record and gap > 0 and not overhead and whole_day:
+    note = "worker time beyond the jobs' executionTime (cold starts, idle timeout)"
+    if record and whole_day and not settled and gap:
         from routing.models import Backend
 
         backend = Backend.objects.filter(kind=Backend.Kind.RUNPOD).order_by("id").first()
-        if caps.record_idle(key=key, amount=gap, backend=backend, day=day,
-                            note=f"RunPod worker time around the jobs of {day}: cold starts and idle timeouts"):
-            report.recorded.append((key, gap))
-            overhead = gap
-    report.lines.append(Line("runpod serverless", f"endpoint {endpoint}, {day.isoformat()}", billed, jobs + overhead,
-                             "worker time beyond the jobs' executionTime (cold starts, idle timeout)"
-                             + ("" if overhead else "; not recorded yet")))
+        unmatched = _ledger(runs & Q(kind=LedgerEntry.Kind.UNMATCHED), start, end)
+        if gap > 0 and caps.record_idle(key=overhead_key, amount=gap, backend=backend, day=day,
+                                        note=f"RunPod worker time around the jobs of {day}: cold starts, idle timeouts"):
+            report.recorded.append((overhead_key, gap))
+            settled = gap
+        elif gap < 0 and unmatched > 0:
+            correction = max(gap, -unmatched)
+            if caps.record_adjustment(key=correction_key, amount=correction, backend=backend, day=day,
+                                      note=f"runs recorded as unmatched on {day} that RunPod did not bill"):
+                report.recorded.append((correction_key, correction))
+                settled = correction
+    if not settled:
+        note += "; not recorded yet"
+    report.lines.append(Line("runpod serverless", f"endpoint {endpoint}, {day.isoformat()}", billed, entries + settled,
+                             note))
 
 
 def _midnight(day: date) -> datetime:

@@ -81,7 +81,8 @@ def test_beat_reconciles_yesterday_and_records_its_overhead_only_once_runpods_re
     settings.RUNPOD_ENDPOINT_ID = "ep-test"
     fake.jobs["old"] = type("Job", (), {"id": "old", "started": 0.0, "finished": 1000.0, "status": "COMPLETED"})()
     fake.worker_overhead_seconds = 0.0  # 1000 s billed for the endpoint, no job charged for any of it
-    midnight = datetime.combine(NOW.date(), datetime.min.time(), tzinfo=dt_timezone.utc)
+    today = datetime.now(dt_timezone.utc).date()
+    midnight = datetime.combine(today, datetime.min.time(), tzinfo=dt_timezone.utc)
 
     early = reconcile_yesterday(now=midnight + timedelta(minutes=30))  # RunPod may still be writing records
     assert early.recorded == [] and not early.clean and not early.errors
@@ -93,3 +94,29 @@ def test_beat_reconciles_yesterday_and_records_its_overhead_only_once_runpods_re
     assert reconcile_spend.run()["recorded"] == []  # once per day, whoever runs it again
     assert ("RECONCILE_SPEND_SECONDS", "cloud") in {(every, queue) for _, task, every, queue, _ in SCHEDULES
                                                     if task == "billing.tasks.reconcile_spend"}
+
+
+def test_a_run_recorded_as_unmatched_that_runpod_never_billed_is_corrected_once(fake, settings, alice):
+    from billing import caps
+    from billing.models import LedgerEntry, SpendCounter
+    from routing.models import Attempt, Backend, Job
+
+    settings.RUNPOD_ENDPOINT_ID = "ep-test"
+    runpod = Backend.objects.get(name="runpod")
+    attempt = Attempt.objects.create(job=Job.objects.create(user=alice, prompt="x"), backend=runpod, number=1)
+    # a /run cut short: it may have started a run, so it was recorded at its estimate; RunPod bills nothing
+    caps.record_unmatched(attempt=attempt, key=f"unmatched:{attempt.id}:submit-1-cut", amount=Decimal("0.05"),
+                          note="the connection broke during /run")
+    written = LedgerEntry.objects.get(kind="unmatched").created_at.astimezone(dt_timezone.utc).date()
+    midnight = datetime.combine(written, datetime.min.time(), tzinfo=dt_timezone.utc)
+    day = (midnight, midnight + timedelta(days=1))
+
+    before = reconcile(start=day[0], end=day[1], now=day[1])
+    after = reconcile(start=day[0], end=day[1], record=True, now=day[1] + timedelta(hours=3))
+
+    [line] = [line for line in before.lines if line.provider == "runpod serverless"]
+    assert line.difference == Decimal("-0.05") and not before.clean
+    assert after.recorded == [(f"runpod-correction:ep-test:{written}", Decimal("-0.05"))] and after.clean
+    assert caps.ledger_total() == 0 and LedgerEntry.objects.get(kind="adjustment").user_id is None
+    assert SpendCounter.objects.get(scope=SpendCounter.Scope.GLOBAL_MONTH).amount == 0  # the cap gets it back
+    assert reconcile(start=day[0], end=day[1], record=True, now=day[1] + timedelta(hours=3)).recorded == []
