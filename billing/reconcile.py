@@ -4,7 +4,8 @@
   charges plus its idle time, which should equal RunPod's amount (our clock starts when we ask
   for the pod, a second or so before RunPod's, so ours is a little higher). A live pod is not
   settled yet: reported, not compared. A billed pod with no row here is named: it may be
-  another use of the account, or one of ours that reconcile_pods has not seen.
+  another use of the account, or one of ours that reconcile_pods has not seen yet (once it has,
+  its uptime is in the ledger as "pod-untracked" and compared like the others).
 - RunPod serverless: `GET /billing/endpoints` for the endpoint. The ledger charges each job its
   executionTime; RunPod bills worker time from start to stop, so the endpoint's bill is higher by
   the cold starts and idle timeouts around the jobs. That gap is the installation's, and
@@ -106,6 +107,10 @@ def _pods(report: Report, billing, *, record: bool, now) -> None:
     for pod_id, amount in sorted(billed.items()):
         row = rows.get(pod_id)
         if row is None:
+            recorded = _ever(Q(key=f"pod-untracked:{pod_id}"))
+            if recorded:  # one of ours that reconcile_pods found untracked, ended and recorded
+                report.lines.append(Line("runpod pods", pod_id, amount, recorded, "untracked pod ended by reconcile"))
+                continue
             report.lines.append(Line("runpod pods", pod_id, amount, Decimal("0"),
                                      "billed by RunPod, no row here: another use of the account, or untracked",
                                      suspect=True))

@@ -39,6 +39,21 @@ def test_a_pod_runpod_billed_that_we_have_no_row_for_is_a_mismatch_and_the_comma
     assert orphan in out and "DIFFERENCES FOUND" in out and "Cloud Billing report" in out
 
 
+def test_an_untracked_pod_that_reconcile_ended_and_recorded_is_compared_like_the_others(fake, settings):
+    from workers.pods.services import pod_reconcile
+
+    settings.RUNPOD_POD_IMAGE, settings.RUNPOD_API_BASE_URL = "img:test", fake.url
+    orphan = fake.add_orphan_pod(name="comfy-hybrid-lost")
+    fake.pods[orphan].runtime_at -= 3600
+    fake.pods[orphan].created = fake.pods[orphan].runtime_at  # RunPod bills from creation
+
+    assert pod_reconcile()["terminated"] == [orphan]
+    report = reconcile(start=NOW - timedelta(hours=2), end=NOW + timedelta(minutes=5))
+
+    [line] = [line for line in report.lines if line.provider == "runpod pods"]
+    assert line.ledger > 0 and line.clean and report.clean, line
+
+
 def test_nothing_billed_and_nothing_spent_is_clean(fake, capsys):
     call_command("reconcile_spend", "--json")
     assert '"clean": true' in capsys.readouterr().out
