@@ -199,11 +199,12 @@ def first_hold(attempt) -> Decimal:
 
 def held(attempt) -> Decimal:
     """What is reserved for this attempt: its hold plus every extension of its meter."""
-    return held_by(attempt.id)
+    return held_by([attempt.id])
 
 
-def held_by(attempt_id) -> Decimal:
-    total = LedgerEntry.objects.filter(attempt_id=attempt_id, kind=LedgerEntry.Kind.HOLD).aggregate(
+def held_by(attempts) -> Decimal:
+    """What is reserved for these attempts (a queryset of ids), in one query."""
+    total = LedgerEntry.objects.filter(attempt_id__in=attempts, kind=LedgerEntry.Kind.HOLD).aggregate(
         total=Sum("amount"))["total"]
     return total or Decimal("0")
 
@@ -268,40 +269,33 @@ def record_idle(*, key: str, amount: Decimal, backend=None, pod_id: str = "", no
                 day: date | None = None) -> bool:
     """Cloud time that served no job (a pod's idle time, serverless workers' cold starts and idle
     timeouts): the installation's wasted money, once per key; `day`: the day it was spent."""
-    amount = money(amount)
-    day, month = (day, day.replace(day=1)) if day else periods(now or timezone.now())
-    entry = LedgerEntry(kind=LedgerEntry.Kind.IDLE, amount=amount, key=key, backend=backend, pod_id=pod_id,
-                        category="cloud", day=day, month=month, note=note or "idle pod time")
-    if not amount or not _insert(entry):
-        return False
-    _move(user_id=None, day=day, month=month, delta=amount)
-    return True
+    return _installation_entry(LedgerEntry(kind=LedgerEntry.Kind.IDLE, key=key, backend=backend, pod_id=pod_id,
+                                           category="cloud", note=note or "idle pod time"), amount, day, now)
 
 
 def record_adjustment(*, key: str, amount: Decimal, backend, day: date, note: str) -> bool:
     """A correction of the installation's spend from the provider's own records (reconciliation),
     signed, once per key: against the installation's cap only."""
-    amount = money(amount)
-    entry = LedgerEntry(kind=LedgerEntry.Kind.ADJUSTMENT, amount=amount, key=key, backend=backend, category="cloud",
-                        day=day, month=day.replace(day=1), note=note[:300])
-    if not amount or not _insert(entry):
-        return False
-    _move(user_id=None, day=day, month=day.replace(day=1), delta=amount)
-    return True
+    return _installation_entry(LedgerEntry(kind=LedgerEntry.Kind.ADJUSTMENT, key=key, backend=backend,
+                                           category="cloud", note=note[:300]), amount, day, None)
 
 
 def record_unmatched(*, attempt, key: str, amount: Decimal, note: str, now=None) -> bool:
     """A paid run the provider may have made that no job received (a worker died, or the
     connection dropped, during a call that cannot be found again): the installation's wasted
     money, at the attempt's estimate, against the installation's cap only. Once per key."""
-    amount = money(amount)
-    day, month = periods(now or timezone.now())
-    entry = LedgerEntry(kind=LedgerEntry.Kind.UNMATCHED, amount=amount, key=key, job_id=attempt.job_id,
-                        attempt_id=attempt.id, backend_id=attempt.backend_id, category=attempt.backend.category,
-                        day=day, month=month, note=note[:300])
-    if not amount or not _insert(entry):
+    entry = LedgerEntry(kind=LedgerEntry.Kind.UNMATCHED, key=key, job_id=attempt.job_id, attempt_id=attempt.id,
+                        backend_id=attempt.backend_id, category=attempt.backend.category, note=note[:300])
+    return _installation_entry(entry, amount, None, now)
+
+
+def _installation_entry(entry: LedgerEntry, amount: Decimal, day: date | None, now) -> bool:
+    """Write an entry no user is charged for (once per key) and move the installation's counter."""
+    entry.amount = money(amount)
+    entry.day, entry.month = (day, day.replace(day=1)) if day else periods(now or timezone.now())
+    if not entry.amount or not _insert(entry):
         return False
-    _move(user_id=None, day=day, month=month, delta=amount)
+    _move(user_id=None, day=entry.day, month=entry.month, delta=entry.amount)
     return True
 
 

@@ -164,8 +164,8 @@ def _covered_by_jobs(pod: CloudPod) -> Decimal:
     assignments = PodAssignment.objects.filter(pod=pod)
     ended = assignments.exclude(attempt__status__in=ACTIVE_ATTEMPT_STATES).aggregate(
         total=Sum("attempt__cost"))["total"] or Decimal("0")
-    active = assignments.filter(attempt__status__in=ACTIVE_ATTEMPT_STATES).values_list("attempt_id", flat=True)
-    return ended + sum((held_by(attempt_id) for attempt_id in active), Decimal("0"))
+    active = assignments.filter(attempt__status__in=ACTIVE_ATTEMPT_STATES).values("attempt_id")
+    return ended + held_by(active)
 
 
 def _spawn_for_backlog(backend: Backend) -> list[int]:
