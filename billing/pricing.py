@@ -25,8 +25,8 @@ def gemini_video_price(backend, duration_seconds: int) -> Decimal:
 
 
 def actual_cost(*, backend, job, seconds, outputs: int, rate: Decimal | None = None) -> Decimal:
-    """`rate`: the price per second the attempt was metered at, when it is not the backend's
-    (a pod's own rate)."""
+    """`rate`: the price per second the attempt was metered at (a pod's own rate); by default the
+    backend's."""
     if backend.kind == "gemini":
         if job.kind == "video":
             return gemini_video_price(backend, job.duration_seconds)

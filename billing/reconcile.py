@@ -79,10 +79,10 @@ def reconcile(*, start: datetime, end: datetime, billing=None, record: bool = Fa
         billing = RunPodBilling(api_key=settings.RUNPOD_API_KEY, base_url=settings.RUNPOD_REST_BASE_URL,
                                 timeout=settings.RUNPOD_HTTP_TIMEOUT)
     if billing is not None:
-        for check in (_pods, _serverless):
+        for check in (lambda: _pods(report, billing), lambda: _serverless(report, billing, record=record, now=now)):
             try:
-                check(report, billing, record=record, now=now)
-            except BackendError as error:
+                check()
+            except BackendError as error:  # one provider's records unreadable: the others still compared
                 report.errors.append(error.message)
     gemini = _ledger(Q(backend__kind="gemini"), start, end)
     report.lines.append(Line("gemini", "all Gemini runs", None, gemini,
@@ -99,7 +99,7 @@ def _ever(where: Q) -> Decimal:
     return rows.aggregate(total=Sum("amount"))["total"] or Decimal("0")
 
 
-def _pods(report: Report, billing, *, record: bool, now) -> None:
+def _pods(report: Report, billing) -> None:
     from workers.pods.models import LIVE, CloudPod
 
     billed = billing.pods(report.start, report.end)

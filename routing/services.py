@@ -412,7 +412,9 @@ def meter_rate(attempt: Attempt) -> Decimal:
 
 def _used_so_far(attempt: Attempt, now) -> Optional[Decimal]:
     """What a metered attempt's remote time has cost until now (None: not metered, or not running)."""
-    rate = meter_rate(attempt) if attempt.running_at else Decimal("0")
+    if attempt.running_at is None:
+        return None
+    rate = meter_rate(attempt)
     return cost_at(rate, (now - attempt.running_at).total_seconds()) if rate else None
 
 
@@ -457,10 +459,10 @@ def attempt_succeed(*, attempt_id, done: Done, client) -> bool:
     with transaction.atomic():
         attempt = Attempt.objects.select_related("backend", "job").get(id=attempt_id)
         seconds = done.seconds
-        if attempt.backend.kind == Backend.Kind.POD and not seconds and attempt.running_at:
-            seconds = (now - attempt.running_at).total_seconds()  # ComfyUI reported no execution time
+        if not seconds and attempt.running_at:  # the backend reported no execution time: the time we saw
+            seconds = (now - attempt.running_at).total_seconds()
         cost = actual_cost(backend=attempt.backend, job=attempt.job, seconds=seconds, outputs=len(files),
-                           rate=meter_rate(attempt) if attempt.backend.kind == Backend.Kind.POD else None)
+                           rate=meter_rate(attempt))
         updated = Attempt.objects.filter(id=attempt_id, status__in=ACTIVE_ATTEMPT_STATES).update(
             status=AttemptStatus.SUCCEEDED, finished_at=now, progress=100, seconds=done.seconds, error="",
             cost=cost,
