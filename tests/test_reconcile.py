@@ -135,3 +135,14 @@ def test_a_run_recorded_as_unmatched_that_runpod_never_billed_is_corrected_once(
     assert caps.ledger_total() == 0 and LedgerEntry.objects.get(kind="adjustment").user_id is None
     assert SpendCounter.objects.get(scope=SpendCounter.Scope.GLOBAL_MONTH).amount == 0  # the cap gets it back
     assert reconcile(start=day[0], end=day[1], record=True, now=day[1] + timedelta(hours=3)).recorded == []
+
+
+def test_the_fake_billing_api_refuses_what_runpods_does_and_the_client_asks_it_right(fake):
+    import requests
+
+    bad = requests.get(f"{fake.rest_url}/billing/pods", params={"bucketSize": "minute"},
+                       headers={"Authorization": "Bearer test-key"}, timeout=5)
+    assert bad.status_code == 400 and "bucketSize" in bad.json()["error"]
+    RunPodBilling(api_key="test-key", base_url=fake.rest_url, timeout=5).pods(NOW - timedelta(hours=1), NOW)
+    query = [path for method, path in fake.received if path.startswith("/v1/billing/pods")]
+    assert query  # and it was answered 200: the client's bucket and ISO times pass the gate

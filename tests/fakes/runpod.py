@@ -36,6 +36,7 @@ import string
 import threading
 import time
 import uuid
+from datetime import datetime
 
 import aiohttp
 from aiohttp import WSMsgType, web
@@ -270,11 +271,28 @@ class FakeRunPod:
     def rest_url(self):
         return f"{self.url}/v1"
 
+    BUCKETS = ("hour", "day", "week", "month", "year")  # the documented bucketSize enum
+
+    def _billing_gate(self, request):
+        """401 for a wrong key; 400 for what the documented API refuses: a bucket size outside
+        its enum, a start or end time that is not ISO 8601."""
+        if not self._auth_ok(request):
+            return web.json_response({"error": "Unauthorized"}, status=401)
+        if request.query.get("bucketSize", "day") not in self.BUCKETS:
+            return web.json_response({"error": "bucketSize must be one of " + ", ".join(self.BUCKETS)}, status=400)
+        for name in ("startTime", "endTime"):
+            value = request.query.get(name)
+            try:
+                value and datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                return web.json_response({"error": f"{name} is not an ISO 8601 time"}, status=400)
+        return None
+
     async def _billing_pods(self, request):
         """GET /billing/pods?grouping=podId: one record per pod (this fake's buckets are whole
         lives, not hours, and fall in any window asked for), amount = uptime × rate."""
-        if not self._auth_ok(request):
-            return web.json_response({"error": "Unauthorized"}, status=401)
+        if (refused := self._billing_gate(request)) is not None:
+            return refused
         now = time.monotonic()
         records = [{"time": "2026-01-01T00:00:00Z", "podId": pod.id, "gpuTypeId": pod.gpu[0],
                     "amount": round(((pod.ended or now) - pod.created) * pod.cost_per_hour / 3600, 6),
@@ -286,8 +304,8 @@ class FakeRunPod:
     async def _billing_endpoints(self, request):
         """GET /billing/endpoints?grouping=endpointId: the endpoint's worker time, each job's run
         plus the overhead RunPod bills around it."""
-        if not self._auth_ok(request):
-            return web.json_response({"error": "Unauthorized"}, status=401)
+        if (refused := self._billing_gate(request)) is not None:
+            return refused
         seconds = sum(self.billed_seconds().values()) + self.worker_overhead_seconds * sum(
             1 for job in list(self.jobs.values()) if job.started is not None)
         endpoint = request.query.get("endpointId") or ENDPOINT_ID
