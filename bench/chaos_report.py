@@ -167,8 +167,8 @@ def collect(world, plans: dict, started: float, finished_submitting: float, ende
         1 for remote_id, remote in list(world.runpod.jobs.items())
         if remote.status == "COMPLETED" and (remote_id not in handles or handles[remote_id].status != "succeeded"))
     unmatched = list(LedgerEntry.objects.filter(kind="unmatched").select_related("backend"))
-    lost_calls = collections.Counter(e.backend.name for e in unmatched if not e.key.endswith(":failed-run"))
-    recorded_runs = {e.attempt_id for e in unmatched if e.key.endswith(":failed-run")}
+    lost_calls = collections.Counter(e.backend.name for e in unmatched if ":failed-run" not in e.key)
+    recorded_runs = {e.attempt_id for e in unmatched if ":failed-run" in e.key}
     given_up = sum(1 for remote_id, remote in list(world.runpod.jobs.items())
                    if remote.started is not None and remote_id in handles
                    and handles[remote_id].status == "failed" and handles[remote_id].id not in recorded_runs)

@@ -604,11 +604,38 @@ def job_cancel(*, user, job_id) -> bool:
 
 
 def attempt_cancel_remote(*, attempt_id) -> None:
-    attempt = Attempt.objects.select_related("backend").get(id=attempt_id)
+    """Cancel an ended attempt's remote run; then, on a per-second backend, ask what the run
+    ran: it may have started after we last looked (or before we gave up on it), and the
+    provider bills those seconds whatever our ledger says."""
+    attempt = Attempt.objects.select_related("backend", "job").get(id=attempt_id)
+    client = client_for_backend(attempt.backend)
     try:
-        client_for_backend(attempt.backend).cancel(attempt.handle)
+        client.cancel(attempt.handle)
+        seconds = client.ran_seconds(attempt.handle) if metered_price(attempt.backend) else None
     except BackendError as error:
         log.warning("could not cancel attempt %s on %s: %s", attempt.id, attempt.backend, error.message)
+        return
+    if seconds:
+        _record_billed_run(attempt, seconds)
+
+
+def _record_billed_run(attempt: Attempt, seconds: float) -> None:
+    """What the provider bills for a run that gave no result, beyond what the ledger already
+    holds for it (the user's charge for the time we saw it running, a failed-run entry): the
+    rest is the installation's spend, recorded once."""
+    if attempt.status == AttemptStatus.SUCCEEDED:
+        return
+    key = f"unmatched:{attempt.id}:failed-run"
+    recorded = LedgerEntry.objects.filter(attempt_id=attempt.id).filter(
+        Q(kind=LedgerEntry.Kind.CHARGE) | Q(kind=LedgerEntry.Kind.UNMATCHED, key__startswith=key)
+    ).values_list("key", "amount")
+    rest = metered_cost(attempt.backend, seconds) - sum((amount for _, amount in recorded), Decimal("0"))
+    if rest <= 0:
+        return
+    if any(entry_key == key for entry_key, _ in recorded):
+        key += ":after-cancel"
+    caps.record_unmatched(attempt=attempt, key=key, amount=rest,
+                          note=f"{attempt.backend.name} reports it ran {seconds:.0f} s, then was cancelled; no job received it")
 
 
 def job_retry(*, user, job_id) -> Job:

@@ -5,6 +5,7 @@ used so far; when a cap refuses, the remote job is cancelled and the time it ran
 The fake RunPod's record of how long each job ran is the provider's truth the ledger is held to.
 """
 import time
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
@@ -179,6 +180,61 @@ def test_a_run_that_fails_on_runpod_is_recorded_as_the_installations_spend(runpo
     assert lost.amount == PRICE * 2  # the executionTime RunPod reports for the failed run
     assert not LedgerEntry.objects.filter(kind=LedgerEntry.Kind.CHARGE, attempt=first).exists()
     wait_for(lambda: first.handle["job_id"] in runpod.cancelled, 20, 0.1, "the cancel to reach RunPod")
+
+
+def _stopped_while_queued(runpod, user, ran_for):
+    """An attempt we stop while we last saw it queued (a cap made room, the user cancelled),
+    which RunPod started `ran_for` seconds ago meanwhile (None: it is still queued there)."""
+    from routing.backends import client_for_backend
+
+    backend = Backend.objects.get(name="runpod")
+    handle = client_for_backend(backend).submit(
+        {"attempt_id": "a", "job_id": "j", "workflow": {"1": {"class_type": "EmptyImage", "inputs": {}}}})
+    if ran_for is not None:
+        runpod.jobs[handle["job_id"]].created -= ran_for + runpod.queue_delay
+    job = Job.objects.create(user=user, prompt="a fox", status=JobStatus.RUNNING)
+    return Attempt.objects.create(job=job, backend=backend, number=1, status="submitted", handle=handle)
+
+
+def test_a_run_that_started_after_we_last_looked_is_recorded_once_it_is_cancelled(runpod, alice):
+    attempt = _stopped_while_queued(runpod, alice, ran_for=3.0)
+    services.attempt_fail(attempt_id=attempt.id, retryable=False, used=Decimal("0"), error="Stopped after 0 s")
+    assert _unmatched() == []  # we never saw it run
+
+    services.attempt_cancel_remote(attempt_id=attempt.id)
+    services.attempt_cancel_remote(attempt_id=attempt.id)  # a second cancel records nothing more
+
+    remote = runpod.jobs[attempt.handle["job_id"]].as_status()
+    assert remote["status"] == "CANCELLED" and remote["executionTime"] >= 3000
+    [lost] = _unmatched()
+    assert lost.key == f"unmatched:{attempt.id}:failed-run" and lost.user_id is None
+    assert lost.amount == money(PRICE * Decimal(remote["executionTime"]) / 1000)  # what RunPod bills
+    assert caps.ledger_total(user=alice) == 0  # the user saw it queued: not theirs to pay
+
+
+def test_a_given_up_run_that_ran_longer_than_we_saw_is_topped_up_to_runpods_seconds(runpod, alice):
+    attempt = _stopped_while_queued(runpod, alice, ran_for=4.0)
+    Attempt.objects.filter(id=attempt.id).update(running_at=timezone.now() - timedelta(seconds=1))
+    services.attempt_fail(attempt_id=attempt.id, retryable=True, outage=True, error="RunPod did not answer")
+    [seen] = _unmatched()  # the second we saw it running
+    assert PRICE * Decimal("0.9") <= seen.amount <= PRICE * 2
+
+    services.attempt_cancel_remote(attempt_id=attempt.id)
+
+    remote = runpod.jobs[attempt.handle["job_id"]].as_status()
+    assert sorted(e.key for e in _unmatched()) == [seen.key, seen.key + ":after-cancel"]
+    assert sum(e.amount for e in _unmatched()) == money(PRICE * Decimal(remote["executionTime"]) / 1000)
+
+
+def test_a_cancelled_run_that_never_started_records_nothing(runpod, alice):
+    runpod.queue_delay = 3600
+    attempt = _stopped_while_queued(runpod, alice, ran_for=None)
+    services.attempt_fail(attempt_id=attempt.id, retryable=False, used=Decimal("0"), error="Stopped after 0 s")
+
+    services.attempt_cancel_remote(attempt_id=attempt.id)
+
+    assert runpod.jobs[attempt.handle["job_id"]].status == "CANCELLED"
+    assert _unmatched() == [] and caps.ledger_total() == 0
 
 
 # --- pods: a pod's seconds are metered like a serverless run's -----------------------------------

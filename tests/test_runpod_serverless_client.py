@@ -157,6 +157,23 @@ def test_it_cancels_the_job_on_runpod(fake):
     assert fake.jobs[handle["job_id"]].status == "CANCELLED"
 
 
+def test_after_a_cancel_it_reads_the_seconds_runpod_bills_for_the_run(fake):
+    fake.run_delay = 30
+    client = client_for(fake)
+    ran, never = client.submit(SPEC), client.submit(SPEC)
+    fake.jobs[never["job_id"]].created += 3600  # still queued at RunPod
+    finish_by = time.monotonic() + 5
+    while client.poll(ran).running is False and time.monotonic() < finish_by:
+        time.sleep(0.02)
+
+    assert client.ran_seconds(ran) is None  # still running: RunPod has not settled its time
+    client.cancel(ran), client.cancel(never)
+
+    billed = fake.jobs[ran["job_id"]].as_status()["executionTime"] / 1000
+    assert client.ran_seconds(ran) == billed > 0
+    assert client.ran_seconds(never) == 0.0
+
+
 def test_a_job_runpod_no_longer_keeps_fails_over(fake):
     client = client_for(fake)
 

@@ -106,6 +106,11 @@ class Client:
     def cancel(self, handle: dict) -> None:
         raise NotImplementedError
 
+    def ran_seconds(self, handle: dict) -> Optional[float]:
+        """The provider's record of how long an ended (or cancelled) run ran, which is what it
+        bills for it; None when it keeps no such record or the run has not ended yet."""
+        return None
+
     def health(self) -> Health:
         raise NotImplementedError
 

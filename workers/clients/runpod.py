@@ -119,6 +119,18 @@ class RunPodClient(Client):
         job = Job(handle.get("endpoint_id") or self.endpoint_id, handle["job_id"], self.endpoint.rp_client)
         self._call("cancel the job", job.cancel, timeout=self.timeout)
 
+    def ran_seconds(self, handle: dict) -> Optional[float]:
+        """A cancelled job is billed for the seconds it ran: `/status` keeps its `executionTime`
+        (absent: it never started). None while it is still running (the cancel not yet applied)."""
+        path = f"{handle.get('endpoint_id') or self.endpoint_id}/status/{handle['job_id']}"
+        try:
+            state = self._call("read the job status", self.endpoint.rp_client.get, path, timeout=self.timeout)
+        except NotFound:
+            return None
+        if not isinstance(state, dict) or state.get("status") in ("IN_QUEUE", "IN_PROGRESS", "RUNNING"):
+            return None
+        return _seconds(state.get("executionTime")) or 0.0
+
     def health(self) -> Health:
         started = time.monotonic()
         try:
