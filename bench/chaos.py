@@ -127,7 +127,6 @@ class Monkey(threading.Thread):
         self.error = None
         self.victims = self.rng.sample(QUEUES, len(QUEUES))  # each kill hits another queue's worker
         self.armed = {}  # mid-call kills waiting for their call: what -> (calls seen, since)
-        self.gemini_latency = world.gemini.latency
 
     def log(self, what: str, detail: str):
         self.events.append({"t": round(time.monotonic() - self.started, 1), "what": what, "detail": detail})
@@ -230,7 +229,7 @@ class Monkey(threading.Thread):
         if provider == "runpod":
             self.world.runpod.run_answer_delay = 3600 if on else 0.0
         else:
-            self.world.gemini.latency = 3600 if on else self.gemini_latency
+            self.world.gemini.paid_answer_delay = 3600 if on else 0.0
 
     def release_holds(self):
         for what in list(self.armed):

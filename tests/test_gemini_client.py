@@ -290,6 +290,17 @@ def test_an_image_call_that_times_out_may_have_been_billed(fake):
     assert len(fake.calls("generateContent")) == 1
 
 
+def test_a_paid_answer_held_by_the_fake_leaves_the_other_calls_answering(fake):
+    fake.paid_answer_delay = 1.0  # the chaos run holds paid answers to kill a worker inside one
+    client = make_client(fake, timeout=0.2)
+
+    waiting = client.poll(client.submit(spec()))
+    health = client.health()
+
+    assert isinstance(waiting, Progress) and waiting.maybe_billed  # the image was made, its answer held
+    assert health.ok, health.detail  # probes still answer: the backend is not made to look down
+
+
 def test_a_slow_gemini_times_out_and_is_retryable(fake):
     fake.latency = 1.0
     client = make_client(fake, timeout=0.2)

@@ -144,14 +144,14 @@ def test_a_worker_killed_during_gemini_generate_content_leaves_no_unrecorded_run
     with FakeGemini() as gemini:
         configure(settings, workers, SWEEP_AFTER_SECONDS=1, GEMINI_API_KEY=DEFAULT_API_KEY,
                   GEMINI_BASE_URL=gemini.url, GEMINI_HTTP_TIMEOUT=60)
-        gemini.latency = 3600  # Google makes the image; its answer never comes
+        gemini.paid_answer_delay = 3600  # Google makes the image; its answer never comes
         doomed = workers.start(queues="gemini", concurrency=1, name="doomed")
         workers.start(queues="control", concurrency=1, name="control")
         job = services.job_submit(user=alice, kind="image", preference="gemini", prompt="a lighthouse")
         wait_for(lambda: len(gemini.calls("generateContent")) == 1, 30, 0.1, "the call to reach Google")
 
         workers.kill(doomed)
-        gemini.latency = 0
+        gemini.paid_answer_delay = 0
         workers.start(queues="gemini", concurrency=1, name="after")
         job = _sweep_until(lambda: _all_final([job]), 60, "the job to end")[0]
 

@@ -114,6 +114,9 @@ def _error(code: int, status: str, message: str, details=None) -> web.Response:
 
 # --------------------------------------------------------------------------- the server
 
+PAID_ACTIONS = ("generateContent", "predictLongRunning")  # the calls Google bills (per image, per Veo second)
+
+
 class FakeGemini:
     """Fake Gemini API + Vertex express on 127.0.0.1. Switches may be changed while running."""
 
@@ -124,6 +127,9 @@ class FakeGemini:
         self.op_seconds = op_seconds  # how long a Veo operation stays not-done
         self.held = False  # True: every Veo operation stays not-done, whatever its age, until set False
         self.latency = latency  # added to every API answer
+        # Seconds a paid call's answer is held after the run is made (the image generated, the
+        # Veo operation started), as when a connection dies mid-call; other calls answer at once.
+        self.paid_answer_delay = 0.0
         self.filtered = False  # True: outputs are safety-filtered; "prompt": the prompt is blocked
         self.fail_429 = 0  # the next N API calls answer 429 RESOURCE_EXHAUSTED
         self.fail_500 = 0  # the next N API calls answer 500 INTERNAL
@@ -222,7 +228,10 @@ class FakeGemini:
         if self.latency:
             await asyncio.sleep(self.latency)
         handler = getattr(self, f"_{action}")
-        return handler(request, match, transport, body)
+        answer = handler(request, match, transport, body)
+        if self.paid_answer_delay and action in PAID_ACTIONS:
+            await asyncio.sleep(self.paid_answer_delay)
+        return answer
 
     def _match(self, request: web.Request):
         for method, pattern, transport, action in ROUTES:
