@@ -39,6 +39,7 @@ from pathlib import Path
 Path(".env").write_text(
     "# Generated on first run. See README.md, Configuration.\n"
     f"SECRET_KEY={secrets.token_urlsafe(50)}\n"
+    f"WEBHOOK_SECRET={secrets.token_urlsafe(32)}\n"
     f"FLOWER_BASIC_AUTH=admin:{secrets.token_urlsafe(12)}\n"
 )
 Path(".env").chmod(0o600)

@@ -1,8 +1,15 @@
 """The Celery app. Configuration lives in settings.py under the CELERY_ namespace."""
 import os
+import sys
+from pathlib import Path
 
 from celery import Celery
 
+from project.env import load_dotenv
+
+# Before any command reads its environment: Flower takes FLOWER_BASIC_AUTH from os.environ when
+# it starts, before Django's settings (which load .env) are ever imported.
+load_dotenv(Path(__file__).resolve().parent.parent / ".env")
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 
 app = Celery("project")
@@ -37,3 +44,21 @@ def _survive_redis_restarts():
 
 
 _survive_redis_restarts()
+
+
+def _flower_only_with_a_password():
+    """However Flower is started (`celery -A project flower`, honcho, systemd, compose), it runs
+    only with basic auth, and its Prometheus `/metrics` (open in Flower itself) asks for it too."""
+    if "flower" not in sys.argv[1:]:
+        return
+    credentials = os.environ.get("FLOWER_BASIC_AUTH", "")
+    if ":" not in credentials or not credentials.split(":", 1)[1]:
+        sys.exit("Flower is not started without a password: set FLOWER_BASIC_AUTH=user:password "
+                 "in .env or the environment (`make run` generates one).")
+    import tornado.web
+    from flower.views import monitor
+
+    monitor.Metrics.get = tornado.web.authenticated(monitor.Metrics.get)
+
+
+_flower_only_with_a_password()

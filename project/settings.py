@@ -3,6 +3,7 @@
 Every variable is documented in README.md, Configuration. Paid backends stay off until their
 keys are set; a backend without its settings shows as "not configured", never as an error.
 """
+import hmac
 import os
 from pathlib import Path
 
@@ -25,13 +26,20 @@ load_dotenv(BASE_DIR / ".env")
 VAR_DIR = Path(env_str("VAR_DIR", str(BASE_DIR / "var")))
 
 DEBUG = env_bool("DEBUG", False)
-# No hard-coded production key: without SECRET_KEY a per-checkout key is generated into
-# var/secret_key by `make run`; this fallback only exists so `manage.py` works in tests.
-SECRET_KEY = env_str("SECRET_KEY") or (
-    (VAR_DIR / "secret_key").read_text().strip()
-    if (VAR_DIR / "secret_key").is_file()
-    else "insecure-development-key-set-SECRET_KEY-in-production"
+# No hard-coded production key: `make run` (deploy/bootstrap.sh) generates one into .env, a
+# deployment sets SECRET_KEY; var/secret_key is read when present. Without DEBUG, no key = no start.
+DEVELOPMENT_SECRET_KEY = "insecure-development-key-only-with-DEBUG"
+SECRET_KEY = env_str("SECRET_KEY").strip() or (
+    (VAR_DIR / "secret_key").read_text().strip() if (VAR_DIR / "secret_key").is_file() else ""
 )
+if not SECRET_KEY:
+    if not DEBUG:
+        from django.core.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured(
+            "SECRET_KEY is not set. Set it in .env or the environment (`make run` writes a generated one "
+            "into .env; for a deployment see deploy/PRODUCTION.md). With DEBUG off there is no fallback key.")
+    SECRET_KEY = DEVELOPMENT_SECRET_KEY
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 
@@ -332,7 +340,10 @@ JOB_DEADLINE_SECONDS = env_int("JOB_DEADLINE_SECONDS", 3 * 3600)
 # Where people reach this site; used in links sent out of it (webhook payloads).
 SITE_URL = env_str("SITE_URL", "http://127.0.0.1:8000")
 SUBMIT_RATE_PER_MINUTE = env_int("SUBMIT_RATE_PER_MINUTE", 60)  # per user, form and API alike
-WEBHOOK_SECRET = env_str("WEBHOOK_SECRET")  # HMAC key of webhook signatures (default: SECRET_KEY)
+# HMAC key of webhook signatures: never SECRET_KEY itself (receivers hold it). Unset, a key is
+# derived from SECRET_KEY one way, so knowing it reveals nothing of SECRET_KEY.
+WEBHOOK_SECRET = env_str("WEBHOOK_SECRET").strip() or hmac.new(
+    SECRET_KEY.encode(), b"comfy-hybrid webhook signing key", "sha256").hexdigest()
 WEBHOOK_ALLOWED_HOSTS = env_list("WEBHOOK_ALLOWED_HOSTS")  # private hosts webhooks may call
 WEBHOOK_TIMEOUT = env_float("WEBHOOK_TIMEOUT", 5.0)
 WEBHOOK_MAX_TRIES = env_int("WEBHOOK_MAX_TRIES", 5)

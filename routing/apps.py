@@ -7,6 +7,12 @@ class RoutingConfig(AppConfig):
     verbose_name = "Routing"
 
     def ready(self):
+        from django.core.checks import Tags, register
+
+        from project.checks import secret_keys
+
         from .defaults import ensure_default_backends
+
+        register(secret_keys, Tags.security, deploy=True)
 
         post_migrate.connect(ensure_default_backends, sender=self)

@@ -242,3 +242,47 @@ def _run(command: list) -> str:
                           env={**os.environ, "DJANGO_SETTINGS_MODULE": "project.settings"})
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout + done.stderr
+
+
+def _manage(tmp_path, *args, **env):
+    environment = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), **_documented_environment(),
+                   "VAR_DIR": str(tmp_path / "var"), "MEDIA_ROOT": str(tmp_path / "media"), **env}
+    return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=environment,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_without_debug_the_project_refuses_to_start_with_no_secret_key(tmp_path):
+    done = _manage(tmp_path, "check", SECRET_KEY="", DEBUG="false")
+
+    assert done.returncode != 0
+    assert "SECRET_KEY is not set" in done.stderr and "`make run` writes a generated one" in done.stderr
+
+
+def test_with_debug_on_a_development_key_is_used_and_the_deploy_check_flags_it(tmp_path):
+    done = _manage(tmp_path, "check", "--deploy", SECRET_KEY="", DEBUG="true")
+
+    assert done.returncode != 0 and "comfy.E001" in done.stderr and "published development key" in done.stderr
+
+
+@pytest.mark.parametrize("key, why", [
+    ("insecure-development-key-set-SECRET_KEY-in-production", "published development key"),  # the old fallback
+    ("django-insecure-" + "x1y2z3" * 10, "published development key"),
+    ("s3cr3t-but-short", "has 16 characters"),
+    ("ab" * 40, "uses 2 distinct characters"),
+])
+def test_the_deploy_check_flags_a_weak_secret_key(tmp_path, key, why):
+    done = _manage(tmp_path, "check", "--deploy", SECRET_KEY=key)
+
+    assert done.returncode != 0 and "comfy.E001" in done.stderr and why in done.stderr, done.stderr
+
+
+def test_the_webhook_signing_key_is_not_the_secret_key(tmp_path):
+    key = secrets.token_urlsafe(50)
+    show = ["shell", "-c", "from django.conf import settings; print(settings.WEBHOOK_SECRET)"]
+
+    derived = _manage(tmp_path, *show, SECRET_KEY=key, WEBHOOK_SECRET="")
+    same = _manage(tmp_path, "check", "--deploy", SECRET_KEY=key, WEBHOOK_SECRET=key)
+
+    signing_key = derived.stdout.strip().splitlines()[-1]
+    assert derived.returncode == 0 and len(signing_key) == 64 and signing_key != key
+    assert same.returncode != 0 and "comfy.E002" in same.stderr

@@ -115,12 +115,25 @@ def test_a_workflow_outside_the_allow_list_is_refused_at_submit_and_again_in_the
     assert job.status == JobStatus.FAILED and "LoadImageFromUrl is not allowed" in job.error
 
 
-def test_flower_refuses_requests_without_credentials(redis_server):
+def _dotenv_value(name: str) -> str:
+    for line in (ROOT / ".env").read_text().splitlines():
+        if line.startswith(f"{name}="):
+            return line.split("=", 1)[1].strip()
+    raise AssertionError(f"{name} is not in .env")
+
+
+def _start_flower(redis_url: str, port: int, **env):
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")}
+    return subprocess.Popen([sys.executable, "-m", "celery", "-A", "project", "flower", f"--port={port}",
+                             "--address=127.0.0.1"], cwd=ROOT, env={**environment, "CELERY_BROKER_URL": redis_url,
+                                                                   **env},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_flower_started_the_documented_way_asks_for_the_password_from_dotenv_on_every_path(redis_server):
     port = free_port()
-    env = {**os.environ, "CELERY_BROKER_URL": redis_server.url, "FLOWER_BASIC_AUTH": "admin:flower-pass-1"}
-    flower = subprocess.Popen([sys.executable, "-m", "celery", "-A", "project", "flower", f"--port={port}",
-                               "--address=127.0.0.1"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    user, password = _dotenv_value("FLOWER_BASIC_AUTH").split(":", 1)
+    flower = _start_flower(redis_server.url, port)  # `celery -A project flower`: the password only in .env
     try:
         def status():
             try:
@@ -129,11 +142,25 @@ def test_flower_refuses_requests_without_credentials(redis_server):
                 return None
 
         assert wait_for(status, 30, 0.2, "flower") == 401
-        assert requests.get(f"http://127.0.0.1:{port}/", auth=("admin", "wrong"), timeout=2).status_code == 401
-        assert requests.get(f"http://127.0.0.1:{port}/", auth=("admin", "flower-pass-1"), timeout=2).status_code == 200
+        for path in ("/", "/api/tasks", "/broker", "/metrics", "/api/workers"):
+            url = f"http://127.0.0.1:{port}{path}"
+            assert requests.get(url, timeout=5).status_code == 401, path
+            assert requests.get(url, auth=(user, "wrong"), timeout=5).status_code == 401, path
+        assert requests.get(f"http://127.0.0.1:{port}/", auth=(user, password), timeout=5).status_code == 200
+        metrics = requests.get(f"http://127.0.0.1:{port}/metrics", auth=(user, password), timeout=5)
+        assert metrics.status_code == 200 and "flower_events_total" in metrics.text
     finally:
         flower.terminate()
         flower.wait(10)
+
+
+def test_flower_refuses_to_start_without_a_password(redis_server):
+    flower = _start_flower(redis_server.url, free_port(), FLOWER_BASIC_AUTH="")
+    try:
+        _, err = flower.communicate(timeout=60)
+    finally:
+        flower.kill()
+    assert flower.returncode != 0 and "Flower is not started without a password" in err
 
 
 @pytest.mark.django_db
