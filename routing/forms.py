@@ -17,15 +17,55 @@ ERR_TOO_BIG = "The workflow is {size} KB; at most {limit} KB is allowed."
 ERR_BAD_JSON = "The workflow is not valid JSON: {error}."
 ERR_MULTIPLE_OF_8 = "Must be a multiple of 8 (ComfyUI works on 8×8 latent blocks)."
 ERR_NOT_UTF8 = "The workflow file is not a UTF-8 text file."
+ERR_NOT_TEXT = "{where} contains {what}, which is not text; remove it."
+
+
+def text_problem(value: str) -> str:
+    """What in a string no database stores as text ("" when nothing): PostgreSQL refuses NUL in
+    text and jsonb, and no UTF-8 column takes a lone surrogate (JSON may spell both)."""
+    if "\x00" in value:
+        return "a NUL character (\\u0000)"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "a lone UTF-16 surrogate (such as \\ud800)"
+    return ""
+
+
+def _only_text(value: str) -> None:
+    problem = text_problem(value)
+    if problem:
+        raise forms.ValidationError(ERR_NOT_TEXT.format(where="The text", what=problem))
+
+
+def _workflow_text_problem(workflow) -> str:
+    """The first string (key or value) of a parsed workflow that is not text, named by its node."""
+    def walk(value):
+        if isinstance(value, str):
+            return text_problem(value)
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        for key, item in items:
+            problem = (isinstance(key, str) and text_problem(key)) or walk(item)
+            if problem:
+                return problem
+        return ""
+
+    for node_id, node in (workflow.items() if isinstance(workflow, dict) else ()):
+        problem = text_problem(node_id) or walk(node)
+        if problem:
+            return ERR_NOT_TEXT.format(where=f"Node {node_id}" if not text_problem(node_id) else "A node id",
+                                       what=problem)
+    return ""
 
 
 class JobForm(forms.Form):
     kind = forms.ChoiceField(choices=JobKind.choices, initial=JobKind.IMAGE, widget=forms.RadioSelect)
     preference = forms.ChoiceField(choices=PreferenceChoice.choices, initial=PreferenceChoice.AUTO,
                                    widget=forms.RadioSelect, label="Where to run")
-    prompt = forms.CharField(required=False, max_length=4000, widget=forms.Textarea(
+    prompt = forms.CharField(required=False, max_length=4000, validators=[_only_text], widget=forms.Textarea(
         attrs={"rows": 3, "placeholder": "a lighthouse at dusk, oil painting"}))
-    negative_prompt = forms.CharField(required=False, max_length=4000, widget=forms.Textarea(attrs={"rows": 2}))
+    negative_prompt = forms.CharField(required=False, max_length=4000, validators=[_only_text],
+                                      widget=forms.Textarea(attrs={"rows": 2}))
     width = forms.IntegerField(min_value=64, max_value=MAX_SIDE, initial=512)
     height = forms.IntegerField(min_value=64, max_value=MAX_SIDE, initial=512)
     seed = forms.IntegerField(required=False, min_value=0, max_value=2**63 - 1, help_text="Empty: random")
@@ -84,6 +124,10 @@ class JobForm(forms.Form):
             workflow = json.loads(text)
         except json.JSONDecodeError as error:
             self.add_error(field, ERR_BAD_JSON.format(error=f"{error.msg} at line {error.lineno}, column {error.colno}"))
+            return None
+        problem = _workflow_text_problem(workflow)
+        if problem:
+            self.add_error(field, problem)
             return None
         try:
             validate_workflow(workflow, max_nodes=settings.WORKFLOW_MAX_NODES,

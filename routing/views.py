@@ -164,9 +164,13 @@ def api_tokens(request):
     """Make, list and revoke API tokens. A new token's key is shown once, on this response."""
     new_key = None
     if request.method == "POST":
-        if request.POST.get("revoke"):
-            tokens.token_revoke(user=request.user, token_id=int(request.POST["revoke"]))
-            messages.info(request, "The token was revoked.")
+        if "revoke" in request.POST:
+            token_id = request.POST["revoke"].strip()
+            if token_id.isdigit() and len(token_id) <= 18 and tokens.token_revoke(
+                    user=request.user, token_id=int(token_id)):
+                messages.info(request, "The token was revoked.")
+            else:
+                messages.error(request, "No such token of yours to revoke; nothing was changed.")
             return redirect("api-tokens")
         _, new_key = tokens.token_create(user=request.user, name=request.POST.get("name", "").strip())
     return render(request, "routing/tokens.html", {

@@ -149,6 +149,7 @@ class Message(Schema):
     detail: str
 
 
+MAX_OFFSET = 10**12
 PRIORITIES = {"low": Priority.LOW, "normal": Priority.NORMAL, "high": Priority.HIGH}
 
 
@@ -190,7 +191,7 @@ def job_list(request, status: str = "", backend: str = "", limit: int = 50, offs
     category (local, cloud, gemini)."""
     jobs = selectors.jobs_for_user(user=request.auth, status=status if status in JobStatus.values else "",
                                    backend=backend if backend in Category.values else "")
-    limit, offset = max(1, min(limit, 200)), max(0, offset)
+    limit, offset = max(1, min(limit, 200)), max(0, min(offset, MAX_OFFSET))  # a database takes 64-bit offsets
     page = jobs.prefetch_related("attempts__backend", "outputs")[offset:offset + limit]
     return {"count": jobs.count(), "results": [job_dict(job, _base(request)) for job in page]}
 
