@@ -4,7 +4,6 @@ Used in-process on SQLite (tests/test_caps.py) and as a script on PostgreSQL, wh
 runs `python -m tests.cap_race` with DATABASE_URL pointing at a scratch database.
 """
 import json
-import os
 import sys
 import threading
 from decimal import Decimal
@@ -63,30 +62,13 @@ def race(job_ids) -> dict:
 
 
 def main():
-    """Script mode for PostgreSQL: make a scratch database, migrate, race, drop it."""
-    import psycopg
+    """Script mode for PostgreSQL: race on a scratch database (tests/pg_scratch.py)."""
+    from tests.pg_scratch import scratch_database
 
-    admin_url = os.environ["CAP_RACE_ADMIN_URL"]  # e.g. postgres://postgres@127.0.0.1:5432/postgres
-    name = f"comfy_cap_race_{os.getpid()}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        os.environ["DATABASE_URL"] = admin_url.rsplit("/", 1)[0] + f"/{name}"
-        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
-        import django
-
-        django.setup()
-        from django.core.management import call_command
-        from django.db import connections
-
-        call_command("migrate", verbosity=0)
+    with scratch_database("comfy_cap_race") as vendor:
         result = race(seed(int(sys.argv[1]) if len(sys.argv) > 1 else 20, Decimal("5")))
-        result["vendor"] = connections["default"].vendor
+        result["vendor"] = vendor
         print(json.dumps(result))
-        connections.close_all()
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 if __name__ == "__main__":

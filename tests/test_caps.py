@@ -60,17 +60,33 @@ def _postgres_answers() -> bool:
         return False
 
 
-@pytest.mark.postgres
-def test_twenty_concurrent_one_dollar_jobs_against_a_five_dollar_cap_accept_exactly_five_on_postgresql():
+def _race_on_postgres(module: str, n: int) -> dict:
+    """Run a race script (tests/pg_scratch.py) on a scratch PostgreSQL database; its JSON result."""
     if not _postgres_answers():
         pytest.skip(f"no PostgreSQL answers at {PG_ADMIN_URL}")
     env = {**os.environ, "CAP_RACE_ADMIN_URL": PG_ADMIN_URL}
-    done = subprocess.run([sys.executable, "-m", "tests.cap_race", "20"], cwd=ROOT, env=env,
+    done = subprocess.run([sys.executable, "-m", module, str(n)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["vendor"] == "postgresql" and result["errors"] == []
+    assert result["vendor"] == "postgresql"
+    return result
+
+
+@pytest.mark.postgres
+def test_twenty_concurrent_one_dollar_jobs_against_a_five_dollar_cap_accept_exactly_five_on_postgresql():
+    result = _race_on_postgres("tests.cap_race", 20)
+    assert result["errors"] == []
     assert (result["routed"], result["failed"], result["held"]) == (5, 15, "5.000000")
+
+
+@pytest.mark.postgres
+def test_a_cancel_racing_the_jobs_completion_never_deadlocks_on_postgresql():
+    result = _race_on_postgres("tests.lock_race", 70)
+    assert result["errors"] == []  # before one lock order: 61 deadlocks in 70 races
+    assert sum(result["outcomes"].values()) == 70 and set(result["outcomes"]) <= {"cancelled/cancelled",
+                                                                                 "succeeded/succeeded"}
+    assert result["inconsistent"] == []  # each job's cost is its user's ledger
 
 
 @pytest.mark.django_db
