@@ -78,9 +78,16 @@ class JobAdmin(admin.ModelAdmin):
 
     @admin.action(description="Run selected jobs again (as new jobs)")
     def retry_jobs(self, request, queryset):
+        queued, limited = 0, []
         for job in queryset:
-            services.job_retry(user=job.user, job_id=job.id)
-        self.message_user(request, f"Queued {queryset.count()} new job(s).", messages.SUCCESS)
+            try:
+                services.job_retry(user=job.user, job_id=job.id)
+                queued += 1
+            except services.RateLimited as refusal:  # the owner's rate limit holds here too
+                limited.append(f"{job.user}: {refusal}")
+        self.message_user(request, f"Queued {queued} new job(s).", messages.SUCCESS)
+        if limited:
+            self.message_user(request, "Not queued: " + "; ".join(sorted(set(limited))), messages.WARNING)
 
 
 @admin.register(Attempt)

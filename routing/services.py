@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Optional
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.files.base import ContentFile
 from django.db import transaction
 from django.db.models import F, Q
@@ -56,12 +57,15 @@ class RateLimited(Exception):
 
 
 def submission_check(*, user, now=None) -> None:
-    """Raise RateLimited when the user submitted SUBMIT_RATE_PER_MINUTE jobs in the last minute."""
+    """Raise RateLimited when the user submitted SUBMIT_RATE_PER_MINUTE jobs in the last minute.
+    Called by job_submit inside its transaction, after locking the user's row, so the count and
+    the insert are one step: concurrent submissions cannot all read "room for one more"."""
     now = now or timezone.now()
-    recent = Job.objects.filter(user=user, created_at__gt=now - timedelta(minutes=1)).order_by("created_at")
-    limit = settings.SUBMIT_RATE_PER_MINUTE
-    if recent.count() >= limit:
-        oldest = recent.values_list("created_at", flat=True)[recent.count() - limit]
+    limit = max(1, settings.SUBMIT_RATE_PER_MINUTE)
+    # The limit-th newest job of the last minute, if there is one: one query, no rows carried.
+    oldest = Job.objects.filter(user=user, created_at__gt=now - timedelta(minutes=1)).order_by(
+        "-created_at").values_list("created_at", flat=True)[limit - 1:limit].first()
+    if oldest is not None:
         wait = max(1, int((oldest + timedelta(minutes=1) - now).total_seconds()) + 1)
         raise RateLimited(f"Too many submissions: at most {limit} jobs a minute. Try again in {wait} s.", wait)
 
@@ -70,7 +74,10 @@ def submission_check(*, user, now=None) -> None:
 def job_submit(*, user, kind: str, preference: str, prompt: str = "", negative_prompt: str = "",
                width: int = 512, height: int = 512, seed: int = 0, duration_seconds: int = 0,
                workflow: Optional[dict] = None, priority: int = Priority.NORMAL, webhook_url: str = "") -> Job:
-    """Store the job and remember the preference; routing starts once this commits."""
+    """Store the job and remember the preference; routing starts once this commits. Every path
+    that makes a job (form, API, retry, admin) comes here, so every one is rate limited."""
+    get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk", flat=True).first()
+    submission_check(user=user)
     job = Job.objects.create(
         user=user, kind=kind, preference=preference, prompt=prompt, negative_prompt=negative_prompt,
         width=width, height=height, seed=seed, duration_seconds=duration_seconds, workflow=workflow,

@@ -28,11 +28,10 @@ def job_submit(request):
         form = JobForm(request.POST, request.FILES)
         if form.is_valid():
             try:
-                services.submission_check(user=request.user)
+                job = _submit(request.user, form.cleaned_data)
             except services.RateLimited as limited:
                 form.add_error(None, str(limited))
             else:
-                job = _submit(request.user, form.cleaned_data)
                 messages.success(request, "Your job is queued. This page updates by itself.")
                 return redirect("job-detail", job_id=job.id)
     else:
@@ -103,7 +102,11 @@ def job_cancel(request, job_id):
 @require_POST
 def job_retry(request, job_id):
     job = _own_job(request, job_id)
-    new = services.job_retry(user=request.user, job_id=job.id)
+    try:
+        new = services.job_retry(user=request.user, job_id=job.id)
+    except services.RateLimited as limited:
+        messages.error(request, str(limited))
+        return redirect("job-detail", job_id=job.id)
     messages.success(request, "A new job with the same settings is queued.")
     return redirect("job-detail", job_id=new.id)
 

@@ -1,8 +1,12 @@
-"""A user's cancel against the job's completion, at the same moment, N times.
+"""Races that only PostgreSQL shows (SQLite runs one writer at a time), on a scratch database.
 
-`job_cancel` and `attempt_succeed` both change a job, its attempt and the spend counters; on
-PostgreSQL two transactions that take those row locks in different orders deadlock. Run as
-`python -m tests.lock_race N` with CAP_RACE_ADMIN_URL (tests/test_caps.py runs it)."""
+- `cancel N`: a user's cancel against the job's completion, at the same moment, N times.
+  `job_cancel` and `attempt_succeed` both change a job, its attempt and the spend counters;
+  two transactions that take those row locks in different orders deadlock.
+- `submit N`: N submissions by one user at once against SUBMIT_RATE_PER_MINUTE; counted,
+  then inserted, more than the limit got through.
+
+Run as `python -m tests.lock_race cancel|submit N` with CAP_RACE_ADMIN_URL (tests/test_caps.py)."""
 import json
 import sys
 import threading
@@ -73,11 +77,46 @@ def race(user, attempt_ids) -> dict:
     return {"errors": errors, "outcomes": outcomes, "inconsistent": inconsistent}
 
 
+def submit_race(n: int, limit: int) -> dict:
+    """N threads submit a job for one user at the same moment; the limit must hold exactly."""
+    from django.conf import settings
+    from django.contrib.auth import get_user_model
+    from django.db import connection
+
+    from routing import services
+    from routing.defaults import ensure_default_backends
+    from routing.models import Job
+
+    ensure_default_backends()
+    settings.SUBMIT_RATE_PER_MINUTE = limit
+    user = get_user_model().objects.create_user("burst", "", "pw-for-the-race-1")
+    barrier, refused, errors = threading.Barrier(n), [], []
+
+    def submit(i):
+        try:
+            barrier.wait()
+            services.job_submit(user=user, kind="image", preference="auto", prompt=f"burst {i}")
+        except services.RateLimited:
+            refused.append(i)
+        except Exception as error:
+            errors.append(repr(error)[:300])
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return {"created": Job.objects.filter(user=user).count(), "refused": len(refused), "errors": errors}
+
+
 def main():
     from tests.pg_scratch import scratch_database
 
+    scenario, n = sys.argv[1], int(sys.argv[2])
     with scratch_database("comfy_lock_race") as vendor:
-        result = race(*seed(int(sys.argv[1]) if len(sys.argv) > 1 else 50))
+        result = race(*seed(n)) if scenario == "cancel" else submit_race(n, limit=10)
         result["vendor"] = vendor
         print(json.dumps(result))
 

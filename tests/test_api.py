@@ -168,6 +168,21 @@ def test_the_form_is_rate_limited_too(alice_client, settings, local_backend):
     assert Job.objects.count() == 1
 
 
+def test_a_retry_is_rate_limited_like_a_submission(alice_client, alice, settings, local_backend, admin_client):
+    settings.SUBMIT_RATE_PER_MINUTE = 2
+    first = services.job_submit(user=alice, kind="image", preference="auto", prompt="x")
+    Job.objects.filter(id=first.id).update(status=JobStatus.FAILED)
+
+    assert alice_client.post(f"/jobs/{first.id}/retry/").status_code == 302  # the second job this minute
+    page = alice_client.post(f"/jobs/{first.id}/retry/", follow=True).content.decode()
+
+    assert "Too many submissions: at most 2 jobs a minute" in page and Job.objects.count() == 2
+    admin_page = admin_client.post("/admin/routing/job/", {"action": "retry_jobs", "_selected_action": [first.id]},
+                                   follow=True).content.decode()
+    assert "Queued 0 new job(s)" in admin_page and "Too many submissions" in admin_page
+    assert Job.objects.count() == 2
+
+
 def test_tokens_are_made_and_revoked_in_the_ui(alice_client, alice):
     page = alice_client.post("/account/tokens/", {"name": "script"}).content.decode()
     key = page.split('<code id="new-token">')[1].split("</code>")[0]

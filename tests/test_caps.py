@@ -60,12 +60,12 @@ def _postgres_answers() -> bool:
         return False
 
 
-def _race_on_postgres(module: str, n: int) -> dict:
+def _race_on_postgres(module: str, *args) -> dict:
     """Run a race script (tests/pg_scratch.py) on a scratch PostgreSQL database; its JSON result."""
     if not _postgres_answers():
         pytest.skip(f"no PostgreSQL answers at {PG_ADMIN_URL}")
     env = {**os.environ, "CAP_RACE_ADMIN_URL": PG_ADMIN_URL}
-    done = subprocess.run([sys.executable, "-m", module, str(n)], cwd=ROOT, env=env,
+    done = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -81,8 +81,15 @@ def test_twenty_concurrent_one_dollar_jobs_against_a_five_dollar_cap_accept_exac
 
 
 @pytest.mark.postgres
+def test_forty_submissions_at_once_against_a_limit_of_ten_make_exactly_ten_jobs_on_postgresql():
+    result = _race_on_postgres("tests.lock_race", "submit", 40)
+    assert result["errors"] == []
+    assert (result["created"], result["refused"]) == (10, 30)  # counted, then inserted: 14 got through
+
+
+@pytest.mark.postgres
 def test_a_cancel_racing_the_jobs_completion_never_deadlocks_on_postgresql():
-    result = _race_on_postgres("tests.lock_race", 70)
+    result = _race_on_postgres("tests.lock_race", "cancel", 70)
     assert result["errors"] == []  # before one lock order: 61 deadlocks in 70 races
     assert sum(result["outcomes"].values()) == 70 and set(result["outcomes"]) <= {"cancelled/cancelled",
                                                                                  "succeeded/succeeded"}

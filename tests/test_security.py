@@ -230,3 +230,28 @@ def test_no_secret_reaches_task_arguments_logs_or_job_errors(transactional_db, r
             assert secret not in text, secret
     finally:
         gemini.stop()
+
+
+@pytest.mark.django_db
+def test_logins_are_throttled_after_a_few_wrong_passwords_even_for_the_right_one(client, alice, settings):
+    wrong = {"username": "alice", "password": "not-it"}
+    answers = [client.post("/login/", wrong).status_code for _ in range(settings.AXES_FAILURE_LIMIT)]
+
+    locked = client.post("/login/", {"username": "alice", "password": "alice-password-1"})
+
+    assert answers[:-1] == [200] * (settings.AXES_FAILURE_LIMIT - 1)  # the form again, with its error
+    assert locked.status_code == 429 and "Too many sign-in attempts" in locked.content.decode()
+    assert "_auth_user_id" not in client.session
+    # From another address the same user is not locked out (nobody can lock a user out remotely).
+    elsewhere = Client(REMOTE_ADDR="10.9.8.7").post("/login/", {"username": "alice", "password": "alice-password-1"})
+    assert elsewhere.status_code == 302
+
+
+@pytest.mark.django_db
+def test_a_right_password_resets_the_count(client, alice, settings):
+    for _ in range(settings.AXES_FAILURE_LIMIT - 1):
+        client.post("/login/", {"username": "alice", "password": "not-it"})
+    assert client.post("/login/", {"username": "alice", "password": "alice-password-1"}).status_code == 302
+    client.logout()
+    for _ in range(settings.AXES_FAILURE_LIMIT - 1):
+        assert client.post("/login/", {"username": "alice", "password": "not-it"}).status_code == 200
