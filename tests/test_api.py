@@ -95,6 +95,16 @@ def test_the_web_session_works_and_needs_csrf_for_writes(alice):
     assert not Job.objects.exists()
 
 
+def test_a_write_with_no_credentials_is_a_401_not_a_csrf_403(db):
+    anonymous = Client(enforce_csrf_checks=True)
+
+    for path in ("/api/jobs", f"/api/jobs/{'0' * 8}-0000-4000-8000-{'0' * 12}/cancel"):
+        response = _post(anonymous, path, {"prompt": "x"})
+        assert response.status_code == 401, (path, response.content)
+    assert anonymous.get("/api/jobs").status_code == 401
+    assert not Job.objects.exists()
+
+
 def test_listing_shows_only_my_jobs_and_filters(api, alice, bob):
     services.job_submit(user=alice, kind="image", preference="auto", prompt="mine")
     services.job_submit(user=bob, kind="image", preference="auto", prompt="his")

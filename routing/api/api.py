@@ -14,7 +14,7 @@ from django.db import connection
 from django.shortcuts import get_object_or_404
 from ninja import NinjaAPI, Schema
 from ninja.responses import Status
-from ninja.security import HttpBearer, django_auth
+from ninja.security import HttpBearer, SessionAuth
 
 from billing import caps
 from billing.metrics import as_json, metrics, period
@@ -34,7 +34,17 @@ class TokenAuth(HttpBearer):
         return token_user(token)
 
 
-api = NinjaAPI(title="Comfy Hybrid API", version="1.0", auth=[TokenAuth(), django_auth],
+class SignedInSession(SessionAuth):
+    """The web session, for the pages' own calls: CSRF is checked for a signed-in session only,
+    so a write with no credentials at all is a 401 (not "CSRF check failed", a 403)."""
+
+    def _get_key(self, request):
+        if not request.user.is_authenticated:
+            return None
+        return super()._get_key(request)
+
+
+api = NinjaAPI(title="Comfy Hybrid API", version="1.0", auth=[TokenAuth(), SignedInSession()],
                description="Submit image and video jobs and follow them; see README.md for curl examples.")
 
 
