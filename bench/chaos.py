@@ -36,7 +36,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .chaos_env import QUEUES, SYSTEM_ENV, World
+from .chaos_env import JOB_QUEUES, SYSTEM_ENV, World
 from .chaos_report import collect, render
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,7 +125,7 @@ class Monkey(threading.Thread):
         self.events, self.stop = [], threading.Event()
         self.rng = random.Random(f"monkey|{world.seed}")
         self.error = None
-        self.victims = self.rng.sample(QUEUES, len(QUEUES))  # each kill hits another queue's worker
+        self.victims = self.rng.sample(JOB_QUEUES, len(JOB_QUEUES))  # each kill hits another queue's worker
         self.armed = {}  # mid-call kills waiting for their call: what -> (calls seen, since)
 
     def log(self, what: str, detail: str):

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from project import queues
 from tests.conftest import RedisServer, wait_for
 from tests.fakes.chaos_proxy import ChaosProxy
 from tests.fakes.comfyui import FakeComfyUI, node_table
@@ -29,7 +30,10 @@ from tests.fakes.runpod import API_KEY, ENDPOINT_ID, NO_CAPACITY, FakeJob, FakeR
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = None  # the fake ComfyUI then holds every file of deploy/comfyui-manifest.json, where the installer puts it
-QUEUES = ("control", "local", "cloud", "gemini")  # one worker per queue, like deploy/Procfile
+QUEUES = queues.ALL  # one worker per queue, like deploy/Procfile
+# The queues a job's own tasks travel: the chaos monkey kills their workers (the run's jobs carry
+# no webhook, so a kill of the webhooks worker would test nothing).
+JOB_QUEUES = tuple(queue for queue in QUEUES if queue != queues.WEBHOOKS)
 
 # Retries and timeouts of the system under test, set through its settings only: shorter than
 # the production defaults so that a run takes minutes (a 10 s HTTP timeout, a 60 s sweeper age

@@ -17,6 +17,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from project import queues as project_queues
 from tests.conftest import RedisServer, Workers, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,7 +27,7 @@ POSTGRES_ADMIN_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres
 # The same concurrency for the project's tasks and the raw baseline: one worker process
 # consuming every queue, so both measurements use exactly the same workers.
 WORKER_CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "4"))
-ALL_QUEUES = "control,local,cloud,gemini,bench"
+ALL_QUEUES = ",".join((*project_queues.ALL, "bench"))
 
 
 # --- figures --------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start web, the four queue workers, beat and Flower under one process manager (honcho).
+# Start web, the five queue workers, beat and Flower under one process manager (honcho).
 # FLOWER_BASIC_AUTH comes from .env (Flower reads FLOWER_* variables itself), never argv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +10,7 @@ cat <<BANNER
   Comfy Hybrid is starting. Stop everything with Ctrl-C.
     web      $web/            (sign in; admin at $web/admin/)
     flower   http://${FLOWER_ADDRESS:-127.0.0.1}:${FLOWER_PORT:-5555}/   (user/password: FLOWER_BASIC_AUTH in .env)
-    workers  control, local, cloud, gemini queues on ${REDIS_URL:-redis://127.0.0.1:6379/0}
+    workers  control, local, cloud, gemini, webhooks queues on ${REDIS_URL:-redis://127.0.0.1:6379/0}
     beat     health probes, sweeper and schedules (edit them in the admin: Periodic tasks)
     comfyui  expected at ${COMFYUI_URL:-http://127.0.0.1:8188} (install it from $web/install/)
 

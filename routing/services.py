@@ -22,6 +22,7 @@ from billing import caps
 from billing.models import LedgerEntry
 from billing.pods import pod_price_per_second
 from billing.pricing import actual_cost, cost_at, metered_cost, metered_price
+from project import queues
 from workers.clients import BackendError, Done, Failed, Progress
 from workers.workflows import WorkflowError, validate_workflow
 
@@ -598,7 +599,7 @@ def job_fail(job: Job, error: str) -> None:
 def _ended(job_id) -> None:
     """The job reached its final state: its webhook, if any, is sent once (claimed here)."""
     if Job.objects.filter(id=job_id, webhook_state="").exclude(webhook_url="").update(webhook_state="pending"):
-        dispatch.send_on_commit(dispatch.WEBHOOK, [str(job_id), 1], queue="control")
+        dispatch.send_on_commit(dispatch.WEBHOOK, [str(job_id), 1], queue=queues.WEBHOOKS)
 
 
 def job_cancel(*, user, job_id) -> bool:

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import redis as redis_lib
 
+from project import queues as project_queues
+
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT_DIR = ROOT / "test-output"
 
@@ -168,7 +170,7 @@ class Workers:
         self.processes: list[subprocess.Popen] = []
         self.logs: list[Path] = []
 
-    def start(self, queues: str = "control,local,cloud,gemini", concurrency: int = 2, name: str = "w"):
+    def start(self, queues: str = ",".join(project_queues.ALL), concurrency: int = 2, name: str = "w"):
         from django.conf import settings
 
         db_name = settings.DATABASES["default"]["NAME"]

@@ -57,7 +57,7 @@ def test_compose_is_valid_yaml_with_every_service(compose):
 
 def test_every_process_runs_from_one_image_with_its_own_command(compose):
     apps = _app_services(compose)
-    assert len(apps) >= 8  # migrate, web, four workers, beat, flower
+    assert len(apps) >= 9  # migrate, web, five workers, beat, flower
     assert len({s["image"] for s in apps.values()}) == 1
     assert len({(s["build"]["context"], s["build"]["dockerfile"]) for s in apps.values()}) == 1
     assert (DEPLOY / apps["web"]["build"]["context"] / apps["web"]["build"]["dockerfile"]).resolve() == \
@@ -151,7 +151,7 @@ def test_there_is_a_unit_for_every_process_of_the_procfile():
     procfile = [line.split(":", 1)[0] for line in (DEPLOY / "Procfile").read_text().splitlines() if ":" in line]
     units = {path.name for path in _unit_files()}
     for process in procfile:
-        name = f"comfy-hybrid-worker@.service" if process in queues.ALL else f"comfy-hybrid-{process}.service"
+        name = "comfy-hybrid-worker@.service" if process in queues.ALL else f"comfy-hybrid-{process}.service"
         assert name in units, process
     target = (UNITS / "comfy-hybrid.target").read_text()
     for queue in queues.ALL:

@@ -1,48 +1,25 @@
-"""Job webhooks: signed, sent once when the job ends, retried, never to private hosts."""
+"""Job webhooks: signed, sent once when the job ends, retried, never to private hosts, on
+their own queue."""
 import hashlib
 import hmac
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from routing import services, webhooks
+from project import queues
+from routing import dispatch, services, webhooks
 from routing.models import Job
+from tests.fakes.webhook_receiver import WebhookReceiver
+from workers import tasks
 
 pytestmark = pytest.mark.django_db
-
-
-class Receiver:
-    """A loopback HTTP server that records webhook calls and answers with `statuses` in turn."""
-
-    def __init__(self, statuses=(200,)):
-        self.calls, self.statuses = [], list(statuses)
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.calls.append((dict(self.headers), body))
-                self.send_response(receiver.statuses.pop(0) if len(receiver.statuses) > 1 else receiver.statuses[0])
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = HTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
-
-    def close(self):
-        self.server.shutdown()
 
 
 @pytest.fixture
 def receiver(settings):
     settings.WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]
     settings.WEBHOOK_SECRET = "hook-secret"
-    server = Receiver()
+    server = WebhookReceiver()
     yield server
     server.close()
 
@@ -101,3 +78,23 @@ def test_local_and_private_targets_are_refused(url, settings):
 def test_a_job_without_a_webhook_sends_nothing(alice, local_backend):
     job = _ended_job(alice, "")
     assert job.webhook_state == ""
+
+
+# --- queue ---------------------------------------------------------------------------------
+def test_the_delivery_is_sent_to_the_webhooks_queue_not_control(alice, local_backend, monkeypatch,
+                                                                 django_capture_on_commit_callbacks):
+    sent = []
+    monkeypatch.setattr(dispatch, "send", lambda name, args, queue, **options: sent.append((name, queue)))
+    with django_capture_on_commit_callbacks(execute=True):
+        _ended_job(alice, "https://hooks.example.com/x")
+    assert [queue for name, queue in sent if name == dispatch.WEBHOOK] == [queues.WEBHOOKS]
+
+
+def test_a_retry_goes_back_to_the_webhooks_queue(monkeypatch):
+    retries = []
+    monkeypatch.setattr(webhooks, "webhook_deliver", lambda job_id, try_number: 4)
+    monkeypatch.setattr(tasks.deliver_webhook, "apply_async",
+                        lambda args, countdown, queue: retries.append((args, countdown, queue)))
+    tasks.deliver_webhook.run("job-id", 2)
+    assert retries == [(["job-id", 3], 4, queues.WEBHOOKS)]
+    assert tasks.deliver_webhook.queue == queues.WEBHOOKS

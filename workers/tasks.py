@@ -61,11 +61,12 @@ def admit_waiting():
     services.jobs_admit_waiting()
 
 
-@shared_task(queue=queues.CONTROL, **FAST)
+@shared_task(queue=queues.WEBHOOKS, **FAST)
 def deliver_webhook(job_id, try_number):
+    # Its own queue and worker: a slow receiver holds webhooks only, never routing.
     countdown = webhooks.webhook_deliver(job_id=job_id, try_number=try_number)
     if countdown is not None:
-        deliver_webhook.apply_async([job_id, try_number + 1], countdown=countdown, queue=queues.CONTROL)
+        deliver_webhook.apply_async([job_id, try_number + 1], countdown=countdown, queue=queues.WEBHOOKS)
 
 
 @shared_task(**FAST)
