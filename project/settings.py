@@ -62,6 +62,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "project.middleware.ContentSecurityPolicy",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -156,6 +157,12 @@ STORAGES = {
 SESSION_COOKIE_HTTPONLY = True
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+SELF = "'self'"
+CONTENT_SECURITY_POLICY = {
+    "default-src": [SELF], "script-src": [SELF], "style-src": [SELF], "connect-src": [SELF],
+    "img-src": [SELF, "data:", "blob:"], "media-src": [SELF, "blob:"], "font-src": [SELF],
+    "object-src": ["'none'"], "base-uri": [SELF], "form-action": [SELF], "frame-ancestors": ["'none'"],
+}
 if env_bool("HTTPS", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)

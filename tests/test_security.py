@@ -255,3 +255,11 @@ def test_a_right_password_resets_the_count(client, alice, settings):
     client.logout()
     for _ in range(settings.AXES_FAILURE_LIMIT - 1):
         assert client.post("/login/", {"username": "alice", "password": "not-it"}).status_code == 200
+
+
+@pytest.mark.django_db
+def test_every_response_carries_the_content_security_policy(alice_client):
+    for path in ("/", "/login/", "/api/docs", "/api/openapi.json", "/no-such-page/"):
+        policy = alice_client.get(path)["Content-Security-Policy"]
+        assert "default-src 'self'" in policy and "script-src 'self'" in policy and "'unsafe-inline'" not in policy
+        assert "frame-ancestors 'none'" in policy and "object-src 'none'" in policy, path
