@@ -541,6 +541,8 @@ def attempt_fail(*, attempt_id, error: str, retryable: bool, outage: bool = Fals
         if not updated:
             return
         attempt = Attempt.objects.select_related("job", "backend").get(id=attempt_id)
+        log.info("attempt %s of job %s on %s failed (%s): %s", attempt.id, attempt.job_id, attempt.backend.name,
+                 "will route again" if retryable else "final", error)  # the staff's detail; users see for_users
         _settle(attempt, used)
         if used is None:
             _given_up_remotely(attempt, ran_seconds)

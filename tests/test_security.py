@@ -263,3 +263,43 @@ def test_every_response_carries_the_content_security_policy(alice_client):
         policy = alice_client.get(path)["Content-Security-Policy"]
         assert "default-src 'self'" in policy and "script-src 'self'" in policy and "'unsafe-inline'" not in policy
         assert "frame-ancestors 'none'" in policy and "object-src 'none'" in policy, path
+
+
+INTERNAL = ("ComfyUI at http://127.0.0.1:8388 is not reachable (is it running?); FileNotFoundError: "
+            "/home/ana/ComfyUI/models/checkpoints/v1-5.safetensors on 10.0.0.7:8188")
+
+
+@pytest.mark.django_db
+def test_users_see_what_happened_without_internal_addresses_and_staff_see_the_detail(
+        alice, alice_client, admin_client, local_backend):
+    from routing.health import health_record
+
+    job = services.job_submit(user=alice, kind="image", preference="local", prompt="a fox")
+    Attempt.objects.create(job=job, backend=local_backend, number=1, status="failed", error=INTERNAL)
+    Job.objects.filter(id=job.id).update(status=JobStatus.FAILED, error=INTERNAL, reason=f"local: {INTERNAL}",
+                                         decision={"local": f"offline — {INTERNAL}"})
+    health_record(backend_id=local_backend.id, ok=False, detail=INTERNAL)
+    token_client = Client(HTTP_AUTHORIZATION=f"Bearer {tokens.token_create(user=alice, name='t')[1]}")
+
+    seen = [alice_client.get(f"/jobs/{job.id}/").content.decode(), alice_client.get("/backends/").content.decode(),
+            token_client.get(f"/api/jobs/{job.id}").content.decode(), token_client.get("/api/jobs").content.decode()]
+
+    for text in seen:
+        for internal in ("127.0.0.1", "8388", "10.0.0.7", "/home/ana", "ComfyUI/models"):
+            assert internal not in text, internal
+    assert "ComfyUI is not reachable (is it running?)" in seen[0] and "v1-5.safetensors" in seen[0]
+    assert "ComfyUI is not reachable" in json.loads(seen[2])["error"]
+    staff = admin_client.get(f"/admin/routing/job/{job.id}/change/").content.decode()
+    assert "http://127.0.0.1:8388" in staff  # the staff's detail is kept
+
+
+def test_the_user_text_keeps_the_words_and_drops_only_the_insides():
+    from routing.errors import for_users
+
+    assert for_users("RunPod at https://api.runpod.ai/v2 did not answer in time") == "RunPod did not answer in time"
+    assert for_users(r"see C:\Users\ana\ComfyUI\main.py") == "see main.py"
+    assert for_users("[::1]:8188 and gpu-box.local:8188") == "(address hidden) and (address hidden)"
+    for kept in ("Daily spending limit reached: $5.00 of $5.00 used, resets at 00:00 UTC.",
+                 "lacks diffusion_models/wan2.1_t2v_1.3B_fp16.safetensors — install it from the Local GPU page",
+                 "Cannot execute because node NoSuchSamplerNode does not exist.", "denoise 0.5/1.0"):
+        assert for_users(kept) == kept

@@ -1,7 +1,9 @@
 """The JSON form of jobs and backends, shared by the API and webhooks. No secrets, no URLs
-of backends: only what the job's owner may see."""
+of backends: only what the job's owner may see (errors and reasons as routing/errors.py
+shows them to users)."""
 from django.urls import reverse
 
+from ..errors import for_users
 from ..models import Job
 from ..selectors import queue_position
 
@@ -20,13 +22,13 @@ def job_dict(job: Job, base_url: str) -> dict:
         "priority": job.get_priority_display().lower(), "prompt": job.prompt,
         "custom_workflow": job.is_custom_workflow, "width": job.width, "height": job.height, "seed": job.seed,
         "duration_seconds": job.duration_seconds, "backend": job.backend.name if job.backend else None,
-        "reason": job.reason, "progress": job.progress, "cost": _money(job.cost), "error": job.error,
+        "reason": for_users(job.reason), "progress": job.progress, "cost": _money(job.cost), "error": for_users(job.error),
         "failovers": job.failovers, "retries": job.retries, "waiting": job.waiting,
         "waiting_for": job.waiting_for if job.waiting else "", "queue_position": queue_position(job),
         "created_at": _time(job.created_at), "started_at": _time(job.started_at),
         "finished_at": _time(job.finished_at),
         "attempts": [{
-            "number": a.number, "backend": a.backend.name, "status": a.status, "error": a.error,
+            "number": a.number, "backend": a.backend.name, "status": a.status, "error": for_users(a.error),
             "started_at": _time(a.started_at), "finished_at": _time(a.finished_at), "seconds": a.seconds,
             "cost": _money(a.cost), "outage": a.outage,
         } for a in job.attempts.select_related("backend")],
