@@ -7,12 +7,12 @@ same input; errors are 422 with one entry per field, another user's job is 404.
 import json
 import secrets
 import uuid
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from django.conf import settings
 from django.db import connection
 from django.shortcuts import get_object_or_404
-from ninja import NinjaAPI, Schema
+from ninja import Field, NinjaAPI, Query, Schema
 from ninja.responses import Status
 from ninja.security import HttpBearer, SessionAuth
 
@@ -20,7 +20,7 @@ from billing import caps
 from billing.metrics import as_json, metrics, period
 
 from .. import selectors, services
-from ..forms import JobForm
+from ..forms import MAX_SIDE, MAX_VIDEO_SECONDS, JobForm
 from ..models import Category, Job, JobKind, JobStatus, Priority
 from ..tokens import token_user
 from ..webhooks import WebhookRefused, validate_webhook_url
@@ -69,17 +69,30 @@ def _rate_limited(request, exc):
 
 # --- schemas (they are also the OpenAPI documentation) --------------------------------------
 class JobIn(Schema):
+    """Give `prompt` or `workflow`, not both. The rules no schema can say (one of the two, a
+    workflow ComfyUI can run and that saves an output) are checked too, and answer 422."""
     kind: Literal["image", "video"] = "image"
     preference: Literal["auto", "local", "cloud", "gemini"] = "auto"
-    prompt: str = ""
-    negative_prompt: str = ""
-    workflow: Optional[dict] = None
-    width: int = 512
-    height: int = 512
-    seed: Optional[int] = None
-    duration_seconds: Optional[int] = None
+    prompt: str = Field("", max_length=4000)
+    negative_prompt: str = Field("", max_length=4000)
+    workflow: Optional[dict] = Field(None, description="A ComfyUI workflow in API format")
+    width: int = Field(512, ge=64, le=MAX_SIDE, multiple_of=8)
+    height: int = Field(512, ge=64, le=MAX_SIDE, multiple_of=8)
+    seed: Optional[int] = Field(None, ge=0, le=2**63 - 1, description="Empty: random")
+    duration_seconds: Optional[int] = Field(None, ge=1, le=MAX_VIDEO_SECONDS, description="Video only (default 4)")
     priority: Literal["low", "normal", "high"] = "normal"
-    webhook_url: Optional[str] = None
+    webhook_url: Optional[str] = Field(None, max_length=500, description="Called with the job when it ends")
+
+
+class FieldError(Schema):
+    loc: list[Union[str, int]]  # ["body", "<field>"]
+    msg: str
+    type: str
+
+
+class ValidationErrors(Schema):
+    """422: one entry per refused field, in words to show the user."""
+    detail: list[FieldError]
 
 
 class AttemptOut(Schema):
@@ -168,7 +181,8 @@ def _base(request) -> str:
 
 
 # --- jobs ----------------------------------------------------------------------------------
-@api.post("/jobs", response={201: JobOut, 422: dict, 429: Message}, tags=["jobs"])
+@api.post("/jobs", response={201: JobOut, 400: Message, 401: Message, 422: ValidationErrors, 429: Message},
+          tags=["jobs"])
 def job_create(request, body: JobIn):
     """Submit a job: a prompt (filled into a bundled ComfyUI template) or a full API-format
     ComfyUI workflow. It is queued at once; follow it with GET /api/jobs/{id}."""
@@ -194,24 +208,26 @@ def job_create(request, body: JobIn):
     return Status(201, job_dict(job, _base(request)))
 
 
-@api.get("/jobs", response=JobList, tags=["jobs"])
-def job_list(request, status: str = "", backend: str = "", limit: int = 50, offset: int = 0):
+@api.get("/jobs", response={200: JobList, 401: Message, 422: ValidationErrors}, tags=["jobs"])
+def job_list(request, status: str = "", backend: str = "", limit: int = 50,
+             offset: int = Query(0, ge=0, le=MAX_OFFSET)):
     """Your jobs, newest first. Filter by status (queued, running, succeeded…) or backend
     category (local, cloud, gemini)."""
     jobs = selectors.jobs_for_user(user=request.auth, status=status if status in JobStatus.values else "",
                                    backend=backend if backend in Category.values else "")
-    limit, offset = max(1, min(limit, 200)), max(0, min(offset, MAX_OFFSET))  # a database takes 64-bit offsets
+    limit = max(1, min(limit, 200))  # (the offset is bounded by its schema: a database takes 64-bit offsets)
     page = jobs.prefetch_related("attempts__backend", "outputs")[offset:offset + limit]
     return {"count": jobs.count(), "results": [job_dict(job, _base(request)) for job in page]}
 
 
-@api.get("/jobs/{job_id}", response={200: JobOut, 404: Message}, tags=["jobs"])
+@api.get("/jobs/{job_id}", response={200: JobOut, 401: Message, 404: Message, 422: ValidationErrors}, tags=["jobs"])
 def job_get(request, job_id: uuid.UUID):
     """One of your jobs: status, attempts, cost and output URLs. Anyone else's is a 404."""
     return job_dict(_own(request, job_id), _base(request))
 
 
-@api.post("/jobs/{job_id}/cancel", response={200: JobOut, 404: Message, 409: Message}, tags=["jobs"])
+@api.post("/jobs/{job_id}/cancel", tags=["jobs"],
+          response={200: JobOut, 401: Message, 404: Message, 409: Message, 422: ValidationErrors})
 def job_cancel(request, job_id: uuid.UUID):
     """Cancel a job that has not finished; a running attempt is cancelled on its backend too."""
     job = _own(request, job_id)
@@ -226,7 +242,7 @@ def _own(request, job_id: uuid.UUID) -> Job:
 
 
 # --- backends, costs, health ----------------------------------------------------------------
-@api.get("/backends", response=list[BackendOut], tags=["backends"])
+@api.get("/backends", response={200: list[BackendOut], 401: Message, 422: ValidationErrors}, tags=["backends"])
 def backend_list(request, kind: Literal["image", "video"] = "image"):
     """Every backend with its live status and the expected cost and time of a job of `kind`."""
     cards = selectors.backend_cards(kind=JobKind(kind), local_queue_limit=settings.LOCAL_QUEUE_LIMIT)
@@ -238,7 +254,7 @@ def backend_list(request, kind: Literal["image", "video"] = "image"):
     } for c in cards]
 
 
-@api.get("/costs", tags=["costs"])
+@api.get("/costs", response={200: dict, 401: Message, 422: ValidationErrors}, tags=["costs"])
 def cost_figures(request, days: int = 30, scope: Literal["me", "all"] = "me"):
     """Jobs, spend, savings, success rates and projections for the last `days` days. Staff may
     ask for `scope=all` (the whole installation)."""
