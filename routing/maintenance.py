@@ -11,6 +11,8 @@ from django.utils import timezone
 
 from workers.clients import BackendError
 
+from project import queues
+
 from . import dispatch
 from .backends import client_for_backend, missing_settings
 from .health import health_record
@@ -83,9 +85,24 @@ def sweep(now=None) -> dict:
         dispatch.send(dispatch.POLL, [str(attempt.id), attempt.poll_seq], queue=attempt.backend.queue,
                       priority=attempt.job.priority)
         counts["poll"] += 1
+    counts["webhook"] = _resend_lost_webhooks(cutoff)
     if any(counts.values()):
         log.info("sweeper: %s", counts)
     return counts
+
+
+def _resend_lost_webhooks(cutoff) -> int:
+    """A pending webhook whose next try is long overdue lost its message (Redis came back empty,
+    or a worker died with it): send that try again. Delivery is at least once: a receiver may see
+    a job twice (its id is in the payload and the signature)."""
+    sent = 0
+    for job_id, tries in Job.objects.filter(webhook_state="pending", webhook_due_at__lt=cutoff).values_list(
+            "id", "webhook_tries"):
+        if Job.objects.filter(id=job_id, webhook_state="pending", webhook_due_at__lt=cutoff).update(
+                webhook_due_at=timezone.now()):  # claimed: the next sweep waits for this send
+            dispatch.send(dispatch.WEBHOOK, [str(job_id), tries + 1], queue=queues.WEBHOOKS)
+            sent += 1
+    return sent
 
 
 def _fail_long_outage_waits(now) -> int:

@@ -183,6 +183,10 @@ class Job(models.Model):
     # Called once when the job ends (signed, retried): see routing/webhooks.py.
     webhook_url = models.URLField(blank=True, max_length=500)
     webhook_state = models.CharField(max_length=12, blank=True, help_text="pending / delivered / failed")
+    webhook_tries = models.PositiveSmallIntegerField(default=0, help_text="delivery tries made so far")
+    # When the next try is due: a pending webhook past it (its message lost with Redis) is sent
+    # again by the sweeper.
+    webhook_due_at = models.DateTimeField(null=True, blank=True)
 
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -600,7 +600,8 @@ def job_fail(job: Job, error: str) -> None:
 
 def _ended(job_id) -> None:
     """The job reached its final state: its webhook, if any, is sent once (claimed here)."""
-    if Job.objects.filter(id=job_id, webhook_state="").exclude(webhook_url="").update(webhook_state="pending"):
+    if Job.objects.filter(id=job_id, webhook_state="").exclude(webhook_url="").update(
+            webhook_state="pending", webhook_due_at=timezone.now()):
         dispatch.send_on_commit(dispatch.WEBHOOK, [str(job_id), 1], queue=queues.WEBHOOKS)
 
 

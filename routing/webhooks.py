@@ -23,11 +23,13 @@ import logging
 import os
 import socket
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from socket import getaddrinfo  # the one resolution of a delivery; tests replace it here
 from urllib.parse import urlsplit
 
 import urllib3
 from django.conf import settings
+from django.utils import timezone
 from requests.certs import where as default_ca_bundle
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, ReadTimeoutError, SSLError
 
@@ -225,12 +227,18 @@ def _trust_store() -> dict:
     return {"ca_cert_dir": bundle} if os.path.isdir(bundle) else {"ca_certs": bundle}
 
 
+TRY_LIFETIME_SECONDS = 60  # a delivery task's soft time limit: a try still open after it is lost
+
+
 def webhook_deliver(*, job_id, try_number: int):
     """Deliver the job's webhook once. Returns the countdown of the next try, or None."""
     job = Job.objects.select_related("backend").get(id=job_id)
     if job.webhook_state != "pending":
         return None  # delivered (or given up) already: a duplicate task does nothing
     payload = {"event": "job.finished", "job": job_dict(job, settings.SITE_URL)}
+    # If this try never ends (its worker dies), the sweeper sends it again once this is past.
+    Job.objects.filter(id=job.id).update(webhook_tries=try_number,
+                                         webhook_due_at=timezone.now() + timedelta(seconds=TRY_LIFETIME_SECONDS))
     try:
         post(job.webhook_url, payload)
     except (WebhookFailed, WebhookRefused) as error:
@@ -238,6 +246,9 @@ def webhook_deliver(*, job_id, try_number: int):
         if try_number >= settings.WEBHOOK_MAX_TRIES or isinstance(error, WebhookRefused):
             Job.objects.filter(id=job.id, webhook_state="pending").update(webhook_state="failed")
             return None
-        return min(300, 2 ** try_number)
+        countdown = min(300, 2 ** try_number)
+        Job.objects.filter(id=job.id, webhook_state="pending").update(
+            webhook_due_at=timezone.now() + timedelta(seconds=countdown))
+        return countdown
     Job.objects.filter(id=job.id, webhook_state="pending").update(webhook_state="delivered")
     return None
