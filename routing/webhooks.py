@@ -160,13 +160,21 @@ def webhook_target(url: str) -> Target:
 
 
 def validate_webhook_url(url: str) -> None:
-    webhook_target(url)
+    """At submission: any doubt is the submitter's to fix or retry (a 422), never a 500."""
+    try:
+        webhook_target(url)
+    except WebhookFailed as failed:
+        raise WebhookRefused(f"The webhook URL cannot be checked: {failed}. Try again in a moment.")
 
 
 def _resolve(host: str, port: int) -> tuple:
     try:
         infos = getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
-    except (socket.gaierror, UnicodeError):
+    except socket.gaierror as error:
+        if error.errno in (socket.EAI_AGAIN, getattr(socket, "EAI_SYSTEM", None)):  # the resolver, not the name
+            raise WebhookFailed(f"the name {host} could not be looked up just now ({error.strerror})")
+        raise WebhookRefused(f"The webhook host {host} does not resolve.")
+    except UnicodeError:
         raise WebhookRefused(f"The webhook host {host} does not resolve.")
     return tuple(dict.fromkeys(info[4][0].split("%")[0] for info in infos))  # in order, no zone index
 

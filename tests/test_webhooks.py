@@ -127,6 +127,24 @@ def test_a_webhook_whose_message_was_lost_is_sent_again_by_the_sweeper(alice, re
     assert len([s for s in sent if s[0] == dispatch.WEBHOOK]) == 1  # a delivered webhook is never sent again
 
 
+def test_a_resolver_that_fails_for_a_moment_is_retried_at_delivery_and_a_422_at_submission(
+        alice, receiver, local_backend, settings, monkeypatch):
+    import socket
+
+    settings.WEBHOOK_ALLOWED_HOSTS = ["hooks.example.com"]
+    job = services.job_submit(user=alice, kind="image", preference="auto", prompt="x")
+    Job.objects.filter(id=job.id).update(webhook_url="https://hooks.example.com/x", webhook_state="pending")
+
+    def resolver_down(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(webhooks, "getaddrinfo", resolver_down)
+    assert webhooks.webhook_deliver(job_id=job.id, try_number=1) == 2  # tried again later, not given up
+    assert Job.objects.get(id=job.id).webhook_state == "pending"
+    with pytest.raises(webhooks.WebhookRefused, match="cannot be checked.*Try again"):
+        webhooks.validate_webhook_url("https://hooks.example.com/x")
+
+
 def test_a_retry_goes_back_to_the_webhooks_queue(monkeypatch):
     retries = []
     monkeypatch.setattr(webhooks, "webhook_deliver", lambda job_id, try_number: 4)
