@@ -186,6 +186,10 @@ LOGGING = {
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html (unknown names are ignored
 # silently, so each carries the setting it maps to).
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
+# Live previews of running jobs (routing/previews.py), kept in Redis, never in the database.
+PREVIEW_EVERY_SECONDS = env_float("PREVIEW_EVERY_SECONDS", 0.5)
+PREVIEW_MAX_BYTES = env_int("PREVIEW_MAX_BYTES", 512 * 1024)
+PREVIEW_TTL_SECONDS = env_int("PREVIEW_TTL_SECONDS", 120)
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)  # broker_url
 CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", REDIS_URL)  # result_backend
 CELERY_TASK_IGNORE_RESULT = True  # task_ignore_result: state lives in the database

@@ -226,3 +226,44 @@ def queue_position(job: Job) -> dict | None:
     if attempt and attempt.queue_position is not None:
         return {"ahead": attempt.queue_position, "backend": attempt.backend.name}
     return None
+
+
+# --- watching a job run -------------------------------------------------------------------
+def running_attempt(job: Job) -> Attempt | None:
+    if job.status != "running":
+        return None
+    return job.attempts.filter(status=AttemptStatus.RUNNING).select_related("backend").order_by("-number").first()
+
+
+def job_preview_version(job: Job, attempt: Attempt | None = None) -> int | None:
+    """The version of the running attempt's latest live preview, or None (none, or not running)."""
+    from . import previews
+
+    attempt = attempt or running_attempt(job)
+    return previews.version(attempt.id) if attempt else None
+
+
+def job_preview(job: Job) -> tuple[str, bytes] | None:
+    from . import previews
+
+    attempt = running_attempt(job)
+    return previews.latest(attempt.id) if attempt else None
+
+
+def job_eta(job: Job, attempt: Attempt | None = None, now=None) -> int | None:
+    """Seconds until the job should be done, from what its backend has been learned to take for
+    this kind of job: the time left of its run, or, queued on a backend, the runs ahead too."""
+    from django.utils import timezone
+
+    now = now or timezone.now()
+    attempt = attempt or job.attempts.filter(status__in=ACTIVE_ATTEMPT_STATES).select_related(
+        "backend").order_by("-number").first()
+    if attempt is None or job.is_final:
+        return None
+    backend = attempt.backend
+    expected = backend.expected_video_seconds if job.kind == JobKind.VIDEO else backend.expected_image_seconds
+    if not expected:
+        return None
+    if attempt.running_at:
+        return max(1, round(expected - (now - attempt.running_at).total_seconds()))
+    return round(expected * (1 + (attempt.queue_position or 0)))

@@ -26,7 +26,7 @@ from project import queues
 from workers.clients import BackendError, Done, Failed, Progress
 from workers.workflows import WorkflowError, validate_workflow
 
-from . import dispatch
+from . import dispatch, previews
 from .backends import client_for_backend
 from .health import health_record
 from .inventory import inventory_forget
@@ -323,7 +323,8 @@ def attempt_poll(*, attempt_id, seq: int) -> Optional[float]:
         client = client_for_backend(attempt.backend)
         paid = _open_call(attempt, client.starts_paid_run("poll", attempt.handle), f"poll-{seq}")
         began = time.monotonic()
-        result = client.poll(attempt.handle, on_progress=lambda p: _progress(attempt, p))
+        sink = ProgressSink(attempt)
+        result = client.poll(attempt.handle, on_progress=sink)
         took = time.monotonic() - began
         _close_call(attempt, paid, cut_short=result.maybe_billed if isinstance(result, (Progress, Failed)) else False,
                     key=f"poll-{seq}-cut")
@@ -340,7 +341,7 @@ def attempt_poll(*, attempt_id, seq: int) -> Optional[float]:
                      lacks=result.lacks, ran_seconds=result.seconds)
         return None
     Attempt.objects.filter(id=attempt.id).update(poll_errors=0)
-    _progress(attempt, result)
+    sink(result)
     countdown = result.next_poll if result.next_poll is not None else settings.POLL_INTERVAL_SECONDS
     # A poll may itself last a while (ComfyUI's WebSocket watch): the meter looks ahead past the
     # next poll's end.
@@ -447,17 +448,50 @@ def _poll_error(attempt: Attempt, error: BackendError) -> Optional[float]:
     return settings.POLL_INTERVAL_SECONDS * (attempt.poll_errors + 1)
 
 
-def _progress(attempt: Attempt, progress: Progress) -> None:
-    active = (AttemptStatus.SUBMITTED, AttemptStatus.RUNNING)
-    if progress.position is not None and progress.position != attempt.queue_position:
-        Attempt.objects.filter(id=attempt.id).update(queue_position=progress.position - 1)
-    if progress.running:
+class ProgressSink:
+    """What one poll hears from its backend, written only when it changes: the attempt and job
+    rows when it starts running, its percent moves or its queue position changes; a preview
+    image to routing/previews (throttled, never to the database)."""
+
+    def __init__(self, attempt: Attempt):
+        self.attempt = attempt
+        self.running = attempt.status == AttemptStatus.RUNNING
+        self.percent, self.position = attempt.progress, attempt.queue_position
+        self.previews = previews.PreviewThrottle(attempt.id)
+
+    def __call__(self, progress: Progress) -> None:
+        attempt = self.attempt
+        if progress.preview:
+            self.previews.offer(progress.preview_mime, progress.preview)
+        if not progress.running:
+            if progress.position is not None and progress.position != self.position:
+                Attempt.objects.filter(id=attempt.id, status=AttemptStatus.SUBMITTED).update(
+                    queue_position=progress.position)
+                self.position = progress.position
+            return
+        if self.running and progress.percent == self.percent:
+            return
         if attempt.running_at is None:  # the meter and a cancel's charge count from here
-            Attempt.objects.filter(id=attempt.id, running_at__isnull=True).update(running_at=timezone.now())
-        Attempt.objects.filter(id=attempt.id, status__in=active).update(
+            now = timezone.now()
+            if Attempt.objects.filter(id=attempt.id, running_at__isnull=True).update(running_at=now):
+                attempt.running_at = now
+        Attempt.objects.filter(id=attempt.id, status__in=(AttemptStatus.SUBMITTED, AttemptStatus.RUNNING)).update(
             status=AttemptStatus.RUNNING, progress=progress.percent, queue_position=None)
         Job.objects.filter(id=attempt.job_id, status__in=(JobStatus.SUBMITTED, JobStatus.RUNNING)).update(
             status=JobStatus.RUNNING, progress=progress.percent)
+        self.running, self.percent, self.position = True, progress.percent, None
+
+
+def _attempt_ended(attempt: Attempt) -> None:
+    """After an attempt's end commits: its preview goes, and on a ComfyUI the prompts queued
+    behind it are polled at once: one of them is starting now, and every one moved up."""
+    previews.drop(attempt.id)
+    if attempt.backend.kind not in (Backend.Kind.COMFYUI, Backend.Kind.POD):
+        return
+    queued = Attempt.objects.filter(backend_id=attempt.backend_id, status=AttemptStatus.SUBMITTED).exclude(
+        id=attempt.id).values_list("id", "poll_seq", "job__priority")[:50]
+    for attempt_id, seq, priority in queued:
+        dispatch.send(dispatch.POLL, [str(attempt_id), seq], queue=attempt.backend.queue, priority=priority)
 
 
 # --- final states -------------------------------------------------------------------------
@@ -500,6 +534,7 @@ def attempt_succeed(*, attempt_id, done: Done, client) -> bool:
     # writing counters, then a backend, in one transaction deadlocks with it on PostgreSQL.
     _learn_time(attempt, done.seconds or (now - (attempt.started_at or now)).total_seconds())
     health_record(backend_id=attempt.backend_id, ok=True)
+    _attempt_ended(attempt)
     return True
 
 
@@ -559,6 +594,7 @@ def attempt_fail(*, attempt_id, error: str, retryable: bool, outage: bool = Fals
         else:
             job_fail(job, error)
         dispatch.send_on_commit(dispatch.ADMIT, [], queue="control")
+    _attempt_ended(attempt)
     # Backend rows after the commit (lock order: see attempt_succeed).
     if lacks:
         inventory_forget(backend_id=attempt.backend_id, lacks=lacks)
@@ -622,6 +658,7 @@ def job_cancel(*, user, job_id) -> bool:
                 _settle(attempt, used)
             if attempt.handle:
                 dispatch.send_on_commit(dispatch.CANCEL, [str(attempt.id)], queue=attempt.backend.queue)
+            transaction.on_commit(lambda ended=attempt: _attempt_ended(ended))
         dispatch.send_on_commit(dispatch.ADMIT, [], queue="control")
     return True
 

@@ -8,6 +8,7 @@ urlpatterns = [
     path("submit/", views.job_submit, name="job-submit"),
     path("jobs/<uuid:job_id>/", views.job_detail, name="job-detail"),
     path("jobs/<uuid:job_id>/live/", views.job_live, name="job-live"),
+    path("jobs/<uuid:job_id>/preview/", views.job_preview, name="job-preview"),
     path("jobs/<uuid:job_id>/cancel/", views.job_cancel, name="job-cancel"),
     path("jobs/<uuid:job_id>/retry/", views.job_retry, name="job-retry"),
     path("outputs/<int:output_id>/", views.output_file, name="output-file"),

@@ -4,7 +4,7 @@ import secrets
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.conf import settings
-from django.http import FileResponse, Http404, JsonResponse
+from django.http import FileResponse, Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
@@ -84,7 +84,21 @@ def job_live(request, job_id):
 
 
 def _job_context(job) -> dict:
-    return {"job": job, "position": selectors.queue_position(job), "timeline": selectors.job_timeline(job)}
+    running = selectors.running_attempt(job)
+    return {"job": job, "position": selectors.queue_position(job), "timeline": selectors.job_timeline(job),
+            "preview_version": selectors.job_preview_version(job, running) if running else None,
+            "eta": selectors.job_eta(job, running)}
+
+
+@login_required
+def job_preview(request, job_id):
+    """The running job's latest live preview image (its owner only); 404 when there is none."""
+    preview = selectors.job_preview(_own_job(request, job_id))
+    if preview is None:
+        raise Http404("No preview")
+    response = HttpResponse(preview[1], content_type=preview[0])
+    response["Cache-Control"] = "no-store"
+    return response
 
 
 @login_required

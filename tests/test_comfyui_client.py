@@ -1,11 +1,13 @@
 """The ComfyUI client against the fake ComfyUI, which speaks the real protocol on loopback."""
+import json
+import struct
 import time
 
 import pytest
 
-from tests.fakes.comfyui import FakeComfyUI
+from tests.fakes.comfyui import CAPTURE_PATH, FakeComfyUI
 from workers.clients import BackendError, Done, Failed, Progress
-from workers.clients.comfyui import ComfyUIClient
+from workers.clients.comfyui import ComfyUIClient, ProgressTracker, decode_preview
 from workers.workflows import build_workflow
 
 TINY = {"1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 255}},
@@ -35,6 +37,16 @@ def _run_to_end(client, handle, timeout=10):
     raise AssertionError("the job never finished")
 
 
+def _run_watching(client, handle, polls=50):
+    """Poll to the end; the result and every Progress the client reported along the way."""
+    seen, result = [], None
+    for _ in range(polls):
+        result = client.poll(handle, on_progress=seen.append)
+        if not isinstance(result, Progress):
+            break
+    return result, seen
+
+
 def test_it_submits_and_gets_the_png_back(fake):
     client = _client(fake)
     handle = client.submit(_spec())
@@ -52,15 +64,12 @@ def test_it_reports_progress_from_the_websocket_and_finishes_there(fake):
                               duration_seconds=0)
     client = _client(fake)
     handle = client.submit(_spec(template))
-    seen = []
-    result = None
-    for _ in range(50):
-        result = client.poll(handle, on_progress=seen.append)
-        if not isinstance(result, Progress):
-            break
+    result, seen = _run_watching(client, handle)
     assert isinstance(result, Done)
-    assert seen and all(0 < p.percent < 100 for p in seen)
-    assert [p.percent for p in seen] == sorted(p.percent for p in seen)
+    assert seen[0].running and seen[0].percent == 0  # "running" is said at once, before any step
+    percents = [p.percent for p in seen if p.preview is None]
+    assert percents == sorted(percents) and all(0 <= p < 100 for p in percents)
+    assert len({p for p in percents if 0 < p < 100}) >= 3  # it moves through the nodes and the steps
 
 
 def test_a_redelivered_submit_does_not_queue_the_prompt_twice(fake):
@@ -209,3 +218,80 @@ def test_a_first_submit_goes_straight_to_prompt_and_a_resubmit_looks_first(fake)
     client.submit({**_spec(attempt_id="fresh"), "resubmit": True})
     assert ("GET", "/history/fresh") in fake.received
     assert sum(1 for m, p in fake.received if m == "POST" and p == "/prompt") == 1
+
+
+# --- progress and previews, held to the 0.8.0 capture -------------------------------------------
+needs_capture = pytest.mark.skipif(not CAPTURE_PATH.exists(), reason=f"no capture at {CAPTURE_PATH}")
+
+
+@needs_capture
+def test_progress_moves_through_a_model_free_workflow_as_the_real_server_reports_it():
+    run = json.loads(CAPTURE_PATH.read_text())["ws_a_fresh_run"]  # EmptyImage → ImageBlur → ImageInvert → SaveImage
+    prompt_id = run["request_body"]["prompt_id"]
+    tracker = ProgressTracker(len(run["request_body"]["prompt"]))
+    percents = [tracker.update(m["type"], m["data"]) for m in run["messages"]
+                if isinstance(m.get("data"), dict) and m["data"].get("prompt_id") == prompt_id]
+    said = [p for p in percents if p is not None]
+
+    assert said[0] == 0 and said == sorted(said) and max(said) == 99  # 4 of 4 finished, capped until history
+    assert {25, 50, 75} <= set(said)  # each finished node moves it: no sampler is needed
+
+
+def _capture_frames():
+    capture = json.loads(CAPTURE_PATH.read_text())
+    return [(name, {**m["decoded"], "head": bytes.fromhex(m["first_8_bytes_hex"])},
+             capture[name]["request_body"]["prompt_id"])
+            for name in ("ws_f_binary_preview_no_feature_flags", "ws_f_binary_preview_with_feature_flags")
+            for m in capture[name]["messages"] if m.get("binary")]
+
+
+@needs_capture
+def test_preview_frames_are_decoded_in_both_layouts_of_the_capture():
+    png = b"\x89PNG\r\n\x1a\n" + b"rest-of-image"
+    frames = _capture_frames()
+    assert {decoded["event_type"] for _, decoded, _ in frames} == {1, 4}
+    for _, decoded, prompt_id in frames:
+        if decoded["event_type"] == 4:
+            meta = json.dumps(decoded["metadata"]).encode()
+            assert len(meta) == decoded["metadata_length"]  # the server's json.dumps, key order kept
+            frame = struct.pack(">II", 4, len(meta)) + meta + png
+            assert decode_preview(frame, prompt_id) == ("image/png", png)
+            assert decode_preview(frame, "another-prompt") is None  # another prompt's preview
+        else:  # the capture's own first 8 bytes: type 1, format 2 (PNG)
+            assert decode_preview(decoded["head"] + png, prompt_id) == ("image/png", png)
+    text = struct.pack(">II", 3, 1) + b"2" + b"width: 40, height: 30"
+    for bad in (text, b"", b"\x00\x00\x00\x04\xff\xff\xff\xff{", struct.pack(">II", 1, 9) + png):
+        assert decode_preview(bad, "p") is None
+
+
+def test_a_sampler_run_streams_previews_that_the_client_hands_on(fake):
+    fake.steps, fake.step_delay, fake.preview_method = 4, 0.05, "auto"
+    template = build_workflow(kind="image", prompt="p", negative_prompt="", width=512, height=512, seed=9,
+                              duration_seconds=0)
+    client = _client(fake)
+    handle = client.submit(_spec(template, "with-previews"))
+    result, seen = _run_watching(client, handle)
+
+    assert isinstance(result, Done)
+    previews = [p for p in seen if p.preview]
+    assert len(previews) == 4 and all(p.preview_mime == "image/png" and p.preview.startswith(b"\x89PNG")
+                                      for p in previews)
+    fake.preview_method = None
+
+
+MODEL_FREE = {"1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
+              "2": {"class_type": "ImageBlur", "inputs": {"image": ["1", 0], "blur_radius": 1, "sigma": 1.0}},
+              "3": {"class_type": "ImageInvert", "inputs": {"image": ["2", 0]}},
+              "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "mf"}}}
+
+
+def test_progress_moves_on_a_model_free_workflow_that_sends_no_progress_events(fake):
+    fake.node_delay = 0.1  # every node takes a moment: the run is watched from its first node
+    client = _client(fake)
+    handle = client.submit(_spec(MODEL_FREE, "model-free"))
+    result, seen = _run_watching(client, handle)
+
+    assert isinstance(result, Done)
+    percents = [p.percent for p in seen]
+    assert percents[0] == 0 and seen[0].running
+    assert {25, 50, 75} <= set(percents) and percents == sorted(percents)  # one step per finished node

@@ -407,3 +407,64 @@ def test_the_templates_are_still_the_ones_the_real_server_accepted(kind, name):
     built = build_workflow(kind=kind, prompt="a red fox", negative_prompt="", width=256, height=256, seed=42,
                            duration_seconds=1)
     assert built == session_checks()[name]["prompt"]  # a template change needs a new real-server check
+
+
+# ---------------------------------------------------------------- binary preview frames
+
+
+def _sampler_frames(fake, flags: bool):
+    """A sampler run on one socket: the text events' types and the binary frames, in order."""
+    from workers.workflows import build_workflow
+
+    workflow = build_workflow(kind="image", prompt="p", negative_prompt="", width=512, height=512, seed=1,
+                              duration_seconds=0)  # the SD 1.5 template: KSampler, with the manifest's model
+    client_id = uuid.uuid4().hex
+    ws = websocket.create_connection(f"{fake.ws_url}?clientId={client_id}", timeout=10)
+    try:
+        ws.recv()  # status
+        if flags:
+            ws.send(json.dumps({"type": "feature_flags", "data": {"supports_preview_metadata": True}}))
+            assert json.loads(ws.recv())["type"] == "feature_flags"
+        response = post_prompt(fake, workflow, client_id=client_id)
+        assert response.status_code == 200, response.text
+        prompt_id, seen = response.json()["prompt_id"], []
+        while seen[-1:] != [("executing", None)]:
+            frame = ws.recv()
+            if isinstance(frame, bytes):
+                seen.append(("binary", frame))
+            else:
+                event = json.loads(frame)
+                seen.append((event["type"], (event.get("data") or {}).get("node", "-")))
+    finally:
+        ws.close()
+    return prompt_id, seen
+
+
+@needs_capture
+@pytest.mark.parametrize("flags", [False, True])
+def test_sampler_previews_have_the_captures_frame_layout_and_follow_each_progress_event(capture, flags):
+    name = "ws_f_binary_preview_with_feature_flags" if flags else "ws_f_binary_preview_no_feature_flags"
+    recorded = next(m for m in capture[name]["messages"] if m.get("binary"))
+    with FakeComfyUI(step_delay=0, steps=3, preview_method="auto") as fake:
+        prompt_id, seen = _sampler_frames(fake, flags)
+    frames = [frame for kind, frame in seen if kind == "binary"]
+    assert len(frames) == 3  # one per sampler step
+    for index, (kind, _) in enumerate(seen):
+        if kind == "binary":
+            assert seen[index - 1][0] == "progress"  # the preview follows its step's progress event
+    for frame in frames:
+        if not flags:
+            assert frame[:8].hex() == recorded["first_8_bytes_hex"]  # type 1, format 2 (PNG)
+        else:
+            length = int.from_bytes(frame[4:8], "big")
+            meta = json.loads(frame[8:8 + length])
+            assert frame[:4].hex() == recorded["first_8_bytes_hex"][:8]  # type 4
+            assert list(meta) == list(recorded["decoded"]["metadata"])  # the same keys, in the same order
+            assert meta["prompt_id"] == prompt_id and meta["image_type"] == "image/png"
+        image = frame[8:] if not flags else frame[8 + int.from_bytes(frame[4:8], "big"):]
+        assert image[:8].hex() == recorded["decoded"]["image_magic_hex"]
+
+
+def test_without_a_preview_method_a_sampler_sends_no_previews(fake):
+    _, seen = _sampler_frames(fake, flags=True)
+    assert not [kind for kind, _ in seen if kind == "binary"]  # the real default, --preview-method none

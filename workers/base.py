@@ -16,7 +16,8 @@ log = logging.getLogger(__name__)
 _redis = None
 
 
-def _client():
+def redis_client():
+    """The broker's Redis, for small shared state (delivery counts, live previews)."""
     global _redis
     if _redis is None:
         _redis = redis.Redis.from_url(settings.CELERY_BROKER_URL, socket_timeout=2, socket_connect_timeout=2)
@@ -26,7 +27,7 @@ def _client():
 def deliveries(task_id: str) -> int:
     key = f"comfy-hybrid:deliveries:{task_id}"
     try:
-        pipe = _client().pipeline()
+        pipe = redis_client().pipeline()
         pipe.incr(key)
         pipe.expire(key, 24 * 3600)
         return int(pipe.execute()[0])
@@ -64,7 +65,7 @@ class SingletonTask(CappedTask):
         if self.once_every and not self.request.is_eager and self.request.delivery_info:
             seconds = max(1, int(getattr(settings, self.once_every)) - 1)
             try:
-                first = _client().set(f"comfy-hybrid:once:{self.name}", str(time.time()), nx=True, ex=seconds)
+                first = redis_client().set(f"comfy-hybrid:once:{self.name}", str(time.time()), nx=True, ex=seconds)
             except redis.RedisError:
                 first = True  # better a duplicate run than none
             if not first:

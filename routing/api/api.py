@@ -11,6 +11,7 @@ from typing import Literal, Optional, Union
 
 from django.conf import settings
 from django.db import connection
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404
 from ninja import Field, NinjaAPI, Query, Schema
 from ninja.errors import ValidationError
@@ -156,6 +157,8 @@ class JobOut(Schema):
     waiting: bool
     waiting_for: str  # "gpu" (the local queue is full) or "outage" (a backend must answer again)
     queue_position: Optional[QueuePosition]
+    eta_seconds: Optional[int]  # about how long until it is done, from its backend's learned times
+    preview_url: Optional[str]  # while it runs: its latest live preview image (GET it with your token)
     created_at: Optional[str]
     started_at: Optional[str]
     finished_at: Optional[str]
@@ -249,6 +252,23 @@ def job_cancel(request, job_id: uuid.UUID):
         return Status(409, {"detail": f"The job has already finished ({job.status}); nothing to cancel."})
     job.refresh_from_db()
     return job_dict(job, _base(request))
+
+
+PREVIEW_RESPONSE = {"200": {"description": "The latest live preview of the running job", "content": {
+    mime: {"schema": {"type": "string", "format": "binary"}} for mime in ("image/jpeg", "image/png")}}}
+
+
+@api.get("/jobs/{job_id}/preview", response={401: Message, 404: Message, 422: ValidationErrors}, tags=["jobs"],
+         openapi_extra={"responses": PREVIEW_RESPONSE})
+def job_preview(request, job_id: uuid.UUID):
+    """While the job runs on a ComfyUI that streams previews (samplers, `--preview-method`): the
+    latest one (a few per second at most). 404 when there is none, or the job is not running."""
+    preview = selectors.job_preview(_own(request, job_id))
+    if preview is None:
+        return Status(404, {"detail": "No live preview for this job (it is not running, or its backend sends none)."})
+    response = HttpResponse(preview[1], content_type=preview[0])
+    response["Cache-Control"] = "no-store"
+    return response
 
 
 def _own(request, job_id: uuid.UUID) -> Job:

@@ -5,7 +5,7 @@ from django.urls import reverse
 
 from ..errors import for_users
 from ..models import Job
-from ..selectors import queue_position
+from ..selectors import job_eta, job_preview_version, queue_position, running_attempt
 
 
 def _money(value) -> str:
@@ -17,6 +17,8 @@ def _time(value):
 
 
 def job_dict(job: Job, base_url: str) -> dict:
+    running = running_attempt(job)
+    version = job_preview_version(job, running) if running else None
     return {
         "id": str(job.id), "status": job.status, "kind": job.kind, "preference": job.preference,
         "priority": job.get_priority_display().lower(), "prompt": job.prompt,
@@ -27,6 +29,8 @@ def job_dict(job: Job, base_url: str) -> dict:
         "waiting_for": job.waiting_for if job.waiting else "", "queue_position": queue_position(job),
         "created_at": _time(job.created_at), "started_at": _time(job.started_at),
         "finished_at": _time(job.finished_at),
+        "eta_seconds": job_eta(job, running) if not job.is_final else None,
+        "preview_url": (base_url.rstrip("/") + f"/api/jobs/{job.id}/preview?v={version}") if version else None,
         "attempts": [{
             "number": a.number, "backend": a.backend.name, "status": a.status, "error": for_users(a.error),
             "started_at": _time(a.started_at), "finished_at": _time(a.finished_at), "seconds": a.seconds,

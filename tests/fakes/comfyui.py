@@ -959,7 +959,7 @@ class FakeComfyUI:
 
     def __init__(self, *, port=0, host="127.0.0.1", steps=3, step_delay=0.02, latency=0.0,
                  fail_mode=None, models=None, gpu_name=None, vram_total=None, extra_queue=0,
-                 cache=False, base_dir=None):
+                 cache=False, base_dir=None, preview_method=None):
         if fail_mode not in FAIL_MODES:
             raise ValueError(f"fail_mode must be one of {FAIL_MODES}")
         self.host, self.port = host, port
@@ -971,6 +971,13 @@ class FakeComfyUI:
         self.gpu_name, self.vram_total = gpu_name, vram_total
         self.extra_queue = extra_queue
         self.cache = cache  # True = ComfyUI's classic cache (identical reruns write no new file)
+        # `--preview-method` (the real default is none: samplers send no previews). Set ("auto"),
+        # every sampler step is followed by a binary preview frame: type 4 with its metadata to
+        # a socket that asked for it with feature_flags, type 1 to any other (capture ws_f_*).
+        # The image is a small PNG (format 2); real latent previews are JPEG (format 1).
+        self.preview_method = preview_method
+        self.node_delay = 0.0  # seconds each node takes (model-free workflows run instantly otherwise)
+        self.paused = False  # True: a running sampler waits before its next step until set False
         self.received = []  # (method, path) of every HTTP request, including /ws
         self.prompts = {}  # prompt_id -> workflow, for every accepted POST /prompt
         if base_dir is None:
@@ -1089,6 +1096,7 @@ class FakeComfyUI:
         self._running = None
         self._history = {}
         self._sockets = {}  # client id -> (WebSocketResponse, request)
+        self._preview_metadata = set()  # client ids whose first message asked for type 4 previews
         self._client_id = self._last_node = None
         self._interrupt = False
         self._cache = {}
@@ -1145,6 +1153,8 @@ class FakeComfyUI:
                 except ValueError:
                     continue
                 if first and isinstance(data, dict) and data.get("type") == "feature_flags":
+                    if isinstance(data.get("data"), dict) and data["data"].get("supports_preview_metadata"):
+                        self._preview_metadata.add(sid)
                     await self._send("feature_flags", FEATURES, sid)
                 first = False
         finally:
@@ -1485,6 +1495,8 @@ class FakeComfyUI:
             await self._maybe_drop(run)  # no progress events will come: drop at first executing
         if self._interrupt:  # checked between nodes, like nodes.before_node_execution
             raise _Interrupted()
+        if self.node_delay:
+            await asyncio.sleep(self.node_delay)
         args = {}
         try:
             args = {k: (values[v[0]][v[1]] if _is_link(v) else v) for k, v in run.prompt[nid]["inputs"].items()}
@@ -1525,12 +1537,34 @@ class FakeComfyUI:
         steps = int(self.steps if self.steps is not None else args.get("steps", 20))
         for step in range(1, steps + 1):
             await asyncio.sleep(self.step_delay)
+            while self.paused and not self._interrupt:
+                await asyncio.sleep(0.01)
             if self._interrupt:
                 raise _Interrupted()
             self._set_progress(run, nid, step, steps, "running")
             await self._progress_state(run)
             await self._to_client(run, "progress", {"value": step, "max": steps, "prompt_id": run.pid, "node": nid})
+            if self.preview_method:
+                await self._send_preview(run, nid, make_png(16, 16, (40 + 200 * step // steps, 90, 160)))
             await self._maybe_drop(run)
+
+    async def _send_preview(self, run, nid, image: bytes):
+        """server.py send_image / send_image_with_metadata: all integers 4-byte big-endian."""
+        meta = {"node_id": nid, "prompt_id": run.pid, "display_node_id": nid, "parent_node_id": None,
+                "real_node_id": nid, "image_type": "image/png"}
+        sids = [run.client_id] if run.client_id is not None else list(self._sockets)
+        for sid in sids:
+            if sid not in self._sockets:
+                continue
+            if sid in self._preview_metadata:
+                header = json.dumps(meta).encode()
+                frame = struct.pack(">II", 4, len(header)) + header + image
+            else:
+                frame = struct.pack(">II", 1, 2) + image  # 2 = PNG
+            try:
+                await self._sockets[sid][0].send_bytes(frame)
+            except Exception:  # a dying socket
+                pass
 
     async def _maybe_drop(self, run):
         if self.fail_mode == "drop_ws" and not run.dropped and run.client_id is not None:

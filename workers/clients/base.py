@@ -52,9 +52,11 @@ class RemoteOutput:
 class Progress:
     percent: int = 0
     running: bool = False
-    position: Optional[int] = None  # place in the remote queue while pending
+    position: Optional[int] = None  # while pending: how many prompts are ahead, the running one included
     next_poll: Optional[float] = None  # seconds until the next poll; None: the default
     maybe_billed: bool = False  # this poll's paid call was cut short: the provider may have run it
+    preview: Optional[bytes] = None  # the latest live preview image (ComfyUI's binary frames)
+    preview_mime: str = ""
 
 
 @dataclass

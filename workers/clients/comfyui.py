@@ -55,7 +55,8 @@ class ComfyUIClient(Client):
             raise
 
     def _submit(self, spec: dict) -> dict:
-        handle = {"prompt_id": spec["attempt_id"], "client_id": f"comfy-hybrid-{spec['attempt_id']}"}
+        handle = {"prompt_id": spec["attempt_id"], "client_id": f"comfy-hybrid-{spec['attempt_id']}",
+                  "nodes": len(spec["workflow"]) if isinstance(spec.get("workflow"), dict) else 0}
         if spec.get("resubmit", True) and self._already_known(handle["prompt_id"]):
             return handle  # a redelivered submit: the first one reached ComfyUI
         body = {"prompt": spec["workflow"], "client_id": handle["client_id"], "prompt_id": handle["prompt_id"]}
@@ -86,14 +87,16 @@ class ComfyUIClient(Client):
         if entry:
             return self._result(prompt_id, entry)
         running, pending = self._queue_ids()
-        if prompt_id in pending:
-            return Progress(percent=0, running=False, position=pending.index(prompt_id) + 1,
+        if prompt_id in pending:  # ahead of it: the waiting prompts before it and the one running
+            return Progress(percent=0, running=False, position=len(running) + pending.index(prompt_id),
                             next_poll=self.poll_interval)
         if prompt_id not in running:
             entry = self._history(prompt_id)  # it may have finished between the two calls
             if entry:
                 return self._result(prompt_id, entry)
             return Failed("ComfyUI no longer knows this job (was it restarted?)", retryable=True, outage=True)
+        if on_progress:  # running now: say so before the watch, not when its window ends
+            on_progress(Progress(percent=0, running=True, next_poll=0))
         return self._watch(handle, on_progress)
 
     def _watch(self, handle: dict, on_progress: Optional[ProgressCallback]):
@@ -102,6 +105,8 @@ class ComfyUIClient(Client):
         progress = Progress(percent=0, running=True, next_poll=0)  # the watch itself waited
         try:
             ws = websocket.create_connection(self._ws_url(handle["client_id"]), timeout=self.health_timeout)
+            # Our first message asks for previews with their prompt id (binary type 4, not 1).
+            ws.send(json.dumps({"type": "feature_flags", "data": {"supports_preview_metadata": True}}))
             # ComfyUI registers the socket, then sends `status`; once that arrived every later
             # event reaches us, so a history check after it cannot miss the prompt's end.
             ws.recv()
@@ -111,11 +116,12 @@ class ComfyUIClient(Client):
             entry = self._history(prompt_id)
             if entry:
                 return self._result(prompt_id, entry)
-            return self._read_events(ws, prompt_id, deadline, progress, on_progress)
+            return self._read_events(ws, prompt_id, deadline, progress, on_progress, nodes=handle.get("nodes") or 0)
         finally:
             ws.close()
 
-    def _read_events(self, ws, prompt_id, deadline, progress, on_progress):
+    def _read_events(self, ws, prompt_id, deadline, progress, on_progress, nodes: int = 0):
+        tracker = ProgressTracker(nodes)
         while (remaining := deadline - time.monotonic()) > 0:
             ws.settimeout(remaining)
             try:
@@ -125,21 +131,27 @@ class ComfyUIClient(Client):
             except (OSError, websocket.WebSocketException):
                 # The socket dropped: fall back to polling history for the rest of the window.
                 return self._poll_history_until(prompt_id, deadline, progress)
+            if isinstance(frame, bytes):
+                preview = decode_preview(frame, prompt_id)
+                if preview and on_progress:
+                    on_progress(Progress(percent=progress.percent, running=True, next_poll=0,
+                                         preview=preview[1], preview_mime=preview[0]))
+                continue
             event = _event(frame)
             data = event.get("data") or {}
             if data.get("prompt_id") != prompt_id:
                 continue
             kind = event.get("type")
-            if kind == "progress" and data.get("max"):
-                progress = Progress(percent=min(99, int(100 * data["value"] / data["max"])), running=True,
-                                    next_poll=0)
-                if on_progress:
-                    on_progress(progress)
-            elif kind == "executing" and data.get("node") is None:
+            if kind == "executing" and data.get("node") is None:
                 return self._result(prompt_id, self._history(prompt_id))
-            elif kind in ("execution_error", "execution_interrupted"):
+            if kind in ("execution_error", "execution_interrupted"):
                 entry = self._history(prompt_id)
                 return self._result(prompt_id, entry) if entry else _failure(kind, data)
+            percent = tracker.update(kind, data)
+            if percent is not None and percent != progress.percent:
+                progress = Progress(percent=percent, running=True, next_poll=0)
+                if on_progress:
+                    on_progress(progress)
         return progress
 
     def _poll_history_until(self, prompt_id, deadline, progress):
@@ -294,6 +306,71 @@ def _gpu_name(device: dict) -> str:
         return "CPU"
     name = name.split(" : ")[0]
     return name.split(" ", 1)[1] if ":" in name.split(" ", 1)[0] else name
+
+
+class ProgressTracker:
+    """Percent done from ComfyUI's events, on every workflow: the nodes finished (cached ones
+    included) plus the running node's fraction, out of the prompt's nodes. `progress_state`
+    carries every node that is not pending ({id: {value, max, state}}) for each node start,
+    step and end; `progress` (value/max) comes only from progress-bar nodes such as samplers."""
+
+    def __init__(self, nodes: int):
+        self.total = nodes
+        self.states: dict = {}  # node id -> (state, value, max)
+        self.cached: set = set()
+
+    def update(self, kind: str, data: dict) -> Optional[int]:
+        """The new percent after this event, or None when it says nothing about progress."""
+        if kind == "execution_cached":
+            self.cached.update(str(n) for n in data.get("nodes") or [])
+        elif kind == "progress_state" and isinstance(data.get("nodes"), dict):
+            for node_id, node in data["nodes"].items():
+                if isinstance(node, dict):
+                    self.states[str(node_id)] = (node.get("state"), node.get("value"), node.get("max"))
+        elif kind == "progress" and data.get("node") is not None:
+            self.states[str(data["node"])] = ("running", data.get("value"), data.get("max"))
+        elif kind not in ("execution_start", "executing"):
+            return None
+        return self.percent()
+
+    def percent(self) -> int:
+        done = len(self.cached | {n for n, (state, _, _) in self.states.items() if state == "finished"})
+        running = sum(_fraction(value, top) for n, (state, value, top) in self.states.items()
+                      if state == "running" and n not in self.cached)
+        total = max(self.total, len(self.cached | set(self.states)), 1)
+        return max(0, min(99, int(100 * (done + running) / total)))
+
+
+def _fraction(value, top) -> float:
+    try:
+        return max(0.0, min(1.0, float(value) / float(top))) if top else 0.0
+    except (TypeError, ValueError):
+        return 0.0
+
+
+PREVIEW_IMAGE, PREVIEW_IMAGE_WITH_METADATA = 1, 4  # ComfyUI's protocol.BinaryEventTypes
+PREVIEW_FORMATS = {1: "image/jpeg", 2: "image/png"}
+
+
+def decode_preview(frame: bytes, prompt_id: str) -> Optional[tuple[str, bytes]]:
+    """(mime, image) of a binary preview frame for this prompt, else None. Integers are 4-byte
+    big-endian: type 1 = [1][format: 1 JPEG, 2 PNG][image]; type 4 = [4][M][M bytes of JSON
+    metadata: prompt_id, node_id, image_type…][image]. Text frames (type 3) are not previews."""
+    if len(frame) < 8:
+        return None
+    kind, second = int.from_bytes(frame[:4], "big"), int.from_bytes(frame[4:8], "big")
+    if kind == PREVIEW_IMAGE and second in PREVIEW_FORMATS and len(frame) > 8:
+        return PREVIEW_FORMATS[second], frame[8:]
+    if kind == PREVIEW_IMAGE_WITH_METADATA and 8 + second < len(frame):
+        try:
+            meta = json.loads(frame[8:8 + second].decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            return None
+        if not isinstance(meta, dict) or meta.get("prompt_id") not in (None, prompt_id):
+            return None
+        mime = meta.get("image_type") if meta.get("image_type") in PREVIEW_FORMATS.values() else "image/jpeg"
+        return mime, frame[8 + second:]
+    return None
 
 
 def _event(frame) -> dict:
