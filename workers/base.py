@@ -13,15 +13,15 @@ from django.conf import settings
 
 log = logging.getLogger(__name__)
 
-_redis = None
+_redis: dict = {}  # broker URL -> client (tests point the settings at a new Redis)
 
 
 def redis_client():
     """The broker's Redis, for small shared state (delivery counts, live previews)."""
-    global _redis
-    if _redis is None:
-        _redis = redis.Redis.from_url(settings.CELERY_BROKER_URL, socket_timeout=2, socket_connect_timeout=2)
-    return _redis
+    url = settings.CELERY_BROKER_URL
+    if url not in _redis:
+        _redis[url] = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    return _redis[url]
 
 
 def deliveries(task_id: str) -> int:

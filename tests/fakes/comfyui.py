@@ -977,7 +977,9 @@ class FakeComfyUI:
         # The image is a small PNG (format 2); real latent previews are JPEG (format 1).
         self.preview_method = preview_method
         self.node_delay = 0.0  # seconds each node takes (model-free workflows run instantly otherwise)
-        self.paused = False  # True: a running sampler waits before its next step until set False
+        # Sampler steps the fake may still take (None: any number). At 0 a running sampler waits
+        # before its next step until a test gives more: a run held mid-sampling, on cue.
+        self.step_budget = None
         self.received = []  # (method, path) of every HTTP request, including /ws
         self.prompts = {}  # prompt_id -> workflow, for every accepted POST /prompt
         if base_dir is None:
@@ -1537,8 +1539,10 @@ class FakeComfyUI:
         steps = int(self.steps if self.steps is not None else args.get("steps", 20))
         for step in range(1, steps + 1):
             await asyncio.sleep(self.step_delay)
-            while self.paused and not self._interrupt:
+            while self.step_budget is not None and self.step_budget <= 0 and not self._interrupt:
                 await asyncio.sleep(0.01)
+            if self.step_budget is not None:
+                self.step_budget -= 1
             if self._interrupt:
                 raise _Interrupted()
             self._set_progress(run, nid, step, steps, "running")
