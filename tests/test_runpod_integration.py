@@ -9,6 +9,7 @@ from datetime import timezone as dt_timezone
 from decimal import Decimal
 
 import pytest
+from django.urls import reverse
 from django.utils import timezone
 
 from billing import caps
@@ -172,6 +173,27 @@ def test_a_serverless_job_stores_its_image_and_video_at_once_and_costs_its_execu
     attempt = job.attempts.get()
     assert attempt.seconds == pytest.approx(0.5, abs=0.05)
     assert attempt.cost == (settings.RUNPOD_PRICE_PER_SECOND * 500 / 1000).quantize(attempt.cost)
+
+
+def test_a_serverless_jobs_progress_on_runpod_shows_on_the_job_and_its_page_while_it_runs(
+        cloud, workers, alice, alice_client, settings):
+    fake = cloud
+    configure(settings, workers, RUNPOD_ENDPOINT_ID=ENDPOINT_ID)
+    fake.script({"status": "COMPLETED", "hold": True,  # running, with this progress, until released
+                 "progress": {"percent": 37, "node": "3", "class_type": "KSampler", "step": "7/20"},
+                 "output": {"images": [{"filename": "f_00001_.png", "type": "base64", "data": png_b64()}]}})
+    workers.start()
+    job = submit(alice, preference="cloud")[0]
+
+    running = wait_for(lambda: Job.objects.filter(id=job.id, status=JobStatus.RUNNING, progress=37).first(), 30,
+                       0.1, "the job to show the progress its RunPod worker sent")
+    page = alice_client.get(reverse("job-live", args=[job.id])).content.decode()
+    fake.release()
+
+    job = wait_for(lambda: Job.objects.get(id=job.id) if all_final([job]) else None, 30, 0.2, "the serverless job")
+    assert running.backend.name == "runpod"
+    assert 'aria-label="Progress" value="37" max="100"' in page and "<span>37%" in page  # the bar and its label
+    assert job.status == JobStatus.SUCCEEDED and job.progress == 100, job.error
 
 
 def test_reconciliation_records_the_serverless_worker_time_no_job_was_charged_for(cloud, workers, alice, settings):

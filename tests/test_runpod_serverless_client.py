@@ -63,6 +63,47 @@ def test_it_reports_a_queued_job_as_waiting_then_running(fake):
     assert isinstance(running, Progress) and running.running
 
 
+def running(client, handle, timeout=5.0):
+    """The first poll that finds the job running (the fake holds it there when told to)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = client.poll(handle)
+        if isinstance(result, Progress) and result.running:
+            return result
+        time.sleep(0.02)
+    raise AssertionError("the job never ran")
+
+
+def test_a_running_job_reports_the_percent_its_worker_last_sent_then_finishes(fake):
+    fake.script({"status": "COMPLETED", "hold": True, "progress": {"percent": 42, "node": "3", "step": "8/20"},
+                 "output": {"images": [{"filename": "a.png", "type": "base64", "data": png_b64()}]}})
+    client = client_for(fake)
+    handle = client.submit(SPEC)
+
+    progress = running(client, handle)
+    fake.release(handle["job_id"])
+    done = finish(client, handle)
+
+    assert progress.percent == 42 and progress.next_poll == 0.05
+    assert isinstance(done, Done) and done.outputs[0].filename == "a.png"
+
+
+@pytest.mark.parametrize("sent, percent", [
+    ({"percent": 42}, 42), ({"percent": "42"}, 42), ({"percent": 42.9}, 42), ({"percent": "42.5%"}, 42),
+    ({"progress": "4/10"}, 40), ({"progress": 7}, 7), (55, 55), ("55%", 55), ("3/4", 75),
+    ({"percent": 100}, 99), ({"percent": 250}, 99), ({"percent": -3}, 0),
+    (None, 0), ({}, 0), ({"percent": None}, 0), ({"percent": [1, 2]}, 0), ({"progress": "4/0"}, 0),
+    ("Update 1/3", 0), ("NaN", 0), ({"percent": "inf"}, 0), (True, 0), ([42], 0),
+])
+def test_progress_in_any_shape_gives_a_percent_within_0_to_99_and_never_fails_the_poll(fake, sent, percent):
+    fake.script({"status": "COMPLETED", "hold": True, "progress": sent})
+    client = client_for(fake)
+
+    progress = running(client, client.submit(SPEC))
+
+    assert progress.percent == percent
+
+
 def test_it_returns_every_image_and_video_with_the_execution_seconds(fake):
     video = make_mp4("seed")
     fake.script({"status": "COMPLETED", "run_delay": 0.25, "output": {

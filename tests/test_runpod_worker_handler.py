@@ -139,6 +139,35 @@ def test_input_images_are_uploaded_before_the_workflow_runs(serverless):
     assert done.outputs[0].data.startswith(b"\x89PNG")
 
 
+def test_the_worker_reports_progress_while_comfyui_runs_at_most_once_a_second(serverless):
+    """The SDK's progress_update reaches the fake exactly as RunPod gets it, and /status shows
+    the last one while the job runs: the fake keeps the job running after its result came."""
+    fake, client, _, _ = serverless
+    fake.hold_results = True
+    try:
+        handle = client.submit({"workflow": SLOW_WORKFLOW})
+        job = fake.jobs[handle["job_id"]]
+        wait_for(lambda: job.held_result is not None, 30, message="the worker to send its result")
+        running = client.poll(handle)
+    finally:
+        fake.hold_results = False
+        fake.release()
+
+    done = client.poll(handle)
+
+    percents = [post["percent"] for post in job.progress_posts]
+    assert percents and all(0 < p < 100 for p in percents)
+    assert percents == sorted(set(percents))  # sent only when it moved
+    # at most one a second: the sends fall between the job's take and its result
+    assert len(percents) <= (job.result_at - job.started) / 1.0 + 1
+    for post in job.progress_posts:
+        assert set(post) <= {"percent", "node", "class_type", "step"}
+        if post.get("class_type") == "KSampler":
+            assert post["node"] == "3" and post["step"].endswith("/40")
+    assert isinstance(running, Progress) and running.running and running.percent == job.progress["percent"]
+    assert isinstance(done, Done) and done.outputs[0].data.startswith(b"\x89PNG")
+
+
 def test_a_job_cancelled_on_runpod_is_interrupted_on_comfyui(serverless):
     fake, client, comfy_url, _ = serverless
     handle = client.submit({"workflow": SLOW_WORKFLOW})

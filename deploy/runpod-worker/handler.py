@@ -24,9 +24,18 @@ was missing in `missing`: `[{"class_type", "input", "value"}]` (value only; `inp
 
 ComfyUI is started by this process (COMFY_START_COMMAND) unless one already answers at
 COMFY_HOST; the handler waits until it answers before running the first job.
+
+While the prompt runs, its progress goes to RunPod with `runpod.serverless.progress_update`
+(at most one every PROGRESS_SECONDS, only when the percent moved):
+`{"percent": 0..99, "node": "<id>", "class_type": "...", "step": "<value>/<max>"}`, the last two
+only while a node runs (`step` only for nodes with steps, e.g. samplers). The SDK POSTs
+`{"status": "IN_PROGRESS", "output": <that>}` to the job-done URL, and RunPod shows it as the
+job's `output` on `GET /status/{id}` while the job is IN_PROGRESS.
 """
 import asyncio
 import base64
+import json
+import math
 import mimetypes
 import os
 import shlex
@@ -35,6 +44,8 @@ import time
 import uuid
 
 import requests
+import runpod
+import websocket
 
 COMFY_HOST = os.environ.get("COMFY_HOST", "127.0.0.1:8188")
 COMFY_START_COMMAND = os.environ.get(
@@ -44,6 +55,7 @@ COMFY_START_TIMEOUT = float(os.environ.get("COMFY_START_TIMEOUT", "600"))
 JOB_TIMEOUT = float(os.environ.get("COMFY_JOB_TIMEOUT", "3600"))
 HTTP_TIMEOUT = float(os.environ.get("COMFY_HTTP_TIMEOUT", "30"))
 POLL_SECONDS = 0.2
+PROGRESS_SECONDS = float(os.environ.get("PROGRESS_UPDATE_SECONDS", "1"))
 OUTPUT_KEYS = ("images", "gifs", "videos", "video", "animated_images")
 RESOURCE_ERRORS = ("OutOfMemory", "CUDA", "out of memory", "HIP", "MPS")
 
@@ -117,8 +129,13 @@ def upload_images(images):
             raise JobError(f"ComfyUI refused the upload of {image['name']}: HTTP {response.status_code}")
 
 
+def client_id(prompt_id):
+    """ComfyUI sends a prompt's events only to the WebSocket of the client that queued it."""
+    return f"runpod-{prompt_id}"
+
+
 def queue_prompt(workflow, prompt_id):
-    body = {"prompt": workflow, "client_id": f"runpod-{prompt_id}", "prompt_id": prompt_id}
+    body = {"prompt": workflow, "client_id": client_id(prompt_id), "prompt_id": prompt_id}
     response = requests.post(comfy_url("/prompt"), json=body, timeout=HTTP_TIMEOUT)
     if response.status_code == 400:
         raise describe_rejection(_json(response), workflow)
@@ -161,7 +178,8 @@ def _missing_model(class_type, item):
     return [{"class_type": class_type or "", "input": extra.get("input_name") or "", "value": value}]
 
 
-def wait_for_history(prompt_id):
+def wait_for_history(prompt_id, watch=None):
+    """The history poll decides the job; between polls `watch` (a ProgressWatch) listens."""
     deadline = time.monotonic() + JOB_TIMEOUT
     while time.monotonic() < deadline:
         try:
@@ -172,8 +190,145 @@ def wait_for_history(prompt_id):
             entry = None
         if entry:
             return entry
-        time.sleep(POLL_SECONDS)
+        if watch:
+            watch.listen(POLL_SECONDS)
+        else:
+            time.sleep(POLL_SECONDS)
     raise JobError(f"The workflow did not finish within {JOB_TIMEOUT:.0f}s")
+
+
+# --- progress -----------------------------------------------------------------------------
+def send_progress(job, payload):
+    """The SDK posts it from a thread of its own and logs its own failures; nothing here may
+    fail the job, so even a thread that cannot start is only logged."""
+    try:
+        runpod.serverless.progress_update(job, payload)
+    except Exception as error:  # progress is a nicety: the job goes on
+        print(f"comfy-hybrid worker: progress update not sent: {type(error).__name__}", flush=True)
+
+
+class ProgressReport:
+    """Percent done of one prompt from ComfyUI's events: the finished nodes (cached ones
+    included) plus the running node's value/max, out of the workflow's nodes, at most 99.
+    `progress_state` carries every node that is not pending ({id: {value, max, state}});
+    `progress` ({value, max}) comes only from nodes with steps, such as samplers.
+    It is sent when it moved, at most once every PROGRESS_SECONDS."""
+
+    def __init__(self, job, workflow, send=send_progress, clock=time.monotonic):
+        self.job, self.workflow, self.send, self.clock = job, workflow, send, clock
+        self.finished, self.running = set(), {}  # running: node id -> (value, max)
+        self.node = None  # the node that runs now
+        self.sent, self.sent_at = 0, None
+
+    def feed(self, text):
+        """One text frame of ComfyUI's WebSocket; anything unexpected in it is ignored."""
+        try:
+            message = json.loads(text)
+            data = message.get("data")
+            if isinstance(data, dict) and data.get("prompt_id") in (None, self.job["id"]):
+                self.update(message.get("type"), data)
+        except (ValueError, TypeError, AttributeError):
+            return
+
+    def update(self, kind, data):
+        if kind == "execution_cached":
+            self.finished.update(str(node) for node in data.get("nodes") or [])
+        elif kind == "progress_state" and isinstance(data.get("nodes"), dict):
+            self._states(data["nodes"])
+        elif kind == "progress" and data.get("node") is not None:
+            self.node = str(data["node"])
+            self.running[self.node] = (data.get("value"), data.get("max"))
+        elif kind == "executing" and data.get("node") is not None:
+            self.node = str(data["node"])
+
+    def _states(self, nodes):
+        self.running = {}
+        for node_id, node in nodes.items():
+            if not isinstance(node, dict):
+                continue
+            if node.get("state") == "finished":
+                self.finished.add(str(node_id))
+            elif node.get("state") == "running":
+                self.running[str(node_id)] = (node.get("value"), node.get("max"))
+        if self.node not in self.running and self.running:
+            self.node = list(self.running)[-1]
+
+    def percent(self):
+        running = sum(_fraction(*step) for node, step in self.running.items() if node not in self.finished)
+        total = max(len(self.workflow), len(self.finished | set(self.running)), 1)
+        return max(0, min(99, int(100 * (len(self.finished) + running) / total)))
+
+    def payload(self):
+        payload = {"percent": self.percent()}
+        if self.node in self.running and self.node not in self.finished:
+            node = self.workflow.get(self.node)
+            payload.update(node=self.node, class_type=node.get("class_type", "") if isinstance(node, dict) else "")
+            step = _step(*self.running[self.node])
+            if step:
+                payload["step"] = step
+        return payload
+
+    def flush(self):
+        """Send the report if the percent moved and the last one is PROGRESS_SECONDS old."""
+        payload = self.payload()
+        now = self.clock()
+        if payload["percent"] == self.sent or (self.sent_at is not None and now - self.sent_at < PROGRESS_SECONDS):
+            return
+        self.sent, self.sent_at = payload["percent"], now
+        self.send(self.job, payload)
+
+
+def _fraction(value, top):
+    try:
+        fraction = float(value) / float(top)
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError):
+        return 0.0
+    return max(0.0, min(1.0, fraction)) if math.isfinite(fraction) else 0.0
+
+
+def _step(value, top):
+    """"5/20" for a node with steps; None for one without (max 1) or for numbers that are not."""
+    try:
+        return f"{int(value)}/{int(top)}" if top > 1 else None
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+class ProgressWatch:
+    """ComfyUI's WebSocket for this prompt's client id, read between history polls. Opened
+    before the prompt is queued so no event is missed; any trouble with it only ends the watch."""
+
+    def __init__(self, report, client):
+        self.report = report
+        try:
+            self.ws = websocket.create_connection(f"ws://{COMFY_HOST}/ws?clientId={client}", timeout=5)
+        except (OSError, websocket.WebSocketException) as error:
+            print(f"comfy-hybrid worker: no progress for this job (WebSocket: {type(error).__name__})", flush=True)
+            self.ws = None
+
+    def listen(self, seconds):
+        end = time.monotonic() + seconds
+        while self.ws is not None and (left := end - time.monotonic()) > 0:
+            try:
+                self.ws.settimeout(left)
+                frame = self.ws.recv()
+            except websocket.WebSocketTimeoutException:
+                break
+            except (OSError, websocket.WebSocketException):
+                self.close()
+                break
+            if isinstance(frame, str):  # binary frames are previews
+                self.report.feed(frame)
+        self.report.flush()
+        time.sleep(max(0.0, end - time.monotonic()))
+
+    def close(self):
+        ws, self.ws = self.ws, None
+        if ws is not None:
+            try:
+                ws.close(timeout=1)
+            except (OSError, websocket.WebSocketException):
+                pass
 
 
 def check_status(entry):
@@ -229,8 +384,12 @@ def run(job):
     workflow, images = validate_input(job.get("input"))
     ensure_comfyui()
     upload_images(images)
-    queue_prompt(workflow, job["id"])
-    entry = wait_for_history(job["id"])
+    watch = ProgressWatch(ProgressReport(job, workflow), client_id(job["id"]))
+    try:
+        queue_prompt(workflow, job["id"])
+        entry = wait_for_history(job["id"], watch)
+    finally:
+        watch.close()  # no progress after this: it must not land after the result
     check_status(entry)
     return package(job["id"], output_files(entry))
 
@@ -268,7 +427,5 @@ def _json(response):
 
 
 if __name__ == "__main__":
-    import runpod
-
     ensure_comfyui()  # warm before the first job is taken; each job checks again
     runpod.serverless.start({"handler": handler})

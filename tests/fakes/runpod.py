@@ -11,6 +11,13 @@ Shapes follow /work/shared/reference/external-apis.md §2 ("the reference" below
   (`worker_env()` gives the environment for it). With `mode="auto"` instead, the fake runs jobs
   itself: IN_QUEUE for `queue_delay`, IN_PROGRESS for `run_delay`, then the next scripted
   outcome (`script(...)`) or a default image output.
+* Progress: a worker's `runpod.serverless.progress_update(job, p)` POSTs `{"status":
+  "IN_PROGRESS", "output": p}` to its job-done URL (rp_progress.py → rp_http.send_result); it
+  does not end the job, and `/status` shows `p` as the job's `output` while it is IN_PROGRESS
+  (runpod-python #12, #105). One that comes after the job's result is ignored. In auto mode
+  an outcome's `progress` is what the job reports while it runs.
+* Holding a job: `hold=True` on an auto-mode outcome, or `hold_results = True` in worker mode
+  (the worker's result is kept back), keeps the job IN_PROGRESS until `release()`.
 * GraphQL `/graphql` (§2.3): gpuTypes (list and by id), podFindAndDeployOnDemand, pod,
   myself { pods }, podTerminate, podStop. Each pod is backed by its own FakeComfyUI, and its
   `runtime` is null for `pod_start_delay` seconds, like a container still starting.
@@ -76,6 +83,10 @@ class FakeJob:
         self.worker = None
         self.stop_sent = False
         self.outcome = None  # auto mode: the scripted result
+        self.progress = None  # the last progress the worker sent: `output` while IN_PROGRESS
+        self.progress_posts = []  # every progress payload the worker sent, in order
+        self.held = False  # kept IN_PROGRESS until FakeRunPod.release()
+        self.held_result, self.result_at = None, None  # worker mode: the result kept back, when it came
 
     def as_status(self):
         body = {"id": self.id, "status": self.status}
@@ -85,6 +96,8 @@ class FakeJob:
             body["executionTime"] = int((self.finished - self.started) * 1000)
         if self.output is not None:
             body["output"] = self.output
+        elif self.status == "IN_PROGRESS" and self.progress is not None:
+            body["output"] = self.progress
         if self.error is not None:
             body["error"] = self.error
         return body
@@ -140,6 +153,7 @@ class FakeRunPod:
         self.pod_comfy_kwargs = pod_comfy_kwargs or {"step_delay": 0.01, "steps": 2}
         self.api_key = api_key
         self.outcomes = collections.deque()  # auto mode: scripted results, oldest first
+        self.hold_results = False  # worker mode: keep each job IN_PROGRESS, its result kept back, until release()
         self.http_errors = collections.deque()  # next public-API answers: status codes (or "hang")
         self.unavailable_gpus = set()  # podFindAndDeployOnDemand says "no instances" for these
         self.received = []  # (method, path) of every request
@@ -249,8 +263,23 @@ class FakeRunPod:
     # ---- test helpers
 
     def script(self, *outcomes):
-        """Auto-mode results for the next jobs: dicts with `status` and `output` / `error`."""
+        """Auto-mode results for the next jobs: dicts with `status` and `output` / `error`, and
+        optionally `run_delay`, `progress` (the `output` while IN_PROGRESS) and `hold`."""
         self.outcomes.extend(outcomes)
+
+    def release(self, job_id=None):
+        """Let a held job (or every held job) end: with its scripted outcome (auto mode, from
+        its next /status on) or with the result its worker sent (worker mode, at once)."""
+        now = time.monotonic()
+        for job in list(self.jobs.values()):
+            if job_id not in (None, job.id):
+                continue
+            if job.outcome and job.outcome.get("hold"):  # auto mode, started or not yet
+                job.outcome = {**job.outcome, "hold": False}
+                job.held, job.result_at = False, now  # it ends no earlier than now
+            elif job.held:
+                job.held = False
+                self._finish(job, job.held_result, job.result_at)
 
     def billed_seconds(self) -> dict:
         """The provider's record: seconds each serverless job ran (from its start until it ended,
@@ -387,10 +416,11 @@ class FakeRunPod:
         age = time.monotonic() - job.created
         if age >= self.queue_delay and job.started is None:
             job.status, job.started = "IN_PROGRESS", job.created + self.queue_delay
+            job.progress, job.held = job.outcome.get("progress"), bool(job.outcome.get("hold"))
         run_for = job.outcome.get("run_delay", self.run_delay)
-        if job.started is not None and time.monotonic() - job.started >= run_for:
+        if job.started is not None and not job.held and time.monotonic() - job.started >= run_for:
             job.status = job.outcome.get("status", "COMPLETED")
-            job.finished = job.started + run_for
+            job.finished = max(job.started + run_for, job.result_at or 0)
             job.output, job.error = job.outcome.get("output"), job.outcome.get("error")
 
     async def _status(self, request):
@@ -482,12 +512,24 @@ class FakeRunPod:
         if job is None:
             return web.Response(status=404)
         result = json.loads(await request.text())  # JSON text, though sent as form-urlencoded
-        if job.status not in FINAL:
-            job.finished = time.monotonic()
-            job.output = result.get("output")
-            job.error = result.get("error")
-            job.status = "FAILED" if job.error else "COMPLETED"
+        if result.get("status") == "IN_PROGRESS":  # progress_update: the job goes on
+            job.progress_posts.append(result.get("output"))
+            if job.status == "IN_PROGRESS" and job.held_result is None:
+                job.progress = result.get("output")
+        elif job.status not in FINAL and job.held_result is None:
+            if self.hold_results:
+                job.held, job.held_result, job.result_at = True, result, time.monotonic()
+            else:
+                self._finish(job, result, time.monotonic())
         return web.json_response({})
+
+    def _finish(self, job, result, at):
+        if job.status in FINAL:  # cancelled while its result was held
+            return
+        job.finished = at
+        job.output = result.get("output")
+        job.error = result.get("error")
+        job.status = "FAILED" if job.error else "COMPLETED"
 
     # ---- GraphQL (reference §2.3)
 

@@ -8,6 +8,10 @@ Protocol facts used here (shared/reference/external-apis.md §2.1, §2.2, §2.8)
 - The SDK's `Endpoint` copies `runpod.endpoint_url_base` (a module global) when it is built,
   so it is built under a lock with the base URL of this backend; the key is passed to the
   constructor, never put in the module global (so nothing else in the process can use it).
+- While a job is IN_PROGRESS, `output` on `/status` is the last progress its worker sent with
+  `runpod.serverless.progress_update` (the SDK POSTs `{"status": "IN_PROGRESS", "output": p}`
+  to the job-done URL; runpod-python #12, #105). Our handler sends `{"percent": n, ...}`;
+  others send `{"progress": "4/10"}`, a number or text. Whatever it is, it never fails a poll.
 - The SDK mounts `Retry(total=5, status_forcelist=[408, 429])` for http:// only; it is
   replaced by no retries so that a 429 is classed here (retryable) the same way on http and
   https, and no call blocks a worker for half a minute of back-off.
@@ -15,6 +19,7 @@ Protocol facts used here (shared/reference/external-apis.md §2.1, §2.2, §2.8)
 import base64
 import binascii
 import json
+import math
 import mimetypes
 import threading
 import time
@@ -155,7 +160,8 @@ class RunPodClient(Client):
         if status == "IN_QUEUE":
             return Progress(percent=0, running=False, next_poll=self.poll_interval)
         if status in ("IN_PROGRESS", "RUNNING"):
-            return Progress(percent=0, running=True, next_poll=self.poll_interval)
+            return Progress(percent=progress_percent(state.get("output")), running=True,
+                            next_poll=self.poll_interval)
         if status == "COMPLETED":
             try:
                 outputs = collect_outputs(state.get("output"))
@@ -209,6 +215,26 @@ def http_error(what: str, response) -> BackendError:
                         retryable=True)
     text = response.text[:300] if response is not None else ""
     return BackendError(f"RunPod refused to {what}: HTTP {code} {text}".strip(), retryable=False)
+
+
+def progress_percent(output) -> int:
+    """A running job's percent from its worker's last progress update, within 0..99 (100 is
+    for a finished job): `{"percent": 42}` (our handler), `{"progress": "4/10"}`, `42`, `"42%"`
+    or `"4/10"`; anything else is 0."""
+    if isinstance(output, dict):
+        output = output.get("percent", output.get("progress"))
+    value = _percent_value(output)
+    return max(0, min(99, int(value))) if math.isfinite(value) else 0
+
+
+def _percent_value(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return 0.0
+    done, slash, total = str(value).strip().rstrip("%").partition("/")
+    try:
+        return 100 * float(done) / float(total) if slash else float(done)
+    except (ValueError, ZeroDivisionError, OverflowError):
+        return 0.0
 
 
 def failed_job(error, output) -> Failed:
