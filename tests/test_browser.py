@@ -100,6 +100,7 @@ def gpu(fake, pool, local_backend, transactional_db):
     wait_for(lambda: not Job.objects.exclude(status__in=("succeeded", "failed", "cancelled")).exists(),
              30, 0.1, "this test's jobs to end")
     fake.steps, fake.step_delay, fake.fail_mode = 3, 0.05, None
+    fake.preview_method, fake.step_budget = None, None
 
 
 @pytest.fixture
@@ -311,6 +312,32 @@ def _a_few_days_of_jobs(user):
                 kind=LedgerEntry.Kind.CHARGE, amount=Decimal(cost), key=f"charge:browser:{job.id}", user=user,
                 backend=backend, category=backend.category, day=when.date(), month=when.date().replace(day=1))
             LedgerEntry.objects.filter(id=entry.id).update(created_at=when)
+
+
+def test_a_live_preview_shows_while_the_sampler_runs_and_goes_when_the_job_ends(page, gpu, alice):
+    gpu.steps, gpu.preview_method, gpu.step_budget = 20, "auto", 0  # the sampler is held at its first step
+    job = services.job_submit(user=alice, kind="image", preference="local", prompt="a slow castle", seed=8)
+    _sign_in(page, next_url=f"/jobs/{job.id}/")
+
+    # A frame sent while no poll is watching the socket is not seen (the watch window ends and a
+    # new one opens): let the sampler take one step at a time until a preview is on the page.
+    preview = page.locator(".live-preview img")
+    for _ in range(19):
+        gpu.step_budget += 1
+        try:
+            expect(preview).to_be_visible(timeout=2_000)
+            break
+        except AssertionError:
+            continue
+    expect(preview).to_be_visible()
+    page.wait_for_function("document.querySelector('.live-preview img').naturalWidth > 0")  # a real image
+    expect(page.locator(".eta")).to_be_visible()
+    _shot(page, "18-live-preview")
+    gpu.step_budget = None  # the sampler goes on to the end
+
+    expect(page.locator(".gallery img").first).to_be_visible(timeout=LIVE_TIMEOUT)
+    expect(preview).to_have_count(0)
+    assert Job.objects.get(id=job.id).status == JobStatus.SUCCEEDED
 
 
 def test_every_page_passes_the_content_security_policy(page, gpu, alice, admin_user):
