@@ -24,6 +24,7 @@ SIZES = {"tiny": {"samples": 3, "polling_samples": 2, "warmup": 1},
          "quick": {"samples": 15, "polling_samples": 8, "warmup": 2},
          "full": {"samples": 60, "polling_samples": 25, "warmup": 3}}
 TARGET_MS = 50.0
+TARGET_PREVIEWS = 1.10  # previews must not slow the end of a job down measurably
 STEPS, STEP_DELAY = 4, 0.05  # ~0.2 s of "sampling": the poll is listening before the end
 
 
@@ -38,26 +39,34 @@ def run(ctx) -> dict:
         client = ctx.api()
         _samples(ctx, client, fake, params["warmup"])
         websocket = _samples(ctx, client, fake, params["samples"])
-        fake.fail_mode = "drop_ws"
+        fake.preview_method = "auto"  # a preview frame after every sampler step, as --preview-method auto
+        previewed = _samples(ctx, client, fake, params["samples"])
+        fake.preview_method, fake.fail_mode = None, "drop_ws"
         polling = _samples(ctx, client, fake, params["polling_samples"])
     finally:
         fake.stop()
     ws, poll = harness.latency_summary(websocket), harness.latency_summary(polling)
+    with_previews = harness.latency_summary(previewed)
     value = harness.ratio(ws["p50_ms"], poll["p50_ms"])
+    preview_cost = harness.ratio(with_previews["p50_ms"], ws["p50_ms"])
     interval = settings.COMFYUI_POLL_INTERVAL
     return {
         "params": {**params, "steps": STEPS, "step_delay": STEP_DELAY, "poll_interval_s": interval,
                    "watch_seconds": settings.COMFYUI_WATCH_SECONDS},
-        "figures": {"websocket": ws},
+        "figures": {"websocket": ws, "websocket_with_previews": with_previews, "previews_ratio": preview_cost},
         "baseline": {"polling_fallback": poll},
         "ratio": value, "ratio_meaning": "WebSocket p50 ÷ polling-fallback p50",
         "targets": [harness.target("WebSocket detection p50 (ms)", ws["p50_ms"], f"≤ {TARGET_MS:.0f} ms",
-                                   ws["p50_ms"] <= TARGET_MS)],
+                                   ws["p50_ms"] <= TARGET_MS),
+                    harness.target("with live previews ÷ without, p50", preview_cost, f"≤ {TARGET_PREVIEWS}",
+                                   preview_cost <= TARGET_PREVIEWS)],
         "lines": [
             f"WebSocket watch: p50 {ws['p50_ms']:.1f} ms, p99 {ws['p99_ms']:.1f} ms (n={ws['n']}; includes the "
             "history read, the output download and the database update)",
             f"polling fallback (socket dropped, /history every {interval:g} s): p50 {poll['p50_ms']:.0f} ms, "
             f"p99 {poll['p99_ms']:.0f} ms (n={poll['n']})",
+            f"with live previews (a frame per sampler step, kept in Redis at most every "
+            f"{settings.PREVIEW_EVERY_SECONDS:g} s): p50 {with_previews['p50_ms']:.1f} ms, {preview_cost:.2f}× without",
             f"ratio {value:.3f} (WebSocket ÷ polling)",
         ],
     }
