@@ -24,7 +24,7 @@ def test_the_systemd_unit_runs_comfyui_from_its_venv_and_restarts_it():
     unit = autostart.render_systemd_unit(linux_launch())
     assert "[Service]\nType=simple\nWorkingDirectory=/home/ann/comfy ui/ComfyUI\n" in unit
     assert ('ExecStart="/home/ann/comfy ui/venv/bin/python" "/home/ann/comfy ui/ComfyUI/main.py" '
-            '"--listen" "127.0.0.1" "--port" "8188"\n') in unit
+            '"--listen" "127.0.0.1" "--port" "8188" "--preview-method" "auto"\n') in unit
     assert "Restart=on-failure\n" in unit and "WantedBy=default.target" in unit
     assert "Environment=PYTHONUNBUFFERED=1" in unit
 
@@ -44,7 +44,7 @@ def test_the_launchd_plist_loads_at_login_and_keeps_comfyui_alive():
     plist = plistlib.loads(autostart.render_launchd_plist(launch))
     assert plist["Label"] == "org.comfyhybrid.comfyui"
     assert plist["ProgramArguments"] == ["/Users/ann/comfyui/venv/bin/python", "/Users/ann/comfyui/ComfyUI/main.py",
-                                         "--listen", "127.0.0.1", "--port", "8190"]
+                                         "--listen", "127.0.0.1", "--port", "8190", "--preview-method", "auto"]
     assert plist["WorkingDirectory"] == "/Users/ann/comfyui/ComfyUI"
     assert plist["RunAtLoad"] is True and plist["KeepAlive"] == {"SuccessfulExit": False}
     assert plist["StandardOutPath"] == plist["StandardErrorPath"] == "/Users/ann/comfyui/logs/comfyui.log"
@@ -55,7 +55,7 @@ def test_the_powershell_script_quotes_paths_and_passes_extra_arguments():
     assert "$ErrorActionPreference = 'Stop'" in script
     assert r"Set-Location -LiteralPath 'C:\Users\O''Brien\comfyui\ComfyUI'" in script
     assert (r"& 'C:\Users\O''Brien\comfyui\venv\Scripts\python.exe' main.py '--listen' '127.0.0.1' '--port' "
-            "'8188' @args") in script
+            "'8188' '--preview-method' 'auto' @args") in script
     assert script.rstrip().endswith("exit $LASTEXITCODE")
 
 
@@ -63,7 +63,7 @@ def test_the_shell_start_script_execs_comfyui_with_quoted_paths():
     script = autostart.render_start_sh(linux_launch())
     assert script.startswith("#!/bin/sh\n")
     assert "cd '/home/ann/comfy ui/ComfyUI' || exit 1" in script
-    assert "exec '/home/ann/comfy ui/venv/bin/python' main.py --listen 127.0.0.1 --port 8188 \"$@\"" in script
+    assert "exec '/home/ann/comfy ui/venv/bin/python' main.py --listen 127.0.0.1 --port 8188 --preview-method auto \"$@\"" in script
 
 
 def test_the_windows_scheduled_task_runs_the_powershell_script_at_logon():

@@ -25,7 +25,7 @@ fi
 
 COMFY_HOST="${COMFY_HOST:-127.0.0.1:8188}"
 COMFY="http://${COMFY_HOST}"
-START="${COMFY_START_COMMAND:-python -u /comfyui/main.py --listen 0.0.0.0 --port 8188 --disable-auto-launch}"
+START="${COMFY_START_COMMAND:-python -u /comfyui/main.py --listen 0.0.0.0 --port 8188 --disable-auto-launch --preview-method auto}"
 IDLE_LIMIT="${POD_IDLE_STOP_SECONDS:-900}"
 CHECK_EVERY="${POD_IDLE_CHECK_SECONDS:-30}"
 API="${RUNPOD_API_BASE_URL:-https://api.runpod.io}"

@@ -39,7 +39,10 @@ class Launch:
 
     @property
     def comfy_args(self) -> list:
-        return ["--listen", self.host, "--port", str(self.port)] + (["--cpu"] if self.cpu_only else [])
+        # --preview-method auto: samplers stream preview frames (ComfyUI's default is none),
+        # which the job page shows live while a job runs.
+        return (["--listen", self.host, "--port", str(self.port), "--preview-method", "auto"]
+                + (["--cpu"] if self.cpu_only else []))
 
     @property
     def argv(self) -> list:
