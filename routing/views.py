@@ -168,11 +168,9 @@ def preference_save(request):
 
 
 def _installing() -> bool:
-    """True while the local ComfyUI installer runs (the installer app may not track any)."""
-    try:
-        from workers.selectors import install_in_progress
-    except ImportError:
-        return False
+    """True while the local ComfyUI installer runs."""
+    from workers.selectors import install_in_progress
+
     return install_in_progress()
 
 

@@ -95,3 +95,21 @@ def test_the_cost_monitor_shows_the_users_month_and_remaining_caps(alice_client,
     page = alice_client.get("/costs/").content.decode()
     assert "Your costs this month" in page and "left</strong> (resets at 00:00 UTC)" in page
     assert page.count('<svg class="chart"') == 2
+
+
+def test_the_pod_line_counts_the_pods_alive_in_the_period(month):
+    from workers.pods.models import CloudPod
+
+    pods = Backend.objects.get(name="pods")
+    lives = [(MARCH + timedelta(days=2), MARCH + timedelta(days=2, seconds=600), 4),  # 10 min, 4 jobs
+             (MARCH + timedelta(days=9), MARCH + timedelta(days=9, seconds=1800), 2),  # 30 min, 2 jobs
+             (MARCH - timedelta(days=3), MARCH - timedelta(days=2), 9)]  # ended before March
+    for number, (created, ended, jobs) in enumerate(lives):
+        pod = CloudPod.objects.create(backend=pods, name=f"comfy-hybrid-{number}", cost_per_hour=Decimal("0.69"),
+                                      status="terminated", terminated_at=ended, jobs_processed=jobs)
+        CloudPod.objects.filter(id=pod.id).update(created_at=created)
+
+    line = metrics(start=MARCH, end=NOW, now=NOW)["pods"]
+
+    # (the dashboard said "0 pods" whatever ran: it imported a function that did not exist)
+    assert (line["count"], line["avg_uptime_seconds"], line["jobs_per_pod"]) == (2, 1200.0, 3.0)

@@ -82,3 +82,16 @@ def idle_limit(cost_per_hour: Decimal) -> int:
 
 def stale(since: Optional[datetime], seconds: float, now: datetime) -> bool:
     return since is not None and now - since > timedelta(seconds=seconds)
+
+
+def pod_figures(*, start: datetime, end: datetime, now=None) -> dict:
+    """The staff dashboard's pod line for a period: pods alive in it, their average uptime
+    (whole lives, to now for live ones) and jobs per pod."""
+    now = now or timezone.now()
+    pods = list(CloudPod.objects.filter(created_at__lt=end).exclude(terminated_at__lt=start)
+                .values("created_at", "terminated_at", "jobs_processed"))
+    if not pods:
+        return {"count": 0, "avg_uptime_seconds": None, "jobs_per_pod": None}
+    uptimes = [((pod["terminated_at"] or now) - pod["created_at"]).total_seconds() for pod in pods]
+    return {"count": len(pods), "avg_uptime_seconds": round(sum(uptimes) / len(pods), 1),
+            "jobs_per_pod": round(sum(pod["jobs_processed"] for pod in pods) / len(pods), 1)}

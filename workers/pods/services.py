@@ -194,10 +194,8 @@ def _spawn_for_backlog(backend: Backend) -> list[int]:
 def _affordable_pods() -> int:
     """How many new pods the installation's remaining monthly budget allows: each commits at
     least its spin-up plus the idle limit before the reaper can stop it."""
-    try:
-        from billing.caps import cloud_budget_left
-    except ImportError:
-        return settings.RUNPOD_MAX_PODS
+    from billing.caps import cloud_budget_left
+
     left = cloud_budget_left()
     rate = expected_pod_rate()
     commitment = rate * Decimal(settings.RUNPOD_POD_SPINUP_SECONDS + idle_limit(rate)) / Decimal(3600)
