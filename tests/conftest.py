@@ -100,6 +100,11 @@ def redis_server():
 
     settings.CELERY_BROKER_URL = settings.CELERY_RESULT_BACKEND = server.url
     app.conf.broker_url = app.conf.result_backend = server.url
+    # Celery reads CELERY_BROKER_URL from the environment before its configuration: on a machine
+    # that exports one (any Celery host), this process would send to that broker while the
+    # workers listen here, and no job would ever finish.
+    for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "REDIS_URL"):
+        os.environ[name] = server.url
     yield server
     server.stop()
     shutil.rmtree(server.dir, ignore_errors=True)
