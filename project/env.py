@@ -29,11 +29,18 @@ def env_str(name: str, default: str = "") -> str:
     return os.environ.get(name, default)
 
 
+TRUE, FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
 def env_bool(name: str, default: bool = False) -> bool:
+    """true/false, yes/no, on/off, 1/0; anything else is refused (a typo such as `HTTPS=ture`
+    must not silently read as false)."""
     value = os.environ.get(name)
-    if value is None or value == "":
+    if value is None or value.strip() == "":
         return default
-    return value.strip().lower() in {"1", "true", "yes", "on"}
+    if value.strip().lower() in TRUE | FALSE:
+        return value.strip().lower() in TRUE
+    raise ValueError(f"{name}={value!r} is not a yes/no value: use true or false")
 
 
 def env_int(name: str, default: int) -> int:

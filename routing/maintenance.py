@@ -42,7 +42,7 @@ def backend_probe(*, backend_id: int) -> None:
     health_record(backend_id=backend.id, ok=health.ok, detail=health.detail, latency_ms=health.latency_ms,
                   queue_depth=max(0, health.queue_depth - ours), gpu=health.gpu, vram_total=health.vram_total)
     if health.ok and Job.objects.filter(status=JobStatus.QUEUED, waiting=True, waiting_for=WAIT_OUTAGE).exists():
-        dispatch.send(dispatch.ADMIT, [], queue="control")  # jobs waiting for it to answer again
+        dispatch.send(dispatch.ADMIT, [], queue=queues.CONTROL)  # jobs waiting for it to answer again
 
 
 def _read_inventory(backend: Backend, client) -> None:
@@ -70,10 +70,10 @@ def sweep(now=None) -> dict:
     counts["outage"] = _fail_long_outage_waits(now)
     queued = Job.objects.filter(status=JobStatus.QUEUED, updated_at__lt=cutoff)
     for job_id, priority in queued.filter(waiting=False).values_list("id", "priority"):
-        dispatch.send(dispatch.ROUTE, [str(job_id)], queue="control", priority=priority)
+        dispatch.send(dispatch.ROUTE, [str(job_id)], queue=queues.CONTROL, priority=priority)
         counts["route"] += 1
     if Job.objects.filter(status=JobStatus.QUEUED, waiting=True).exists():
-        dispatch.send(dispatch.ADMIT, [], queue="control")
+        dispatch.send(dispatch.ADMIT, [], queue=queues.CONTROL)
         counts["admit"] = 1
     for attempt in Attempt.objects.filter(status=AttemptStatus.PENDING, created_at__lt=cutoff).select_related(
             "backend", "job"):

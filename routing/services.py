@@ -85,7 +85,7 @@ def job_submit(*, user, kind: str, preference: str, prompt: str = "", negative_p
         priority=priority, webhook_url=webhook_url,
     )
     preference_set(user=user, preference=preference)
-    dispatch.send_on_commit(dispatch.ROUTE, [str(job.id)], queue="control", priority=job.priority)
+    dispatch.send_on_commit(dispatch.ROUTE, [str(job.id)], queue=queues.CONTROL, priority=job.priority)
     return job
 
 
@@ -528,7 +528,7 @@ def attempt_succeed(*, attempt_id, done: Done, client) -> bool:
             status=JobStatus.SUCCEEDED, finished_at=now, progress=100, error="", backend=attempt.backend,
             cost=F("cost") + cost,
         )
-        dispatch.send_on_commit(dispatch.ADMIT, [], queue="control")
+        dispatch.send_on_commit(dispatch.ADMIT, [], queue=queues.CONTROL)
         _ended(attempt.job_id)
     # Backend rows are written after the commit: routing locks backends, then spend counters;
     # writing counters, then a backend, in one transaction deadlocks with it on PostgreSQL.
@@ -590,10 +590,10 @@ def attempt_fail(*, attempt_id, error: str, retryable: bool, outage: bool = Fals
             requeued = Job.objects.filter(id=job.id, status__in=ACTIVE_JOB_STATES).update(
                 status=JobStatus.QUEUED, progress=0)
             if requeued:
-                dispatch.send_on_commit(dispatch.ROUTE, [str(job.id)], queue="control", priority=job.priority)
+                dispatch.send_on_commit(dispatch.ROUTE, [str(job.id)], queue=queues.CONTROL, priority=job.priority)
         else:
             job_fail(job, error)
-        dispatch.send_on_commit(dispatch.ADMIT, [], queue="control")
+        dispatch.send_on_commit(dispatch.ADMIT, [], queue=queues.CONTROL)
     _attempt_ended(attempt)
     # Backend rows after the commit (lock order: see attempt_succeed).
     if lacks:
@@ -659,7 +659,7 @@ def job_cancel(*, user, job_id) -> bool:
             if attempt.handle:
                 dispatch.send_on_commit(dispatch.CANCEL, [str(attempt.id)], queue=attempt.backend.queue)
             transaction.on_commit(lambda ended=attempt: _attempt_ended(ended))
-        dispatch.send_on_commit(dispatch.ADMIT, [], queue="control")
+        dispatch.send_on_commit(dispatch.ADMIT, [], queue=queues.CONTROL)
     return True
 
 

@@ -286,3 +286,19 @@ def test_the_webhook_signing_key_is_not_the_secret_key(tmp_path):
     signing_key = derived.stdout.strip().splitlines()[-1]
     assert derived.returncode == 0 and len(signing_key) == 64 and signing_key != key
     assert same.returncode != 0 and "comfy.E002" in same.stderr
+
+
+@pytest.mark.parametrize("value, expected", [("true", True), ("Yes", True), ("1", True), ("on", True),
+                                             ("false", False), ("NO", False), ("0", False), ("off", False),
+                                             ("", None), ("  ", None)])
+def test_a_yes_no_setting_reads_every_spelling(monkeypatch, value, expected):
+    from project.env import env_bool
+
+    monkeypatch.setenv("SOME_FLAG", value)
+    assert env_bool("SOME_FLAG", default=None) is expected
+
+
+def test_a_typo_in_a_yes_no_setting_stops_the_start_instead_of_reading_false(tmp_path):
+    done = _manage(tmp_path, "check", HTTPS="ture")
+
+    assert done.returncode != 0 and "HTTPS='ture' is not a yes/no value" in done.stderr

@@ -5,14 +5,16 @@ expiry so a backlog after downtime does not fire a burst of stale runs.
 """
 from django.conf import settings
 
+from project import queues
+
 SCHEDULES = [
     # (name, task, every seconds, queue, expires seconds)
-    ("probe backends", "workers.tasks.probe_backends", "HEALTH_PROBE_SECONDS", "control", 30),
-    ("sweep lost jobs", "workers.tasks.sweep", "SWEEP_EVERY_SECONDS", "control", 60),
-    ("autoscale cloud pods", "workers.pod_tasks.autoscale_pods", "RUNPOD_AUTOSCALE_SECONDS", "control", 15),
-    ("stop idle cloud pods", "workers.pod_tasks.reap_idle_pods", "RUNPOD_REAP_SECONDS", "control", 60),
-    ("reconcile cloud pods", "workers.pod_tasks.reconcile_pods", "RUNPOD_RECONCILE_SECONDS", "cloud", 300),
-    ("reconcile spend with RunPod", "billing.tasks.reconcile_spend", "RECONCILE_SPEND_SECONDS", "cloud", 600),
+    ("probe backends", "workers.tasks.probe_backends", "HEALTH_PROBE_SECONDS", queues.CONTROL, 30),
+    ("sweep lost jobs", "workers.tasks.sweep", "SWEEP_EVERY_SECONDS", queues.CONTROL, 60),
+    ("autoscale cloud pods", "workers.pod_tasks.autoscale_pods", "RUNPOD_AUTOSCALE_SECONDS", queues.CONTROL, 15),
+    ("stop idle cloud pods", "workers.pod_tasks.reap_idle_pods", "RUNPOD_REAP_SECONDS", queues.CONTROL, 60),
+    ("reconcile cloud pods", "workers.pod_tasks.reconcile_pods", "RUNPOD_RECONCILE_SECONDS", queues.CLOUD, 300),
+    ("reconcile spend with RunPod", "billing.tasks.reconcile_spend", "RECONCILE_SPEND_SECONDS", queues.CLOUD, 600),
 ]
 
 
