@@ -5,7 +5,7 @@ import zipfile
 
 import pytest
 
-from tests.test_installer_support import tar_gz
+from tests.installer_support import tar_gz
 from workers.installer.archive import extract_archive, safe_member_path
 from workers.installer.errors import Failure
 

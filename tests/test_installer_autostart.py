@@ -5,7 +5,7 @@ from pathlib import Path, PureWindowsPath
 
 import pytest
 
-from tests.test_installer_support import FakeRunner
+from tests.installer_support import FakeRunner
 from workers.installer import autostart
 from workers.installer.autostart import Launch
 from workers.installer.layout import Layout

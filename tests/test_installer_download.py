@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_installer_support import TEST_CHUNK, ArtifactServer, Fault, payload, sha256
+from tests.installer_support import TEST_CHUNK, ArtifactServer, Fault, payload, sha256
 from workers.installer.download import Downloader, Item, Policy, part_path, state_path
 from workers.installer.errors import Cancelled, Failure, Paused
 from workers.installer.progress import CANCEL, PAUSE, RUN

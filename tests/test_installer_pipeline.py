@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.test_installer_support import (
+from tests.installer_support import (
     ArtifactServer,
     FakeRunner,
     Fault,

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from routing import dispatch
 from routing.models import Backend
-from tests.test_installer_support import (
+from tests.installer_support import (
     ArtifactServer,
     FakeRunner,
     free_port,

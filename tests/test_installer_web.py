@@ -6,7 +6,7 @@ from django.core.cache import cache
 
 from routing import dispatch
 from routing.models import Backend, HealthState
-from tests.test_installer_support import (
+from tests.installer_support import (
     ArtifactServer,
     FakeRunner,
     free_port,
