@@ -302,3 +302,10 @@ def test_a_typo_in_a_yes_no_setting_stops_the_start_instead_of_reading_false(tmp
     done = _manage(tmp_path, "check", HTTPS="ture")
 
     assert done.returncode != 0 and "HTTPS='ture' is not a yes/no value" in done.stderr
+
+
+def test_every_setting_read_from_the_environment_is_in_the_readme():
+    read = set(re.findall(r'env_(?:str|bool|int|float|decimal|list)\(\s*"([A-Z0-9_]+)"',
+                          (ROOT / "project" / "settings.py").read_text()))
+    documented = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", (ROOT / "README.md").read_text()))
+    assert read and sorted(read - documented) == []
