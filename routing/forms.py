@@ -66,8 +66,9 @@ class JobForm(forms.Form):
         attrs={"rows": 3, "placeholder": "a lighthouse at dusk, oil painting"}))
     negative_prompt = forms.CharField(required=False, max_length=4000, validators=[_only_text],
                                       widget=forms.Textarea(attrs={"rows": 2}))
-    width = forms.IntegerField(min_value=64, max_value=MAX_SIDE, initial=512)
-    height = forms.IntegerField(min_value=64, max_value=MAX_SIDE, initial=512)
+    width = forms.IntegerField(min_value=64, max_value=MAX_SIDE, initial=512, required=False,
+                               help_text="A workflow sets its own size")
+    height = forms.IntegerField(min_value=64, max_value=MAX_SIDE, initial=512, required=False)
     seed = forms.IntegerField(required=False, min_value=0, max_value=2**63 - 1, help_text="Empty: random")
     duration_seconds = forms.IntegerField(required=False, min_value=1, max_value=MAX_VIDEO_SECONDS,
                                           initial=4, label="Video length (s)")
@@ -83,8 +84,22 @@ class JobForm(forms.Form):
     def clean_height(self):
         return _multiple_of_8(self.cleaned_data["height"])
 
+    def _size_of(self, data, workflow) -> None:
+        """A prompt job: the size asked for (512 when left empty). A workflow: the size it makes,
+        read from its latent or image source node; 0×0 when it does not say (the page says so)."""
+        if workflow is None:
+            data["width"] = data.get("width") or 512
+            data["height"] = data.get("height") or 512
+            return
+        data["width"], data["height"] = workflow_size(workflow)
+
     def clean(self):
         data = super().clean()
+        from .selectors import unavailable_preferences  # (selectors import the workflow builder)
+
+        refused = unavailable_preferences().get(data.get("preference") or "")
+        if refused:
+            self.add_error("preference", refused)
         text = self._workflow_text(data)
         prompt = (data.get("prompt") or "").strip()
         if text and prompt:
@@ -94,6 +109,7 @@ class JobForm(forms.Form):
             return data
         data["prompt"] = prompt
         data["workflow"] = self._parse_workflow(text) if text else None
+        self._size_of(data, data["workflow"])
         if data.get("kind") == JobKind.VIDEO and not data.get("duration_seconds"):
             data["duration_seconds"] = 4
         if data.get("kind") != JobKind.VIDEO:
@@ -138,7 +154,26 @@ class JobForm(forms.Form):
         return workflow
 
 
-def _multiple_of_8(value: int) -> int:
+SIZE_NODES = ("EmptyLatentImage", "EmptySD3LatentImage", "EmptyHunyuanLatentVideo", "EmptyMochiLatentVideo",
+              "EmptyLTXVLatentVideo", "EmptyCosmosLatentVideo", "EmptyImage", "EmptyFluxLatentImage")
+
+
+def workflow_size(workflow) -> tuple[int, int]:
+    """(width, height) from the workflow's first empty-latent or empty-image node with literal
+    sizes; (0, 0) when none says (a LoadImage workflow, sizes from links)."""
+    for node_id in sorted(workflow or {}, key=lambda n: (len(str(n)), str(n))):
+        node = workflow[node_id]
+        inputs = node.get("inputs") or {} if isinstance(node, dict) else {}
+        if isinstance(node, dict) and node.get("class_type") in SIZE_NODES:
+            width, height = inputs.get("width"), inputs.get("height")
+            if isinstance(width, int) and isinstance(height, int) and 0 < width <= 16384 and 0 < height <= 16384:
+                return width, height
+    return 0, 0
+
+
+def _multiple_of_8(value) -> int:
+    if value is None:
+        return value
     if value % 8:
         raise forms.ValidationError(ERR_MULTIPLE_OF_8)
     return value

@@ -267,3 +267,27 @@ def job_eta(job: Job, attempt: Attempt | None = None, now=None) -> int | None:
     if attempt.running_at:
         return max(1, round(expected - (now - attempt.running_at).total_seconds()))
     return round(expected * (1 + (attempt.queue_position or 0)))
+
+
+CATEGORY_NAMES = {"local": "Your GPU", "cloud": "Cloud GPUs (RunPod)", "gemini": "Gemini"}
+
+
+def unavailable_preferences() -> dict[str, str]:
+    """Each "where to run" choice that nothing here can run, with why: no backend of that
+    category is both enabled and configured. Such a choice is refused at submit and is never
+    offered (or remembered) as a default."""
+    from .backends import missing_settings
+
+    usable = set()
+    for backend in Backend.objects.filter(enabled=True).only("kind", "category"):
+        if not missing_settings(backend):
+            usable.add(backend.category)
+    reasons = {}
+    for category, name in CATEGORY_NAMES.items():
+        if category not in usable:
+            backends = Backend.objects.filter(category=category)
+            missing = sorted({s for b in backends for s in missing_settings(b)})
+            reasons[category] = (f"{name} is not set up on this installation"
+                                 + (f" ({', '.join(missing)} missing)" if missing else " (disabled)")
+                                 + ": choose Auto or another option.")
+    return reasons

@@ -6,6 +6,7 @@ from django.contrib.auth.decorators import login_required
 from django.conf import settings
 from django.http import FileResponse, Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from . import selectors, services, tokens
@@ -34,10 +35,11 @@ def job_submit(request):
             else:
                 messages.success(request, "Your job is queued. This page updates by itself.")
                 return redirect("job-detail", job_id=job.id)
-    else:
+    unavailable = selectors.unavailable_preferences()  # shown as such, never preselected
+    if request.method != "POST":
         preference = Preference.objects.filter(user=request.user).values_list("preference", flat=True).first()
-        form = JobForm(initial={"preference": preference or "auto"})
-    return render(request, "routing/submit.html", {"form": form})
+        form = JobForm(initial={"preference": preference if preference and preference not in unavailable else "auto"})
+    return render(request, "routing/submit.html", {"form": form, "unavailable": unavailable})
 
 
 def _submit(user, data) -> Job:
@@ -83,11 +85,16 @@ def job_live(request, job_id):
     return render(request, "routing/_job_live.html", _job_context(job))
 
 
+ROUTING_LATE_SECONDS = 15  # routing takes a second or two; this long means no control worker
+
+
 def _job_context(job) -> dict:
     running = selectors.running_attempt(job)
+    waited = (timezone.now() - job.created_at).total_seconds()
+    late = job.status == "queued" and not job.waiting and not job.decision and waited > ROUTING_LATE_SECONDS
     return {"job": job, "position": selectors.queue_position(job), "timeline": selectors.job_timeline(job),
             "preview_version": selectors.job_preview_version(job, running) if running else None,
-            "eta": selectors.job_eta(job, running)}
+            "eta": selectors.job_eta(job, running), "routing_late": int(waited) if late else None}
 
 
 @login_required

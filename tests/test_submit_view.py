@@ -84,3 +84,55 @@ def test_it_requires_sign_in(client):
     response = _post(client)
     assert response.status_code == 302 and response["Location"].startswith("/login/")
     assert not Job.objects.exists()
+
+
+# --- the first hour of a new user (issue 22) ------------------------------------------------------
+def test_a_choice_nothing_here_can_run_is_refused_shown_as_such_and_never_the_default(alice_client, alice, settings):
+    settings.GEMINI_API_KEY = ""  # Gemini is not set up
+    response = _post(alice_client, preference="gemini")
+
+    assert response.status_code == 200 and not Job.objects.exists()
+    assert "Gemini is not set up on this installation (GEMINI_API_KEY missing)" in response.content.decode()
+    assert not Preference.objects.filter(user=alice, preference="gemini").exists()
+    Preference.objects.update_or_create(user=alice, defaults={"preference": "gemini"})  # saved before the fix
+    page = alice_client.get("/submit/")
+    assert page.context["form"].initial["preference"] == "auto"
+    assert 'value="gemini" id="id_preference_3" disabled' in page.content.decode()
+
+
+def test_a_custom_workflow_gets_the_size_it_makes_and_needs_no_size_fields(alice_client, local_backend):
+    workflow = {**WORKFLOW, "1": {**WORKFLOW["1"], "inputs": {**WORKFLOW["1"]["inputs"], "width": 640, "height": 384}}}
+    response = alice_client.post("/submit/", {"kind": "image", "preference": "auto", "workflow": json.dumps(workflow)})
+
+    job = Job.objects.get()
+    assert response.status_code == 302 and (job.width, job.height) == (640, 384)
+    assert "640×384" in alice_client.get("/").content.decode()
+    assert "640×384" in alice_client.get(f"/jobs/{job.id}/").content.decode()
+
+
+def test_a_workflow_that_does_not_say_its_size_is_not_labelled_512(alice_client, local_backend):
+    workflow = {"1": {"class_type": "LoadImage", "inputs": {"image": "example.png"}},
+                "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "t"}}}
+    alice_client.post("/submit/", {"kind": "image", "preference": "auto", "workflow": json.dumps(workflow)})
+
+    job = Job.objects.get()
+    assert (job.width, job.height) == (0, 0)
+    assert "size set by its workflow" in alice_client.get(f"/jobs/{job.id}/").content.decode()
+
+
+def test_a_fresh_job_page_does_not_blame_the_control_worker_and_a_stuck_one_does(alice_client, alice):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from routing import services
+
+    job = services.job_submit(user=alice, kind="image", preference="auto", prompt="a fox")
+    fresh = alice_client.get(f"/jobs/{job.id}/live/").content.decode()
+    assert "Choosing where to run it" in fresh and "probably not running" not in fresh
+    Job.objects.filter(id=job.id).update(created_at=timezone.now() - timedelta(seconds=40))
+    stuck = alice_client.get(f"/jobs/{job.id}/live/").content.decode()
+    assert "Not routed after 40 s" in stuck and "control" in stuck
+    Job.objects.filter(id=job.id).update(status=JobStatus.FAILED, error="No backend can run this job")
+    failed = alice_client.get(f"/jobs/{job.id}/live/").content.decode()
+    assert "probably not running" not in failed

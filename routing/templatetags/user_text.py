@@ -9,3 +9,9 @@ register = template.Library()
 @register.filter
 def for_users(text):
     return _for_users(text or "")
+
+
+@register.filter
+def get_item(mapping, key):
+    """{{ dict|get_item:key }}: a dict's value by a variable key ("" when absent)."""
+    return (mapping or {}).get(key, "")

@@ -53,10 +53,13 @@
           lastHtml.set(el, html);
           el.innerHTML = html;
         }
+        var root = el.querySelector(":scope > [data-status]");
+        if (root && root.dataset.status !== "queued") {
+          // "Your job is queued…" is out of date once the job has moved on in front of the user.
+          document.querySelectorAll(".flash.success").forEach(function (flash) { flash.remove(); });
+        }
         if (el.querySelector(":scope > [data-final]")) {
           el.dataset.final = "1";
-          // "Your job is queued…" is out of date once the job has ended in front of the user.
-          document.querySelectorAll(".flash.success").forEach(function (flash) { flash.remove(); });
         }
       })
       .catch(function () { liveNote(el, "Cannot reach the server; still trying…"); })
