@@ -2,8 +2,10 @@ from django import forms
 from django.contrib import admin, messages
 from django.utils.html import format_html, format_html_join
 
-from . import selectors, services, tokens
-from .models import ApiToken, Attempt, Backend, Job, Output, Preference
+from project import queues
+
+from . import dispatch, selectors, services, tokens
+from .models import ApiToken, Attempt, Backend, Job, JobStatus, Output, Preference
 
 
 @admin.register(Backend)
@@ -70,6 +72,12 @@ class JobAdmin(admin.ModelAdmin):
     @admin.display(description="Job")
     def short_id(self, job):
         return str(job.id)[:8]
+
+    def save_model(self, request, obj, form, change):
+        """A job added here is routed at once, like one from the form (not by the next sweep)."""
+        super().save_model(request, obj, form, change)
+        if not change and obj.status == JobStatus.QUEUED:
+            dispatch.send_on_commit(dispatch.ROUTE, [str(obj.id)], queue=queues.CONTROL, priority=obj.priority)
 
     @admin.action(description="Cancel selected jobs")
     def cancel_jobs(self, request, queryset):

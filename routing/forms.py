@@ -78,6 +78,15 @@ class JobForm(forms.Form):
                                label="ComfyUI workflow (API format JSON)")
     workflow_file = forms.FileField(required=False, label="…or upload a workflow file")
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # No maxlength in the page: the browser would cut a long paste mid-word and send it.
+        # The server refuses it instead, saying how long it is.
+        for name in ("prompt", "negative_prompt"):
+            self.fields[name].widget.attrs.pop("maxlength", None)
+            self.fields[name].error_messages["max_length"] = (
+                "At most %(limit_value)d characters; this one has %(show_value)d. Shorten it and submit again.")
+
     def clean_width(self):
         return _multiple_of_8(self.cleaned_data["width"])
 
@@ -105,7 +114,8 @@ class JobForm(forms.Form):
         if text and prompt:
             raise forms.ValidationError(ERR_BOTH)
         if not text and not prompt:
-            self.add_error("prompt", ERR_NEITHER)
+            if "prompt" not in self.errors:  # a prompt refused (too long…) has said why already
+                self.add_error("prompt", ERR_NEITHER)
             return data
         data["prompt"] = prompt
         data["workflow"] = self._parse_workflow(text) if text else None

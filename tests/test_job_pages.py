@@ -66,3 +66,22 @@ def test_retry_makes_a_new_job_with_the_same_request(alice, local_backend):
     old = Job.objects.create(user=alice, prompt="again", width=768, height=512, status=JobStatus.FAILED)
     new = services.job_retry(user=alice, job_id=old.id)
     assert new.id != old.id and (new.prompt, new.width, new.status) == ("again", 768, JobStatus.QUEUED)
+
+
+def test_a_job_added_in_the_admin_is_routed_at_once(admin_user, alice, rf, monkeypatch, django_capture_on_commit_callbacks):
+    from django.contrib.admin.sites import site
+
+    from routing import dispatch
+    from project import queues
+
+    sent = []
+    monkeypatch.setattr(dispatch, "send", lambda name, args, queue, **options: sent.append((name, args, queue)))
+    request = rf.post("/admin/routing/job/add/")
+    request.user = admin_user
+    job = Job(user=alice, prompt="from the admin", status=JobStatus.QUEUED)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        site._registry[Job].save_model(request, job, form=None, change=False)
+        site._registry[Job].save_model(request, job, form=None, change=True)  # an edit routes nothing
+
+    assert sent == [(dispatch.ROUTE, [str(job.id)], queues.CONTROL)]  # (not the next sweep, a minute later)

@@ -136,3 +136,26 @@ def test_a_fresh_job_page_does_not_blame_the_control_worker_and_a_stuck_one_does
     Job.objects.filter(id=job.id).update(status=JobStatus.FAILED, error="No backend can run this job")
     failed = alice_client.get(f"/jobs/{job.id}/live/").content.decode()
     assert "probably not running" not in failed
+
+
+def test_a_prompt_that_is_too_long_gets_one_error_that_says_how_long_and_is_never_cut(alice_client):
+    page = alice_client.get("/submit/").content.decode()
+    assert 'maxlength="4000"' not in page  # the browser would cut a long paste mid-word
+
+    response = _post(alice_client, prompt="a fox " * 750)  # 4500 characters
+
+    errors = response.context["form"].errors["prompt"]
+    assert errors == ["At most 4000 characters; this one has 4499. Shorten it and submit again."]
+    assert not Job.objects.exists()
+
+
+def test_a_long_prompt_is_a_short_title_on_the_job_page_with_the_whole_text_below(alice_client, alice):
+    from routing import services
+
+    prompt = "a lighthouse at dusk, " * 20
+    job = services.job_submit(user=alice, kind="image", preference="auto", prompt=prompt.strip())
+    page = alice_client.get(f"/jobs/{job.id}/").content.decode()
+
+    title = page.split('<h1 class="prompt">')[1].split("</h1>")[0]
+    assert len(title) < 160 and title.endswith("…”")
+    assert "Whole prompt (439 characters)" in page and prompt.strip() in page
