@@ -197,7 +197,13 @@ def _no_backend_message(job: Job, summary: str, tried: int) -> str:
     if last is None:
         return f"No backend can run this job — {summary}"
     gave_up = f" (gave up after {tried} attempts)" if tried >= settings.JOB_MAX_ATTEMPTS else ""
-    return f"{last.error}{gave_up} No other backend could take the job — {summary}"
+    return f"{_sentence(last.error + gave_up)} No other backend could take the job — {summary}"
+
+
+def _sentence(text: str) -> str:
+    """The text as a sentence that the next can follow: a full stop unless it has its own."""
+    text = text.strip()
+    return text if not text or text[-1] in ".!?…" else text + "."
 
 
 # --- submit to the backend ----------------------------------------------------------------

@@ -120,3 +120,21 @@ def test_a_disabled_local_backend_is_never_chosen(alice, local):
     assert services.job_route(job_id=job.id) is None
     job.refresh_from_db()
     assert job.status == JobStatus.FAILED and "local: disabled by the administrator" in job.error
+
+
+def test_a_final_message_reads_as_sentences(alice, local_backend, settings):
+    """(issue 22: "(is it running?) No other backend…" ran two sentences together)"""
+    from routing.models import Attempt
+
+    job = services.job_submit(user=alice, kind="image", preference="local", prompt="x")
+    Attempt.objects.create(job=job, backend=local_backend, number=1, status="failed",
+                           error="ComfyUI at http://127.0.0.1:9 is not reachable (is it running?)")
+    message = services._no_backend_message(job, "local: offline", tried=1)
+    assert "(is it running?). No other backend could take the job — local: offline" in message
+    Attempt.objects.filter(job=job).update(error="It stopped.")
+    assert "It stopped. No other" in services._no_backend_message(job, "x", tried=1)
+
+
+def test_the_gemini_card_names_its_kind_once(alice_client, local_backend):
+    page = alice_client.get("/backends/").content.decode()
+    assert "Google Gemini · Google Gemini" not in page and "Google Gemini" in page
