@@ -85,3 +85,8 @@ def test_a_job_added_in_the_admin_is_routed_at_once(admin_user, alice, rf, monke
         site._registry[Job].save_model(request, job, form=None, change=True)  # an edit routes nothing
 
     assert sent == [(dispatch.ROUTE, [str(job.id)], queues.CONTROL)]  # (not the next sweep, a minute later)
+
+
+def test_the_admin_has_the_sites_favicon(admin_client):
+    page = admin_client.get("/admin/").content.decode()
+    assert '<link rel="icon" href="data:image/svg+xml' in page
