@@ -208,3 +208,27 @@ def test_the_live_partial_shows_each_step_and_says_when_it_is_final(staff_client
     live = staff_client.get(f"/install/runs/{started.id}/live/").content.decode()
     assert "data-final" in live and "Installed" in live and "answers at" in live
     assert staff_client.get("/install/runs/999999/live/").status_code == 404
+
+
+def test_a_non_staff_user_sees_no_server_paths_or_machine_details(client, bob, started):
+    InstallRun.objects.filter(id=started.id).update(install_path="/srv/secret-place/comfyui", status="failed",
+                                                    error="Could not write /srv/secret-place/comfyui/models")
+    client.force_login(bob)
+    page = client.get("/install/").content.decode() + client.get(f"/install/runs/{started.id}/live/").content.decode()
+    assert "/srv/secret-place" not in page and "Install folder" not in page
+    assert "Could not write models" in page  # what happened, without where
+
+
+def test_the_page_says_when_comfyui_already_answers_instead_of_offering_an_install(staff_client, local_backend, client,
+                                                                                 bob):
+    from django.utils import timezone
+
+    from routing.models import Backend
+
+    Backend.objects.filter(id=local_backend.id).update(health="up", last_probe_at=timezone.now(),
+                                                       last_ok_at=timezone.now(), gpu_name="NVIDIA GeForce RTX 4090")
+    page = staff_client.get("/install/").content.decode()
+    assert "ComfyUI already answers" in page and "NVIDIA GeForce RTX 4090" in page
+    assert '<details class="install-anyway"><summary>Install another copy anyway</summary>' in page
+    client.force_login(bob)
+    assert "ComfyUI already answers" in client.get("/install/").content.decode()

@@ -66,3 +66,15 @@ def install_preview(options: Optional[dict] = None) -> dict:
             preview = {"plan": installer.plan, "error": str(error)}
         cache.set(key, preview, PREVIEW_CACHE_SECONDS)
     return preview
+
+
+def comfyui_answering(now=None) -> Optional[dict]:
+    """The local ComfyUI, when its last probe (recent enough to trust) found it up: what it is,
+    for the install page to say so instead of offering a 5 GB install it does not need."""
+    from routing.health import effective_health
+    from routing.models import Backend, Category
+
+    local = Backend.objects.filter(category=Category.LOCAL, enabled=True).order_by("priority").first()
+    if local is None or effective_health(local, now) != "up":
+        return None
+    return {"gpu": local.gpu_name, "checked": local.last_ok_at or local.last_probe_at}

@@ -45,13 +45,18 @@ def staff_required(view):
 
 @login_required
 def install_page(request):
-    run = selectors.latest_run()
-    preview = selectors.install_preview() if run is None or not run.plan else {"plan": run.plan, "error": ""}
+    """Staff see the machine check and install; everyone else only whether ComfyUI runs and an
+    install's progress, without the server's paths or hardware details."""
+    run, staff = selectors.latest_run(), request.user.is_staff
+    running = selectors.comfyui_answering()
+    preview = {"plan": None, "error": ""}
+    if staff:
+        preview = selectors.install_preview() if run is None or not run.plan else {"plan": run.plan, "error": ""}
     return render(request, "workers/install.html", {
         "run": run, "plan": preview["plan"], "plan_error": preview["error"], "form": InstallForm(),
         "estimate": human_seconds(preview["plan"]["estimate_seconds"]) if preview["plan"] else "",
-        "can_start": request.user.is_staff and selectors.active_run() is None,
-        "runs": selectors.recent_runs(limit=6), **_live_context(request, run),
+        "can_start": staff and selectors.active_run() is None, "staff": staff, "running": running,
+        "runs": selectors.recent_runs(limit=6) if staff else [], **_live_context(request, run),
     })
 
 
