@@ -8,7 +8,8 @@ WIDTH, HEIGHT, PAD = 640, 200, 28
 
 def stacked_bars(rows: list[dict], series: tuple, title: str) -> str:
     """One bar per row (a day), stacked by series (local / cloud / gemini)."""
-    top = max([sum(float(r[s]) for s in series) for r in rows] + [1])
+    real = max([sum(float(r[s]) for s in series) for r in rows] + [0])
+    top = real or 1
     slot = (WIDTH - 2 * PAD) / max(len(rows), 1)
     parts = []
     for i, row in enumerate(rows):
@@ -19,18 +20,19 @@ def stacked_bars(rows: list[dict], series: tuple, title: str) -> str:
                 y -= h
                 parts.append(_rect(PAD + i * slot + 1, y, max(slot - 2, 1), h, COLORS[name],
                                    f"{row['day']}: {row[name]} {name}"))
-    return _svg(title, parts, top, series, rows=rows)
+    return _svg(title, parts, top, series, rows=rows, empty=not real)
 
 
 def bars(rows: list[dict], key: str, title: str, money: bool = True) -> str:
-    top = max([float(r[key]) for r in rows] + [0.01])
+    real = max([float(r[key]) for r in rows] + [0])
+    top = real or 0.01
     slot = (WIDTH - 2 * PAD) / max(len(rows), 1)
     parts = []
     for i, row in enumerate(rows):
         h = (HEIGHT - 2 * PAD) * float(row[key]) / top
         label = f"{row['day']}: ${Decimal(row[key]):.2f}" if money else f"{row['day']}: {row[key]}"
         parts.append(_rect(PAD + i * slot + 1, HEIGHT - PAD - h, max(slot - 2, 1), h, COLORS["spend"], label))
-    return _svg(title, parts, top, (), money=money, rows=rows)
+    return _svg(title, parts, top, (), money=money, rows=rows, empty=not real)
 
 
 def breakdown(items: dict, title: str) -> str:
@@ -64,10 +66,12 @@ def _days(rows) -> str:
             f'{escape(str(last))}</text>')
 
 
-def _svg(title, parts, top, series, money=False, rows=()) -> str:
+def _svg(title, parts, top, series, money=False, rows=(), empty=False) -> str:
+    # An empty period says so; it does not draw a scale ("max $0.01") for numbers it does not have.
+    scale = ("nothing in this period" if empty else
+             f'max {"$" if money else ""}{top:.2f}' if money or top != int(top) else f"max {int(top)}")
     axis = (f'<line x1="{PAD}" y1="{HEIGHT - PAD}" x2="{WIDTH - PAD}" y2="{HEIGHT - PAD}" stroke="#98a2b3"/>'
-            f'<text x="{PAD}" y="{PAD - 8}" font-size="11" fill="#667085">'
-            f'max {"$" if money else ""}{top:.2f}</text>{_days(rows)}')
+            f'<text x="{PAD}" y="{PAD - 8}" font-size="11" fill="#667085">{scale}</text>{_days(rows)}')
     legend = "".join(f'<rect x="{WIDTH - PAD - 90 * (len(series) - i)}" y="4" width="10" height="10" '
                      f'fill="{COLORS[name]}"/><text x="{WIDTH - PAD - 90 * (len(series) - i) + 14}" y="13" '
                      f'font-size="11">{name}</text>' for i, name in enumerate(series))

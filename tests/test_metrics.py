@@ -113,3 +113,19 @@ def test_the_pod_line_counts_the_pods_alive_in_the_period(month):
 
     # (the dashboard said "0 pods" whatever ran: it imported a function that did not exist)
     assert (line["count"], line["avg_uptime_seconds"], line["jobs_per_pod"]) == (2, 1200.0, 3.0)
+
+
+def test_an_empty_chart_says_so_instead_of_drawing_a_scale():
+    from billing import charts
+
+    empty = charts.bars([{"day": "2026-03-01", "spend": Decimal("0")}], "spend", "Spend per day")
+    full = charts.bars([{"day": "2026-03-01", "spend": Decimal("0.25")}], "spend", "Spend per day")
+    assert "nothing in this period" in empty and "max $" not in empty
+    assert "max $0.25" in full
+    jobs = charts.stacked_bars([{"day": "d", "local": 2, "cloud": 1, "gemini": 0}], ("local", "cloud", "gemini"), "Jobs")
+    assert "max 3<" in jobs  # a count of jobs, not "max 3.00"
+
+
+def test_the_success_figures_say_what_they_count(admin_client, month):
+    page = admin_client.get("/admin/metrics/").content.decode()
+    assert "of finished jobs succeeded" in page and "Attempts that succeeded" in page and "per attempt" in page
