@@ -340,6 +340,25 @@ def test_a_live_preview_shows_while_the_sampler_runs_and_goes_when_the_job_ends(
     assert Job.objects.get(id=job.id).status == JobStatus.SUCCEEDED
 
 
+def test_every_page_works_at_phone_width_with_every_menu_link_in_sight(page, gpu, alice):
+    _a_few_days_of_jobs(alice)
+    page.set_viewport_size(PHONE)
+    _sign_in(page)
+    for name, path in (("jobs", "/"), ("submit", "/submit/"), ("backends", "/backends/"), ("costs", "/costs/"),
+                       ("local-gpu", "/install/"), ("tokens", "/account/tokens/")):
+        page.goto(path)
+        page.wait_for_load_state("networkidle")
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"], path  # no sideways page
+        for link in page.locator(".topbar nav a").all():
+            box = link.bounding_box()
+            assert box and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"], (path, link.inner_text())
+        _shot(page, f"19-phone-{name}")
+    page.goto("/costs/")
+    cards = page.locator(".figures > div")
+    first, second = cards.nth(0).bounding_box(), cards.nth(1).bounding_box()
+    assert abs(first["y"] - second["y"]) < 1 and second["x"] > first["x"]  # two stat cards a row, not one
+
+
 def test_every_page_passes_the_content_security_policy(page, gpu, alice, admin_user):
     job = services.job_submit(user=alice, kind="image", preference="local", prompt="a lighthouse")
     wait_for(lambda: Job.objects.get(id=job.id).status == JobStatus.SUCCEEDED, 30, 0.2, "the job to succeed")

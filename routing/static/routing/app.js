@@ -11,12 +11,6 @@
   "use strict";
   document.documentElement.classList.add("js");
 
-  // On a phone the menu scrolls sideways: bring the current page's link into view.
-  var current = document.querySelector(".topbar nav a[aria-current=page]:not(.button)");
-  if (current && current.parentNode.scrollWidth > current.parentNode.clientWidth) {
-    current.parentNode.scrollLeft = current.offsetLeft - current.parentNode.offsetLeft - 24;
-  }
-
   // ---- live partials ------------------------------------------------------------------
   var lastHtml = new WeakMap();  // element → the partial it shows, to skip identical updates
 
