@@ -13,6 +13,7 @@ urlpatterns = [
     path("jobs/<uuid:job_id>/retry/", views.job_retry, name="job-retry"),
     path("outputs/<int:output_id>/", views.output_file, name="output-file"),
     path("backends/", views.backend_selector, name="backends"),
+    path("gallery/", views.gallery, name="gallery"),
     path("account/tokens/", views.api_tokens, name="api-tokens"),
     path("backends/cards/", views.backend_cards, name="backend-cards"),
     path("backends/preference/", views.preference_save, name="preference-save"),

@@ -4,6 +4,7 @@ import secrets
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.conf import settings
+from django.core.paginator import Paginator
 from django.http import FileResponse, Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
@@ -56,7 +57,7 @@ def _submit(user, data) -> Job:
 def job_list(request):
     status, backend = request.GET.get("status", ""), request.GET.get("backend", "")
     jobs = selectors.jobs_for_user(user=request.user, status=status if status in JobStatus.values else "",
-                                   backend=backend if backend in Category.values else "")[:200]
+                                   backend=backend if backend in Category.values else "").prefetch_related("outputs")[:200]
     return render(request, "routing/job_list.html", {
         "jobs": jobs, "status": status, "backend": backend,
         "statuses": JobStatus.choices, "categories": Category.choices,
@@ -68,8 +69,19 @@ def job_rows(request):
     """The job table body alone, polled by the list page for live status."""
     status, backend = request.GET.get("status", ""), request.GET.get("backend", "")
     jobs = selectors.jobs_for_user(user=request.user, status=status if status in JobStatus.values else "",
-                                   backend=backend if backend in Category.values else "")[:200]
+                                   backend=backend if backend in Category.values else "").prefetch_related("outputs")[:200]
     return render(request, "routing/_job_rows.html", {"jobs": jobs})
+
+
+GALLERY_PAGE = 48
+
+
+@login_required
+def gallery(request):
+    """Everything you made, newest first: images and videos, each linking to its job."""
+    outputs = Output.objects.filter(job__user=request.user).select_related("job").order_by("-created_at", "-id")
+    page = Paginator(outputs, GALLERY_PAGE).get_page(request.GET.get("page"))
+    return render(request, "routing/gallery.html", {"page": page})
 
 
 @login_required

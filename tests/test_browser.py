@@ -132,6 +132,12 @@ def _sign_in(page, username="alice", password="alice-password-1", next_url="/"):
     page.wait_for_url(re.compile(re.escape(next_url) + "$"))
 
 
+def _until_js(page, expression, timeout=10):
+    """Wait until a JavaScript expression is true. (page.wait_for_function evaluates a string
+    with eval inside the page, which the Content-Security-Policy refuses, as it should.)"""
+    wait_for(lambda: page.evaluate(expression), timeout, 0.1, expression)
+
+
 def _mark_no_reload(page):
     """A flag on the window: still there later means the page was updated in place."""
     page.evaluate("window.__noReload = true")
@@ -330,7 +336,7 @@ def test_a_live_preview_shows_while_the_sampler_runs_and_goes_when_the_job_ends(
         except AssertionError:
             continue
     expect(preview).to_be_visible()
-    page.wait_for_function("document.querySelector('.live-preview img').naturalWidth > 0")  # a real image
+    _until_js(page, "document.querySelector('.live-preview img').naturalWidth > 0")  # a real image
     expect(page.locator(".eta")).to_be_visible()
     _shot(page, "18-live-preview")
     gpu.step_budget = None  # the sampler goes on to the end
@@ -357,6 +363,27 @@ def test_every_page_works_at_phone_width_with_every_menu_link_in_sight(page, gpu
     cards = page.locator(".figures > div")
     first, second = cards.nth(0).bounding_box(), cards.nth(1).bounding_box()
     assert abs(first["y"] - second["y"]) < 1 and second["x"] > first["x"]  # two stat cards a row, not one
+
+
+def test_my_jobs_shows_a_thumbnail_of_each_job_and_the_gallery_everything_made(page, gpu, alice):
+    job = services.job_submit(user=alice, kind="image", preference="local", prompt="a red fox in the snow", seed=5)
+    wait_for(lambda: Job.objects.get(id=job.id).status == JobStatus.SUCCEEDED, 30, 0.2, "the job to succeed")
+    _sign_in(page)
+    thumb = page.locator(f'tr[data-job="{job.id}"] .thumb img')
+    expect(thumb).to_be_visible()
+    _until_js(page, "[...document.querySelectorAll('.thumb img')].every(i => i.naturalWidth > 0)")
+    _shot(page, "20-my-jobs-thumbnails")
+    page.get_by_role("link", name="Gallery").click()
+    expect(page.get_by_role("heading", name="Gallery")).to_be_visible()
+    image = page.locator(".gallery.wall img").first
+    expect(image).to_be_visible()
+    _until_js(page, "document.querySelector('.gallery.wall img').naturalWidth > 0")
+    _shot(page, "21-gallery")
+    page.set_viewport_size(PHONE)
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    _shot(page, "22-gallery-phone")
+    image.click()
+    page.wait_for_url(re.compile(f"/jobs/{job.id}/$"))
 
 
 def test_every_page_passes_the_content_security_policy(page, gpu, alice, admin_user):

@@ -90,3 +90,12 @@ def test_a_job_added_in_the_admin_is_routed_at_once(admin_user, alice, rf, monke
 def test_the_admin_has_the_sites_favicon(admin_client):
     page = admin_client.get("/admin/").content.decode()
     assert '<link rel="icon" href="data:image/svg+xml' in page
+
+
+def test_the_gallery_shows_only_my_outputs_newest_first(alice_client, client, bob, job):
+    page = alice_client.get("/gallery/").content.decode()
+    output = job.outputs.get()
+    assert f"/outputs/{output.id}/" in page and "a castle" in page
+    client.force_login(bob)
+    assert f"/outputs/{output.id}/" not in client.get("/gallery/").content.decode()
+    assert "Nothing here yet" in client.get("/gallery/").content.decode()
