@@ -269,7 +269,7 @@ def job_eta(job: Job, attempt: Attempt | None = None, now=None) -> int | None:
     return round(expected * (1 + (attempt.queue_position or 0)))
 
 
-CATEGORY_NAMES = {"local": "Your GPU", "cloud": "Cloud GPUs (RunPod)", "gemini": "Gemini"}
+PREFERENCE_CATEGORIES = ("local", "cloud", "gemini")  # every "where to run" choice but auto
 
 
 def unavailable_preferences() -> dict[str, str]:
@@ -283,11 +283,10 @@ def unavailable_preferences() -> dict[str, str]:
         if not missing_settings(backend):
             usable.add(backend.category)
     reasons = {}
-    for category, name in CATEGORY_NAMES.items():
+    for category in PREFERENCE_CATEGORIES:
         if category not in usable:
             backends = Backend.objects.filter(category=category)
             missing = sorted({s for b in backends for s in missing_settings(b)})
-            reasons[category] = (f"{name} is not set up on this installation"
-                                 + (f" ({', '.join(missing)} missing)" if missing else " (disabled)")
-                                 + ": choose Auto or another option.")
+            reasons[category] = (f"Not set up on this installation ({', '.join(missing)} missing)" if missing
+                                 else "Switched off on this installation") + ": choose Auto or another option."
     return reasons

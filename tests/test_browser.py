@@ -402,3 +402,67 @@ def test_every_page_passes_the_content_security_policy(page, gpu, alice, admin_u
         page.goto(path)
         page.wait_for_load_state("networkidle")
     # (the page fixture fails the test on any violation Chromium reported along the way)
+
+
+# --- the first hour of a new user (issue 22), at desktop and phone widths -------------------------
+SIZES = {"desktop": {"width": 1280, "height": 800}, "phone": PHONE}
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_the_first_hour_of_a_new_user(page, gpu, alice, settings, size):
+    from routing.models import Attempt
+
+    settings.GEMINI_API_KEY = ""  # (the live server runs in this process: Gemini is not set up)
+    page.set_viewport_size(SIZES[size])
+    _sign_in(page, next_url="/submit/")
+    # 1. a choice nothing here can run is shown as such and cannot be picked
+    gemini = page.locator('input[name="preference"][value="gemini"]')
+    expect(gemini).to_be_disabled()
+    expect(page.get_by_text("Not set up on this installation (GEMINI_API_KEY missing)")).to_be_visible()
+    _shot(page, f"23-{size}-submit-gemini-not-set-up")
+    # 4. a long prompt: one error that says how long it is; nothing cut, nothing sent
+    page.get_by_label("Prompt", exact=True).fill("a fox " * 700)
+    page.get_by_role("button", name="Submit job").click()
+    expect(page.get_by_text("At most 4000 characters; this one has 4199")).to_be_visible()
+    expect(page.get_by_text("Write a prompt, or paste")).to_have_count(0)
+    assert not Job.objects.exists()
+    _shot(page, f"24-{size}-submit-too-long")
+    # 3. a custom workflow: no size to fill in, and it is labelled with the size it makes
+    workflow = ('{"1": {"class_type": "EmptyImage", "inputs": {"width": 640, "height": 384, "batch_size": 1,'
+                ' "color": 0}}, "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "w"}}}')
+    page.goto("/submit/")
+    page.get_by_label("Prompt", exact=True).fill("")
+    page.locator("details").filter(has=page.locator("textarea[name=workflow]")).locator("summary").click()
+    page.locator("textarea[name=workflow]").fill(workflow)
+    page.get_by_label("Width").fill("")
+    page.get_by_role("button", name="Submit job").click()
+    page.wait_for_url(re.compile(r"/jobs/[0-9a-f-]+/$"))
+    # 2. the first seconds of a job say what is happening, not that a worker is missing
+    assert "probably not running" not in page.content()
+    expect(page.locator(".job-head")).to_contain_text("640×384")
+    expect(page.locator(".flash.success")).to_have_count(0, timeout=LIVE_TIMEOUT)  # gone once it moved on
+    _shot(page, f"25-{size}-custom-workflow-job")
+    # 7. a final message reads as sentences; 8. figures say what they count
+    job = Job.objects.latest("created_at")
+    wait_for(lambda: Job.objects.get(id=job.id).is_final, 30, 0.2, "the workflow job to end")
+    failed = Job.objects.create(user=alice, kind="image", preference="local", prompt="a long " * 30,
+                                status=JobStatus.FAILED)
+    Attempt.objects.create(job=failed, backend_id=job.backend_id, number=1, status="failed",
+                           error="ComfyUI at http://127.0.0.1:9 is not reachable (is it running?)")
+    Job.objects.filter(id=failed.id).update(error=services._no_backend_message(failed, "local: offline", 1))
+    page.goto(f"/jobs/{failed.id}/")
+    expect(page.locator(".job-error")).to_contain_text("(is it running?). No other backend could take the job")
+    expect(page.locator(".job-head .full-prompt summary")).to_contain_text("Whole prompt")
+    assert page.evaluate("document.documentElement.scrollWidth") <= SIZES[size]["width"]
+    _shot(page, f"26-{size}-failed-job-long-prompt")
+    page.goto("/costs/")
+    expect(page.get_by_text("of finished jobs succeeded")).to_be_visible()
+    _shot(page, f"27-{size}-costs")
+    page.goto("/backends/")
+    assert "Google Gemini · Google Gemini" not in page.content()
+    _shot(page, f"28-{size}-backends")
+    # 9. the Local GPU page knows ComfyUI already answers, and shows this user no server paths
+    page.goto("/install/")
+    expect(page.get_by_text("ComfyUI already answers")).to_be_visible()
+    assert "Install folder" not in page.content()
+    _shot(page, f"29-{size}-local-gpu")

@@ -92,7 +92,7 @@ def test_a_choice_nothing_here_can_run_is_refused_shown_as_such_and_never_the_de
     response = _post(alice_client, preference="gemini")
 
     assert response.status_code == 200 and not Job.objects.exists()
-    assert "Gemini is not set up on this installation (GEMINI_API_KEY missing)" in response.content.decode()
+    assert "Not set up on this installation (GEMINI_API_KEY missing)" in response.content.decode()
     assert not Preference.objects.filter(user=alice, preference="gemini").exists()
     Preference.objects.update_or_create(user=alice, defaults={"preference": "gemini"})  # saved before the fix
     page = alice_client.get("/submit/")
