@@ -466,3 +466,20 @@ def test_the_first_hour_of_a_new_user(page, gpu, alice, settings, size):
     expect(page.get_by_text("ComfyUI already answers")).to_be_visible()
     assert "Install folder" not in page.content()
     _shot(page, f"29-{size}-local-gpu")
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_a_job_added_in_the_admin_runs_at_once_and_the_admin_has_the_favicon(page, gpu, alice, admin_user, size):
+    page.set_viewport_size(SIZES[size])
+    _sign_in(page, username=admin_user.username, password="password", next_url="/admin/")
+    assert page.locator('link[rel="icon"]').count() == 1  # 11. the admin's tab has the site's icon
+    page.goto("/admin/routing/job/add/")
+    page.locator("select#id_user").select_option(label="alice")
+    page.locator("select#id_preference").select_option("local")
+    page.locator("textarea#id_prompt").fill("added in the admin")
+    _shot(page, f"30-{size}-admin-add-job")
+    page.locator('input[name="_save"]').click()
+    # 5. routed by the save itself: no beat runs here, so the sweeper would never have picked it up
+    job = wait_for(lambda: Job.objects.filter(prompt="added in the admin", status=JobStatus.SUCCEEDED).first(),
+                   30, 0.2, "the admin's job to run")
+    assert job.user == alice and job.backend.name == "local"
