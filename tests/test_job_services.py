@@ -63,9 +63,11 @@ def test_a_stale_poll_cannot_fork_a_second_poll_chain(alice, local):
     job = _job(alice)
     attempt = services.job_route(job_id=job.id)
     services.attempt_submit(attempt_id=attempt.id)
-    local_fake_busy = services.attempt_poll(attempt_id=attempt.id, seq=0)
-    assert local_fake_busy is not None or Job.objects.get(id=job.id).is_final
-    assert services.attempt_poll(attempt_id=attempt.id, seq=0) is None
+    services.attempt_poll(attempt_id=attempt.id, seq=0)  # the chain's poll 0: it claimed seq 0
+    claimed = Attempt.objects.get(id=attempt.id).poll_seq
+    assert claimed == 1
+    assert services.attempt_poll(attempt_id=attempt.id, seq=0) is None  # poll 0 again: stale, does nothing
+    assert Attempt.objects.get(id=attempt.id).poll_seq == claimed  # and claimed nothing: no second chain
 
 
 def test_an_unreachable_local_comfyui_makes_the_job_wait_then_fail_with_one_clear_reason_per_backend(
