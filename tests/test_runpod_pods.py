@@ -17,7 +17,6 @@ from tests.conftest import wait_for
 from tests.fakes.runpod import FakeRunPod
 from workers.pods import services
 from workers.pods.models import CloudPod, PodAssignment, PodStatus
-from workers.schedules import SCHEDULES
 
 
 @pytest.fixture
@@ -380,13 +379,23 @@ def test_when_runpod_has_no_gpu_the_waiting_jobs_fail_over_at_once(pods, fake, a
     assert "no longer any instances available" in attempt.error
 
 
-def test_the_pod_tasks_are_on_beat_with_an_expiry():
-    names = {task: (every, queue, expires) for _, task, every, queue, expires in SCHEDULES}
+@pytest.mark.django_db
+def test_the_pod_tasks_are_on_beat_with_an_expiry_after_a_migrate(settings):
+    """What beat will really run: the rows migrate leaves in django-celery-beat's tables."""
+    from django.core.management import call_command
+    from django_celery_beat.models import PeriodicTask
 
-    assert names["workers.pod_tasks.autoscale_pods"][:2] == ("RUNPOD_AUTOSCALE_SECONDS", "control")
-    assert names["workers.pod_tasks.reap_idle_pods"][:2] == ("RUNPOD_REAP_SECONDS", "control")
-    assert names["workers.pod_tasks.reconcile_pods"][:2] == ("RUNPOD_RECONCILE_SECONDS", "cloud")
-    assert all(expires for _, _, expires in names.values())
+    PeriodicTask.objects.all().delete()
+    call_command("migrate", verbosity=0)  # post_migrate creates them again, once
+    call_command("migrate", verbosity=0)
+    rows = {row.task: row for row in PeriodicTask.objects.select_related("interval")}
+    for task, every, queue in (("workers.pod_tasks.autoscale_pods", settings.RUNPOD_AUTOSCALE_SECONDS, "control"),
+                               ("workers.pod_tasks.reap_idle_pods", settings.RUNPOD_REAP_SECONDS, "control"),
+                               ("workers.pod_tasks.reconcile_pods", settings.RUNPOD_RECONCILE_SECONDS, "cloud")):
+        row = rows[task]
+        assert (row.interval.every, row.interval.period, row.queue) == (every, "seconds", queue), task
+        assert row.expire_seconds and row.enabled, task
+    assert PeriodicTask.objects.filter(task="workers.pod_tasks.autoscale_pods").count() == 1
 
 
 def test_busy_time_is_the_union_of_the_jobs_on_the_pod_clipped_to_its_life():
