@@ -265,7 +265,8 @@ def job_eta(job: Job, attempt: Attempt | None = None, now=None) -> int | None:
     if not expected:
         return None
     if attempt.running_at:
-        return max(1, round(expected - (now - attempt.running_at).total_seconds()))
+        left = expected - (now - attempt.running_at).total_seconds()
+        return round(left) if left >= 1 else None  # past its learned time: no honest estimate left
     return round(expected * (1 + (attempt.queue_position or 0)))
 
 

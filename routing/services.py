@@ -475,17 +475,18 @@ class ProgressSink:
                     queue_position=progress.position)
                 self.position = progress.position
             return
-        if self.running and progress.percent == self.percent:
+        percent = max(progress.percent, self.percent or 0)  # a new watch window starts from 0: never back
+        if self.running and percent == self.percent:
             return
         if attempt.running_at is None:  # the meter and a cancel's charge count from here
             now = timezone.now()
             if Attempt.objects.filter(id=attempt.id, running_at__isnull=True).update(running_at=now):
                 attempt.running_at = now
         Attempt.objects.filter(id=attempt.id, status__in=(AttemptStatus.SUBMITTED, AttemptStatus.RUNNING)).update(
-            status=AttemptStatus.RUNNING, progress=progress.percent, queue_position=None)
+            status=AttemptStatus.RUNNING, progress=percent, queue_position=None)
         Job.objects.filter(id=attempt.job_id, status__in=(JobStatus.SUBMITTED, JobStatus.RUNNING)).update(
-            status=JobStatus.RUNNING, progress=progress.percent)
-        self.running, self.percent, self.position = True, progress.percent, None
+            status=JobStatus.RUNNING, progress=percent)
+        self.running, self.percent, self.position = True, percent, None
 
 
 def _attempt_ended(attempt: Attempt) -> None:
@@ -496,8 +497,11 @@ def _attempt_ended(attempt: Attempt) -> None:
         return
     queued = Attempt.objects.filter(backend_id=attempt.backend_id, status=AttemptStatus.SUBMITTED).exclude(
         id=attempt.id).values_list("id", "poll_seq", "job__priority")[:50]
-    for attempt_id, seq, priority in queued:
-        dispatch.send(dispatch.POLL, [str(attempt_id), seq], queue=attempt.backend.queue, priority=priority)
+    try:
+        for attempt_id, seq, priority in queued:
+            dispatch.send(dispatch.POLL, [str(attempt_id), seq], queue=attempt.backend.queue, priority=priority)
+    except Exception as error:  # a nudge only saves a poll interval: the chains poll on their own anyway
+        log.warning("could not nudge the prompts queued behind attempt %s: %s", attempt.id, error)
 
 
 # --- final states -------------------------------------------------------------------------
@@ -600,12 +604,12 @@ def attempt_fail(*, attempt_id, error: str, retryable: bool, outage: bool = Fals
         else:
             job_fail(job, error)
         dispatch.send_on_commit(dispatch.ADMIT, [], queue=queues.CONTROL)
-    _attempt_ended(attempt)
     # Backend rows after the commit (lock order: see attempt_succeed).
     if lacks:
         inventory_forget(backend_id=attempt.backend_id, lacks=lacks)
     if retryable and outage:
         health_record(backend_id=attempt.backend_id, ok=False, detail=error)
+    _attempt_ended(attempt)
 
 
 def _given_up_remotely(attempt: Attempt, ran_seconds: Optional[float]) -> None:
@@ -673,7 +677,7 @@ def attempt_cancel_remote(*, attempt_id) -> None:
     """Cancel an ended attempt's remote run; then, on a per-second backend, ask what the run
     ran: it may have started after we last looked (or before we gave up on it), and the
     provider bills those seconds whatever our ledger says."""
-    attempt = Attempt.objects.select_related("backend", "job").get(id=attempt_id)
+    attempt = Attempt.objects.select_related("backend").get(id=attempt_id)
     client = client_for_backend(attempt.backend)
     try:
         client.cancel(attempt.handle)

@@ -140,3 +140,20 @@ def test_a_final_message_reads_as_sentences(alice, local_backend, settings):
 def test_the_gemini_card_names_its_kind_once(alice_client, local_backend):
     page = alice_client.get("/backends/").content.decode()
     assert "Google Gemini · Google Gemini" not in page and "Google Gemini" in page
+
+
+def test_progress_never_goes_back_when_a_new_watch_window_starts_from_zero(alice, local_backend):
+    """Each poll of a running prompt watches for a while, then a new one starts with 0 %: the
+    job keeps the highest percent seen (it dropped to 0 every 5 s on long runs)."""
+    from workers.clients import Progress
+
+    job = services.job_submit(user=alice, kind="image", preference="local", prompt="x")
+    Job.objects.filter(id=job.id).update(status=JobStatus.SUBMITTED)
+    attempt = Attempt.objects.create(job=job, backend=local_backend, number=1, status="submitted", handle={})
+    sink = services.ProgressSink(attempt)
+    for percent in (0, 40, 60):
+        sink(Progress(percent=percent, running=True))
+    services.ProgressSink(Attempt.objects.get(id=attempt.id))(Progress(percent=0, running=True))  # the next poll
+
+    assert (Job.objects.get(id=job.id).progress, Attempt.objects.get(id=attempt.id).progress) == (60, 60)
+    assert Job.objects.get(id=job.id).status == JobStatus.RUNNING
