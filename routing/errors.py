@@ -30,6 +30,3 @@ def for_users(text: str) -> str:
     text = _WINDOWS_PATH.sub(r"\1", text)
     return _POSIX_PATH.sub(r"\1", text)
 
-
-def reasons_for_users(reasons: dict | None) -> dict:
-    return {name: for_users(why) if isinstance(why, str) else why for name, why in (reasons or {}).items()}

@@ -180,7 +180,7 @@ def _resolve(host: str, port: int) -> tuple:
 
 
 def sign(body: bytes) -> str:
-    key = (settings.WEBHOOK_SECRET or settings.SECRET_KEY).encode()
+    key = settings.WEBHOOK_SECRET.encode()  # never SECRET_KEY itself (settings derive one when unset)
     return "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
 
 
@@ -243,10 +243,13 @@ def webhook_deliver(*, job_id, try_number: int):
     job = Job.objects.select_related("backend").get(id=job_id)
     if job.webhook_state != "pending":
         return None  # delivered (or given up) already: a duplicate task does nothing
+    # Claimed, like a poll's seq: a try is made once, by the first of its copies to come (the
+    # sweeper re-sends a try that looks lost, and the original may only have been waiting).
+    # If this try never ends (its worker dies), the sweeper sends the next once this is past.
+    if not Job.objects.filter(id=job.id, webhook_state="pending", webhook_tries=try_number - 1).update(
+            webhook_tries=try_number, webhook_due_at=timezone.now() + timedelta(seconds=TRY_LIFETIME_SECONDS)):
+        return None
     payload = {"event": "job.finished", "job": job_dict(job, settings.SITE_URL)}
-    # If this try never ends (its worker dies), the sweeper sends it again once this is past.
-    Job.objects.filter(id=job.id).update(webhook_tries=try_number,
-                                         webhook_due_at=timezone.now() + timedelta(seconds=TRY_LIFETIME_SECONDS))
     try:
         post(job.webhook_url, payload)
     except (WebhookFailed, WebhookRefused) as error:

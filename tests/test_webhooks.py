@@ -64,6 +64,7 @@ def test_a_failed_delivery_is_retried_with_backoff(alice, receiver, local_backen
 def test_delivery_gives_up_after_the_last_try(alice, receiver, local_backend, settings):
     receiver.statuses = [500]
     job = _ended_job(alice, receiver.url)
+    Job.objects.filter(id=job.id).update(webhook_tries=settings.WEBHOOK_MAX_TRIES - 1)  # the earlier tries failed
     assert webhooks.webhook_deliver(job_id=job.id, try_number=settings.WEBHOOK_MAX_TRIES) is None
     assert Job.objects.get(id=job.id).webhook_state == "failed"
 
@@ -122,6 +123,8 @@ def test_a_webhook_whose_message_was_lost_is_sent_again_by_the_sweeper(alice, re
     assert [s for s in sent if s[0] == dispatch.WEBHOOK] == [(dispatch.WEBHOOK, [str(job.id), 2], queues.WEBHOOKS)]
     assert webhooks.webhook_deliver(job_id=job.id, try_number=2) is None
     assert Job.objects.get(id=job.id).webhook_state == "delivered" and len(receiver.calls) == 2
+    assert webhooks.webhook_deliver(job_id=job.id, try_number=2) is None  # the original copy, late: nothing sent
+    assert len(receiver.calls) == 2
     Job.objects.filter(id=job.id).update(webhook_due_at=timezone.now() - timedelta(seconds=31))
     maintenance.sweep()
     assert len([s for s in sent if s[0] == dispatch.WEBHOOK]) == 1  # a delivered webhook is never sent again
@@ -289,7 +292,7 @@ def test_the_next_checked_address_is_tried_when_one_refuses_the_connection(alice
     assert len(receiver.calls) == 1
 
     dns = Rebinding(monkeypatch, "hooks.example.com", answers=[("2606:4700::1",)], down={"2606:4700::1"})
-    Job.objects.filter(id=job.id).update(webhook_state="pending")
+    Job.objects.filter(id=job.id).update(webhook_state="pending", webhook_tries=0)  # a fresh first try
     assert webhooks.webhook_deliver(job_id=job.id, try_number=1) == 2
     assert "could not connect to hooks.example.com at 2606:4700::1" in caplog.text
 
@@ -411,3 +414,12 @@ def test_the_log_names_the_host_never_the_url_that_may_carry_a_token(alice, rece
     job = _ended_job(alice, receiver.url + "?token=SECRET-TOKEN-123")
     assert webhooks.webhook_deliver(job_id=job.id, try_number=1) == 2
     assert "127.0.0.1 answered HTTP 500" in caplog.text and "SECRET-TOKEN-123" not in caplog.text
+
+
+def test_two_copies_of_one_try_make_one_delivery_while_it_is_pending(alice, receiver, local_backend):
+    receiver.statuses = [500, 500, 500]
+    job = _ended_job(alice, receiver.url)
+    assert webhooks.webhook_deliver(job_id=job.id, try_number=1) == 2
+    assert webhooks.webhook_deliver(job_id=job.id, try_number=1) is None  # a copy of try 1: not made again
+
+    assert len(receiver.calls) == 1 and Job.objects.get(id=job.id).webhook_tries == 1
