@@ -151,7 +151,13 @@ class JobForm(forms.Form):
         except json.JSONDecodeError as error:
             self.add_error(field, ERR_BAD_JSON.format(error=f"{error.msg} at line {error.lineno}, column {error.colno}"))
             return None
-        problem = _workflow_text_problem(workflow)
+        except RecursionError:
+            self.add_error(field, ERR_BAD_JSON.format(error="it is nested too deeply"))
+            return None
+        try:
+            problem = _workflow_text_problem(workflow)
+        except RecursionError:
+            problem = ERR_BAD_JSON.format(error="it is nested too deeply")
         if problem:
             self.add_error(field, problem)
             return None

@@ -84,3 +84,16 @@ def test_the_submit_page_refuses_a_workflow_with_a_nul_character(alice_client, l
 
     assert page.status_code == 200 and "NUL character" in page.content.decode()
     assert not Job.objects.exists()
+
+
+def test_a_workflow_nested_too_deeply_is_a_clear_error_not_a_500(api, alice_client):
+    deep = "[" * 5000 + "]" * 5000
+    body = '{"workflow": {"1": {"class_type": "EmptyImage", "inputs": {"x": %s}}}}' % deep
+
+    response = _post(api, body)
+    page = alice_client.post("/submit/", {"kind": "image", "preference": "auto",
+                                          "workflow": '{"1": {"class_type": "EmptyImage", "inputs": {"x": %s}}}' % deep})
+
+    assert response.status_code in (400, 422), response.status_code
+    assert page.status_code == 200 and "nested too deeply" in page.content.decode()
+    assert not Job.objects.exists()

@@ -203,10 +203,14 @@ def _base(request) -> str:
 def job_create(request, body: JobIn):
     """Submit a job: a prompt (filled into a bundled ComfyUI template) or a full API-format
     ComfyUI workflow. It is queued at once; follow it with GET /api/jobs/{id}."""
+    try:
+        workflow_text = json.dumps(body.workflow) if body.workflow is not None else ""
+    except (RecursionError, ValueError):
+        raise FieldErrors({"workflow": ["The workflow is not valid JSON: it is nested too deeply."]})
     form = JobForm({**body.dict(exclude={"workflow", "priority", "webhook_url"}),
                     "seed": "" if body.seed is None else body.seed,
                     "duration_seconds": "" if body.duration_seconds is None else body.duration_seconds,
-                    "workflow": json.dumps(body.workflow) if body.workflow is not None else ""})
+                    "workflow": workflow_text})
     if not form.is_valid():
         raise FieldErrors({("body" if k == "__all__" else k): v for k, v in form.errors.items()})
     if body.webhook_url:
