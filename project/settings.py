@@ -83,6 +83,11 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 AXES_VERBOSE = False
+# Behind the TLS proxy every request comes from 127.0.0.1: throttling keys on the client address
+# the proxy appends to X-Forwarded-For (project/clientip.py), or one user's wrong passwords would
+# lock everyone out of that account.
+TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 1 if env_bool("HTTPS", False) else 0)
+AXES_CLIENT_IP_CALLABLE = "project.clientip.client_ip"
 
 ROOT_URLCONF = "project.urls"
 WSGI_APPLICATION = "project.wsgi.application"

@@ -303,3 +303,16 @@ def test_the_user_text_keeps_the_words_and_drops_only_the_insides():
                  "lacks diffusion_models/wan2.1_t2v_1.3B_fp16.safetensors — install it from the Local GPU page",
                  "Cannot execute because node NoSuchSamplerNode does not exist.", "denoise 0.5/1.0"):
         assert for_users(kept) == kept
+
+
+@pytest.mark.django_db
+def test_behind_the_tls_proxy_a_lockout_is_the_clients_not_everyones(alice, settings):
+    settings.TRUSTED_PROXY_COUNT = 1  # what HTTPS=true sets: every request comes from the proxy
+    # the attacker also forges an entry of its own; the proxy appends the address it really saw
+    attacker = Client(REMOTE_ADDR="127.0.0.1", HTTP_X_FORWARDED_FOR="198.51.100.4, 203.0.113.9")
+    owner = Client(REMOTE_ADDR="127.0.0.1", HTTP_X_FORWARDED_FOR="198.51.100.4")
+    for _ in range(settings.AXES_FAILURE_LIMIT):
+        attacker.post("/login/", {"username": "alice", "password": "guess"})
+
+    assert attacker.post("/login/", {"username": "alice", "password": "alice-password-1"}).status_code == 429
+    assert owner.post("/login/", {"username": "alice", "password": "alice-password-1"}).status_code == 302
