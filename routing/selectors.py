@@ -103,10 +103,18 @@ def backend_inventory(backend: Backend):
     return Inventory.from_json(backend.inventory or backend.config.get("inventory"))
 
 
-def job_timeline(job: Job) -> list[dict]:
+def attempts_of(job: Job) -> list[Attempt]:
+    """A job's attempts with their backends, by number, read once: the prefetched ones when a
+    list prefetched them (`attempts__backend`), else one query."""
+    if "attempts" in getattr(job, "_prefetched_objects_cache", {}):
+        return list(job.attempts.all())
+    return list(job.attempts.select_related("backend"))
+
+
+def job_timeline(job: Job, attempts: list | None = None) -> list[dict]:
     """Each attempt with what happened next, worded truthfully: tried again on the same
     backend, moved to another, waited for an outage, or the end."""
-    attempts = list(job.attempts.select_related("backend"))
+    attempts = attempts_of(job) if attempts is None else attempts
     steps = []
     for attempt, after in zip(attempts, attempts[1:] + [None]):
         steps.append({"attempt": attempt, "next": _what_came_next(attempt, after, job)})
@@ -203,7 +211,7 @@ def _availability(backend: Backend, queue: int, limit: int, installing: bool) ->
     return Availability.AVAILABLE
 
 
-def queue_position(job: Job) -> dict | None:
+def queue_position(job: Job, active: Attempt | None = None) -> dict | None:
     """How many jobs are ahead of this one, and where: {"ahead": n, "backend": name}.
 
     A job waiting for the local GPU counts the waiting jobs admitted before it (same order as
@@ -222,7 +230,8 @@ def queue_position(job: Job) -> dict | None:
         ahead = next((i for i, j in enumerate(order) if j["id"] == job.id), len(order))
         busy = (local.queue_depth + in_flight_by_backend().get(local.id, 0)) if local else 0
         return {"ahead": ahead + busy, "backend": local.name if local else "local"}
-    attempt = job.attempts.filter(status__in=("submitted", "pending")).order_by("-number").first()
+    attempt = active if active is not None else job.attempts.filter(
+        status__in=("submitted", "pending")).select_related("backend").order_by("-number").first()
     if attempt and attempt.queue_position is not None:
         return {"ahead": attempt.queue_position, "backend": attempt.backend.name}
     return None
@@ -235,12 +244,15 @@ def running_attempt(job: Job) -> Attempt | None:
     return job.attempts.filter(status=AttemptStatus.RUNNING).select_related("backend").order_by("-number").first()
 
 
-def job_preview_version(job: Job, attempt: Attempt | None = None) -> int | None:
-    """The version of the running attempt's latest live preview, or None (none, or not running)."""
+def job_watch(job: Job, attempts: list) -> dict:
+    """What the job page and the API show of a job in flight, from its attempts read once
+    (`attempts_of`): jobs ahead, time left, and the running attempt's live preview version."""
     from . import previews
 
-    attempt = attempt or running_attempt(job)
-    return previews.version(attempt.id) if attempt else None
+    active = next((a for a in reversed(attempts) if a.status in ACTIVE_ATTEMPT_STATES), None)
+    running = active if job.status == "running" and active and active.status == AttemptStatus.RUNNING else None
+    return {"position": queue_position(job, active), "eta": job_eta(job, active) if active else None,
+            "running": running, "preview_version": previews.version(running.id) if running else None}
 
 
 def job_preview(job: Job) -> tuple[str, bytes] | None:
@@ -250,14 +262,13 @@ def job_preview(job: Job) -> tuple[str, bytes] | None:
     return previews.latest(attempt.id) if attempt else None
 
 
-def job_eta(job: Job, attempt: Attempt | None = None, now=None) -> int | None:
+def job_eta(job: Job, attempt: Attempt, now=None) -> int | None:
     """Seconds until the job should be done, from what its backend has been learned to take for
-    this kind of job: the time left of its run, or, queued on a backend, the runs ahead too."""
+    this kind of job: the time left of its `attempt`'s run (the active one), or, queued on a
+    backend, the runs ahead too."""
     from django.utils import timezone
 
     now = now or timezone.now()
-    attempt = attempt or job.attempts.filter(status__in=ACTIVE_ATTEMPT_STATES).select_related(
-        "backend").order_by("-number").first()
     if attempt is None or job.is_final:
         return None
     backend = attempt.backend

@@ -101,12 +101,13 @@ ROUTING_LATE_SECONDS = 15  # routing takes a second or two; this long means no c
 
 
 def _job_context(job) -> dict:
-    running = selectors.running_attempt(job)
+    attempts = selectors.attempts_of(job)
+    watch = selectors.job_watch(job, attempts)
     waited = (timezone.now() - job.created_at).total_seconds()
     late = job.status == "queued" and not job.waiting and not job.decision and waited > ROUTING_LATE_SECONDS
-    return {"job": job, "position": selectors.queue_position(job), "timeline": selectors.job_timeline(job),
-            "preview_version": selectors.job_preview_version(job, running) if running else None,
-            "eta": selectors.job_eta(job, running), "routing_late": int(waited) if late else None}
+    return {"job": job, "position": watch["position"], "timeline": selectors.job_timeline(job, attempts),
+            "preview_version": watch["preview_version"], "eta": watch["eta"],
+            "routing_late": int(waited) if late else None}
 
 
 @login_required

@@ -201,3 +201,24 @@ def test_tokens_are_made_and_revoked_in_the_ui(alice_client, alice):
     alice_client.post("/account/tokens/", {"revoke": token.id})
     assert not ApiToken.objects.exists()
     assert key not in alice_client.get("/account/tokens/").content.decode()
+
+
+def test_listing_jobs_reads_their_attempts_once_not_once_per_job_and_field(api, alice, local_backend):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from routing.models import Attempt
+
+    def listing_queries(n):
+        for i in range(n):
+            job = services.job_submit(user=alice, kind="image", preference="local", prompt=f"j{i}")
+            Job.objects.filter(id=job.id).update(status=JobStatus.SUBMITTED)
+            Attempt.objects.create(job=job, backend=local_backend, number=1, status="submitted", queue_position=i)
+        with CaptureQueriesContext(connection) as seen:
+            body = api.get("/api/jobs?limit=200").json()
+        assert body["count"] == Job.objects.count()
+        return len(seen)
+
+    api.get("/api/jobs")  # the token's last use is written at most once a while: not in the counts
+    few, many = listing_queries(2), listing_queries(8)
+    assert many == few  # the page reads attempts, backends and outputs in a fixed number of queries

@@ -5,7 +5,7 @@ from django.urls import reverse
 
 from ..errors import for_users
 from ..models import Job
-from ..selectors import job_eta, job_preview_version, queue_position, running_attempt
+from ..selectors import attempts_of, job_watch
 
 
 def _money(value) -> str:
@@ -17,8 +17,9 @@ def _time(value):
 
 
 def job_dict(job: Job, base_url: str) -> dict:
-    running = running_attempt(job)
-    version = job_preview_version(job, running) if running else None
+    attempts = attempts_of(job)
+    watch = job_watch(job, attempts)
+    preview = reverse("api-1.0:job_preview", args=[job.id]) if watch["preview_version"] else None
     return {
         "id": str(job.id), "status": job.status, "kind": job.kind, "preference": job.preference,
         "priority": job.get_priority_display().lower(), "prompt": job.prompt,
@@ -26,16 +27,16 @@ def job_dict(job: Job, base_url: str) -> dict:
         "duration_seconds": job.duration_seconds, "backend": job.backend.name if job.backend else None,
         "reason": for_users(job.reason), "progress": job.progress, "cost": _money(job.cost), "error": for_users(job.error),
         "failovers": job.failovers, "retries": job.retries, "waiting": job.waiting,
-        "waiting_for": job.waiting_for if job.waiting else "", "queue_position": queue_position(job),
+        "waiting_for": job.waiting_for if job.waiting else "", "queue_position": watch["position"],
         "created_at": _time(job.created_at), "started_at": _time(job.started_at),
         "finished_at": _time(job.finished_at),
-        "eta_seconds": job_eta(job, running) if not job.is_final else None,
-        "preview_url": (base_url.rstrip("/") + f"/api/jobs/{job.id}/preview?v={version}") if version else None,
+        "eta_seconds": watch["eta"],
+        "preview_url": f"{base_url.rstrip('/')}{preview}?v={watch['preview_version']}" if preview else None,
         "attempts": [{
             "number": a.number, "backend": a.backend.name, "status": a.status, "error": for_users(a.error),
             "started_at": _time(a.started_at), "finished_at": _time(a.finished_at), "seconds": a.seconds,
             "cost": _money(a.cost), "outage": a.outage,
-        } for a in job.attempts.select_related("backend")],
+        } for a in attempts],
         "outputs": [{
             "url": base_url.rstrip("/") + reverse("output-file", args=[o.id]), "mime": o.mime, "size": o.size,
             "sha256": o.sha256, "filename": o.filename,
