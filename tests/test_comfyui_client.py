@@ -295,3 +295,10 @@ def test_progress_moves_on_a_model_free_workflow_that_sends_no_progress_events(f
     percents = [p.percent for p in seen]
     assert percents[0] == 0 and seen[0].running
     assert {25, 50, 75} <= set(percents) and percents == sorted(percents)  # one step per finished node
+
+
+@pytest.mark.parametrize("value, top", [(10**400, 20), (1, 10**400), (float("nan"), 1), (float("inf"), float("inf")),
+                                        ("7", "x"), (None, 20), (3, 0), ([1], 2)])
+def test_progress_numbers_that_are_not_numbers_count_as_nothing_and_never_raise(value, top):
+    tracker = ProgressTracker(2)
+    assert tracker.update("progress", {"node": "1", "value": value, "max": top}) == 0

@@ -9,6 +9,7 @@ Protocol facts used here (shared/reference/external-apis.md §1 and the ComfyUI 
   `client_id`; reconnecting with the same id replaces the old socket.
 """
 import json
+import math
 import mimetypes
 import time
 from typing import Optional
@@ -342,10 +343,12 @@ class ProgressTracker:
 
 
 def _fraction(value, top) -> float:
+    """value/top within 0..1; 0 for anything that is not two finite numbers (never raises)."""
     try:
-        return max(0.0, min(1.0, float(value) / float(top))) if top else 0.0
-    except (TypeError, ValueError):
+        fraction = float(value) / float(top)
+    except (TypeError, ValueError, OverflowError, ZeroDivisionError):
         return 0.0
+    return max(0.0, min(1.0, fraction)) if math.isfinite(fraction) else 0.0
 
 
 PREVIEW_IMAGE, PREVIEW_IMAGE_WITH_METADATA = 1, 4  # ComfyUI's protocol.BinaryEventTypes
