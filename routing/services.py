@@ -77,7 +77,9 @@ def job_submit(*, user, kind: str, preference: str, prompt: str = "", negative_p
                workflow: Optional[dict] = None, priority: int = Priority.NORMAL, webhook_url: str = "") -> Job:
     """Store the job and remember the preference; routing starts once this commits. Every path
     that makes a job (form, API, retry, admin) comes here, so every one is rate limited."""
-    get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk", flat=True).first()
+    # no_key: it serializes this user's submissions without blocking inserts that point at the
+    # user row (ledger entries, jobs) in other transactions.
+    get_user_model().objects.select_for_update(no_key=True).filter(pk=user.pk).values_list("pk", flat=True).first()
     submission_check(user=user)
     job = Job.objects.create(
         user=user, kind=kind, preference=preference, prompt=prompt, negative_prompt=negative_prompt,
