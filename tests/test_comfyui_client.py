@@ -1,6 +1,7 @@
 """The ComfyUI client against the fake ComfyUI, which speaks the real protocol on loopback."""
 import json
 import struct
+import threading
 import time
 
 import pytest
@@ -285,16 +286,33 @@ MODEL_FREE = {"1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height"
               "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "mf"}}}
 
 
-def test_progress_moves_on_a_model_free_workflow_that_sends_no_progress_events(fake):
-    fake.node_delay = 0.1  # every node takes a moment: the run is watched from its first node
-    client = _client(fake)
-    handle = client.submit(_spec(MODEL_FREE, "model-free"))
-    result, seen = _run_watching(client, handle)
+def _until(condition, what, tries=2000):
+    for _ in range(tries):
+        if condition():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"never happened: {what}")
 
-    assert isinstance(result, Done)
+
+def test_progress_moves_on_a_model_free_workflow_that_sends_no_progress_events(fake):
+    fake.node_budget = 0  # the run starts and waits before its first node: each node is given on cue
+    client = _client(fake, watch_seconds=120)  # one watch sees the whole run; states end it, not the clock
+    handle = client.submit(_spec(MODEL_FREE, "model-free"))
+    seen, ended = [], []
+    watcher = threading.Thread(target=lambda: ended.append(client.poll(handle, on_progress=seen.append)))
+    watcher.start()
+    try:
+        _until(lambda: fake.listening(handle["client_id"]), "the watch's socket is registered")
+        assert seen[0].running and seen[0].percent == 0
+        for percent in (25, 50, 75):
+            fake.node_budget += 1  # one more node runs and finishes; the next one waits
+            _until(lambda: any(p.percent == percent for p in seen), f"progress {percent}")
+    finally:
+        fake.node_budget = None
+        watcher.join(30)
+    assert isinstance(ended[0], Done)
     percents = [p.percent for p in seen]
-    assert percents[0] == 0 and seen[0].running
-    assert {25, 50, 75} <= set(percents) and percents == sorted(percents)  # one step per finished node
+    assert percents == sorted(percents) and {0, 25, 50, 75} <= set(percents)  # a step per finished node
 
 
 @pytest.mark.parametrize("value, top", [(10**400, 20), (1, 10**400), (float("nan"), 1), (float("inf"), float("inf")),

@@ -980,6 +980,9 @@ class FakeComfyUI:
         # Sampler steps the fake may still take (None: any number). At 0 a running sampler waits
         # before its next step until a test gives more: a run held mid-sampling, on cue.
         self.step_budget = None
+        # Nodes the fake may still start (None: any number), the same cue for any workflow: at 0
+        # the run waits before its next node until a test gives more.
+        self.node_budget = None
         self.received = []  # (method, path) of every HTTP request, including /ws
         self.prompts = {}  # prompt_id -> workflow, for every accepted POST /prompt
         if base_dir is None:
@@ -1008,6 +1011,10 @@ class FakeComfyUI:
     @property
     def url(self):
         return f"http://{self.host}:{self.port}"
+
+    def listening(self, client_id: str) -> bool:
+        """A WebSocket with this clientId is registered: every event sent from now on reaches it."""
+        return client_id in self._sockets
 
     @property
     def ws_url(self):
@@ -1487,6 +1494,10 @@ class FakeComfyUI:
             await self._progress_state(run)
 
     async def _run_node(self, run, nid, values, sig):
+        while self.node_budget is not None and self.node_budget <= 0 and not self._interrupt:
+            await asyncio.sleep(0.01)
+        if self.node_budget is not None:
+            self.node_budget -= 1
         cls = run.prompt[nid]["class_type"]
         run.current = (nid, cls)
         self._set_progress(run, nid, 0.0, 1.0, "running")
