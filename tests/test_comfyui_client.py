@@ -38,14 +38,27 @@ def _run_to_end(client, handle, timeout=10):
     raise AssertionError("the job never finished")
 
 
-def _run_watching(client, handle, polls=50):
-    """Poll to the end; the result and every Progress the client reported along the way."""
-    seen, result = [], None
-    for _ in range(polls):
-        result = client.poll(handle, on_progress=seen.append)
-        if not isinstance(result, Progress):
-            break
-    return result, seen
+def _watch_whole_run(fake, client, handle):
+    """One poll watches the run from before its first node (the fake holds it until the watch's
+    socket is registered), so every event reaches it however busy the machine: (result, seen)."""
+    fake.node_budget = 0
+    seen, ended = [], []
+    watcher = threading.Thread(target=lambda: ended.append(client.poll(handle, on_progress=seen.append)))
+    watcher.start()
+    try:
+        _until(lambda: fake.listening(handle["client_id"]), "the watch's socket is registered")
+    finally:
+        fake.node_budget = None
+        watcher.join(30)
+    return ended[0], seen
+
+
+def _until(condition, what, tries=2000):
+    for _ in range(tries):
+        if condition():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"never happened: {what}")
 
 
 def test_it_submits_and_gets_the_png_back(fake):
@@ -60,12 +73,12 @@ def test_it_submits_and_gets_the_png_back(fake):
 
 
 def test_it_reports_progress_from_the_websocket_and_finishes_there(fake):
-    fake.steps, fake.step_delay = 5, 0.05
+    fake.steps, fake.step_delay = 5, 0.01
     template = build_workflow(kind="image", prompt="p", negative_prompt="", width=512, height=512, seed=1,
                               duration_seconds=0)
-    client = _client(fake)
+    client = _client(fake, watch_seconds=120)  # one watch sees the whole run; the run's end ends it
     handle = client.submit(_spec(template))
-    result, seen = _run_watching(client, handle)
+    result, seen = _watch_whole_run(fake, client, handle)
     assert isinstance(result, Done)
     assert seen[0].running and seen[0].percent == 0  # "running" is said at once, before any step
     percents = [p.percent for p in seen if p.preview is None]
@@ -175,13 +188,16 @@ def test_a_runtime_error_fails_with_comfyuis_message(fake):
 
 
 def test_a_queued_prompt_reports_its_position(fake):
-    fake.steps, fake.step_delay = 20, 0.05
+    fake.steps, fake.step_delay, fake.step_budget = 20, 0.01, 0  # the first is held mid-run
     template = build_workflow(kind="image", prompt="p", negative_prompt="", width=512, height=512, seed=3,
                               duration_seconds=0)
     client = _client(fake, watch_seconds=0.2)
     client.submit(_spec(template, "first"))
     second = client.submit(_spec(dict(template), "second"))
-    result = client.poll(second)
+    try:
+        result = client.poll(second)
+    finally:
+        fake.step_budget = None
     assert isinstance(result, Progress) and not result.running and result.position == 1
 
 
@@ -266,12 +282,12 @@ def test_preview_frames_are_decoded_in_both_layouts_of_the_capture():
 
 
 def test_a_sampler_run_streams_previews_that_the_client_hands_on(fake):
-    fake.steps, fake.step_delay, fake.preview_method = 4, 0.05, "auto"
+    fake.steps, fake.step_delay, fake.preview_method = 4, 0.01, "auto"
     template = build_workflow(kind="image", prompt="p", negative_prompt="", width=512, height=512, seed=9,
                               duration_seconds=0)
-    client = _client(fake)
+    client = _client(fake, watch_seconds=120)
     handle = client.submit(_spec(template, "with-previews"))
-    result, seen = _run_watching(client, handle)
+    result, seen = _watch_whole_run(fake, client, handle)
 
     assert isinstance(result, Done)
     previews = [p for p in seen if p.preview]
@@ -284,14 +300,6 @@ MODEL_FREE = {"1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height"
               "2": {"class_type": "ImageBlur", "inputs": {"image": ["1", 0], "blur_radius": 1, "sigma": 1.0}},
               "3": {"class_type": "ImageInvert", "inputs": {"image": ["2", 0]}},
               "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "mf"}}}
-
-
-def _until(condition, what, tries=2000):
-    for _ in range(tries):
-        if condition():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"never happened: {what}")
 
 
 def test_progress_moves_on_a_model_free_workflow_that_sends_no_progress_events(fake):
