@@ -3,7 +3,8 @@
 Format (see deploy/INSTALLER.md):
 
     {"format": 1,
-     "comfyui": {"version": "0.27.0", "url": ".../v{version}.tar.gz", "sha256": "<64 hex>" | null,
+     "comfyui": {"version": "0.8.0", "url": ".../v{version}.tar.gz", "sha256": "<64 hex>" | null,
+                 "commit": "<40 hex>" | null, "tree": "<40 hex>" | null,
                  "size": <bytes> | null, "approx_size": <bytes>, "strip_components": 1,
                  "requirements": "requirements.txt"},
      "models": [{"name": "...", "url": "...", "size": <bytes>, "sha256": "<64 hex>",
@@ -22,6 +23,7 @@ from .errors import Failure
 
 DEFAULT_MANIFEST = Path(__file__).resolve().parents[2] / "deploy" / "comfyui-manifest.json"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_GIT_ID = re.compile(r"^[0-9a-f]{40}$")
 _FILENAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
@@ -51,6 +53,8 @@ class Release:
     approx_size: int
     strip_components: int
     requirements: str
+    commit: Optional[str] = None  # the git commit `git archive` records in the archive
+    tree: Optional[str] = None  # that commit's tree id: what the unpacked files must hash to (gittree.py)
 
     @property
     def archive_name(self) -> str:
@@ -96,7 +100,17 @@ def _release(entry: dict, where: str) -> Release:
         approx_size=_size(entry, "approx_size", where, required=False) or 50_000_000,
         strip_components=int(entry.get("strip_components", 1)),
         requirements=_relative(entry.get("requirements", "requirements.txt"), "requirements", where),
+        commit=_git_id(entry, "commit", where), tree=_git_id(entry, "tree", where),
     )
+
+
+def _git_id(entry: dict, key: str, where: str) -> Optional[str]:
+    value = entry.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _GIT_ID.match(value.lower()):
+        raise _invalid(where, key, "must be a git object id (40 hexadecimal characters)")
+    return value.lower()
 
 
 def _artifact(entry: dict, where: str) -> Artifact:

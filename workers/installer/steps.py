@@ -3,12 +3,15 @@ found) and its StepReporter, and ends by calling `finish` (done or skipped) or b
 Failure / Paused / Cancelled. Every step is a no-op when its work is already done."""
 import shutil
 import sys
+import tarfile
+import zipfile
 
 from . import autostart, launch
 from .archive import extract_archive
 from .download import Item, file_sha256
 from .environment import Environment
 from .errors import Cancelled, Failure
+from .gittree import archive_commit, archive_tree
 from .layout import RELEASE_MARKER, write_json_atomic
 from .manifest import DEFAULT_MANIFEST, load_manifest
 from .plan import check_disk, make_plan, model_path, release_installed, summary
@@ -39,13 +42,22 @@ def step_download(inst, r) -> None:
     if release_installed(inst.layout, release):
         return r.finish(SKIPPED, f"ComfyUI {release.version} is already installed")
     archive = inst.layout.downloads / release.archive_name
-    item = Item(url=release.url, dest=archive, sha256=release.sha256, size=release.size,
-                label=f"ComfyUI {release.version}")
-    if archive.exists() and (not release.sha256 or file_sha256(archive) == release.sha256):
+    # A pinned tree is checked on the unpacked content (step_extract): the archive's own
+    # bytes may differ from the day the manifest was written, so its SHA-256 only informs.
+    wanted = None if release.tree else release.sha256
+    item = Item(url=release.url, dest=archive, sha256=wanted, size=release.size, label=f"ComfyUI {release.version}")
+    if archive.exists() and (not wanted or file_sha256(archive) == wanted):
         return r.finish(DONE, f"{archive.name} was already downloaded")
     result = inst.downloader(r, "").fetch(item)
-    unverified = "" if release.sha256 else f" (the manifest has no checksum; its SHA-256 is {result.sha256})"
-    r.finish(DONE, f"downloaded {archive.name}, {human_bytes(archive.stat().st_size)}{unverified}")
+    r.finish(DONE, f"downloaded {archive.name}, {human_bytes(archive.stat().st_size)}"
+                   f"{_archive_note(release, result.sha256)}")
+
+
+def _archive_note(release, sha256: str) -> str:
+    if release.tree:
+        other = f"; its SHA-256 {sha256} differs from the manifest's" if release.sha256 not in (None, sha256) else ""
+        return f" (checked against commit {release.commit or '?'}'s files when unpacked{other})"
+    return "" if release.sha256 else f" (the manifest has no checksum; its SHA-256 is {sha256})"
 
 
 def step_extract(inst, r) -> None:
@@ -54,11 +66,35 @@ def step_extract(inst, r) -> None:
         return r.finish(SKIPPED, f"ComfyUI {release.version} is already in {inst.layout.comfy_dir}")
     r.update(progress=10, message=f"Unpacking {release.archive_name}")
     archive = inst.layout.downloads / release.archive_name
+    if release.tree:
+        r.update(progress=5, message=f"Checking that {release.archive_name} is ComfyUI {release.version}'s commit")
+        _check_release_tree(archive, release)
     _extract_release(archive, inst.layout.comfy_dir, release.strip_components)
     write_json_atomic(inst.layout.comfy_dir / RELEASE_MARKER,
-                      {"version": release.version, "url": release.url, "sha256": release.sha256})
+                      {"version": release.version, "url": release.url, "sha256": release.sha256,
+                       "commit": release.commit, "tree": release.tree})
     archive.unlink()  # the tree is what counts; the marker remembers where it came from
     r.finish(DONE, f"ComfyUI {release.version} unpacked into {inst.layout.comfy_dir}")
+
+
+def _check_release_tree(archive, release) -> None:
+    """The archive holds exactly the files of the pinned commit (gittree.py), or it is deleted
+    (the next run downloads it afresh) and the install stops before anything is unpacked."""
+    recorded = archive_commit(archive)
+    try:
+        tree = archive_tree(archive, release.strip_components)
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as error:
+        archive.unlink(missing_ok=True)
+        raise Failure(f"the archive {archive.name} is damaged ({error})",
+                      "run the installer again to download it afresh")
+    if tree == release.tree:
+        return
+    archive.unlink(missing_ok=True)
+    which = f"commit {recorded}" if recorded else "no commit id"
+    raise Failure(f"{archive.name} is not ComfyUI {release.version}: its files hash to tree {tree}, the manifest "
+                  f"pins tree {release.tree} (commit {release.commit or '?'}); the archive records {which}",
+                  "run the installer again to download it afresh; if it happens again, the URL serves another "
+                  "version: correct the manifest's url, commit and tree (deploy/INSTALLER.md)")
 
 
 def _extract_release(archive, comfy_dir, strip: int) -> None:
