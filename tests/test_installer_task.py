@@ -18,10 +18,10 @@ from tests.installer_support import (
     hooks_for,
     make_site,
 )
-from workers import install_tasks, services
+from workers import install_tasks, selectors, services
 from workers.installer import adapter, launch
 from workers.installer.autostart import Launch
-from workers.installer.layout import Layout
+from workers.installer.layout import Layout, install_lock
 from workers.models import InstallRun, InstallStatus
 
 pytestmark = pytest.mark.django_db
@@ -121,10 +121,59 @@ def test_the_management_command_takes_over_a_paused_install(command_site, tmp_pa
 
 
 def test_the_management_command_refuses_while_a_worker_is_installing(command_site, tmp_path):
-    run = services.install_start(user=None, options={}, send=False)
+    folder = tmp_path / "install"
+    run = services.install_start(user=None, options={"path": str(folder)}, send=False)
     services.install_claim(run_id=run.id, generation=1)
-    with pytest.raises(CommandError, match="running on a worker"):
-        call_command("install_comfyui", "--yes")
+    with install_lock(Layout(folder, "linux")):  # the worker's process holds the folder
+        with pytest.raises(CommandError, match="running on a worker"):
+            call_command("install_comfyui", "--yes", "--path", str(folder))
+    assert InstallRun.objects.get().generation == 1
+
+
+def test_the_management_command_takes_over_a_killed_install_at_once(command_site, tmp_path, capsys):
+    """The row says running with a fresh heartbeat, but the folder lock is free: the process
+    that held it is gone (the OS frees a dead process's lock), so no 120 s wait."""
+    site, port = command_site
+    folder = tmp_path / "install"
+    run = services.install_start(user=None, options={"path": str(folder)}, send=False)
+    services.install_claim(run_id=run.id, generation=1)
+    with install_lock(Layout(folder, "linux")):
+        pass  # it ran here, then was killed: the lock file is there and free
+    assert selectors.holder_gone(InstallRun.objects.get()) and not selectors.is_stalled(InstallRun.objects.get())
+
+    call_command("install_comfyui", "--yes", "--no-service", "--no-start", "--path", str(folder),
+                 "--manifest", str(site.manifest), "--port", str(port))
+    again = InstallRun.objects.get()
+    assert again.id == run.id and again.status == InstallStatus.SUCCEEDED and again.generation == 2
+    assert f"Continuing install #{run.id}" in capsys.readouterr().out
+
+
+def test_a_rerun_into_the_folder_of_a_failed_install_continues_that_row(command_site, tmp_path):
+    site, port = command_site
+    args = ["install_comfyui", "--yes", "--no-service", "--no-start", "--path", str(tmp_path / "install"),
+            "--port", str(port)]
+    with pytest.raises(CommandError):
+        call_command(*args, "--manifest", str(tmp_path / "missing.json"))
+    failed = InstallRun.objects.get()
+    assert failed.status == InstallStatus.FAILED
+
+    call_command(*args, "--manifest", str(site.manifest))
+    assert InstallRun.objects.count() == 1  # the same install, not a second row
+    run = InstallRun.objects.get()
+    assert run.id == failed.id and run.status == InstallStatus.SUCCEEDED and run.error == ""
+
+    call_command(*args, "--manifest", str(site.manifest))  # after a success, a repair run is its own row
+    assert InstallRun.objects.count() == 2
+
+
+def test_a_run_is_claimed_only_with_its_folder_lock_held(tmp_path):
+    folder = tmp_path / "install"
+    run = services.install_start(user=None, options={"path": str(folder), "manifest": str(tmp_path / "none.json")},
+                                 send=False)
+    with install_lock(Layout(folder, "linux")):  # another installer (a bootstrap script) works there
+        assert adapter.execute(run_id=run.id, generation=run.generation) == InstallStatus.FAILED
+    failed = InstallRun.objects.get()
+    assert "another installer is already working in" in failed.error
 
 
 def test_the_management_command_fails_with_the_step_and_what_to_do(command_site, tmp_path):

@@ -232,3 +232,34 @@ def test_the_page_says_when_comfyui_already_answers_instead_of_offering_an_insta
     assert '<details class="install-anyway"><summary>Install another copy anyway</summary>' in page
     client.force_login(bob)
     assert "ComfyUI already answers" in client.get("/install/").content.decode()
+
+
+def test_a_killed_install_shows_at_once_and_resumes_from_the_page(staff_client, started, tmp_path, sent,
+                                                                  django_capture_on_commit_callbacks):
+    """Its row still says running with a fresh heartbeat; the free folder lock says its
+    process is gone, so the page offers Resume now, not two minutes later."""
+    from workers import services
+    from workers.installer.layout import install_lock
+
+    services.install_claim(run_id=started.id, generation=1)
+    layout = Layout(tmp_path / "install", "linux")
+    with install_lock(layout):
+        live = staff_client.get(f"/install/runs/{started.id}/live/").content.decode()
+        assert "has stopped" not in live and "data-pause" in live  # alive: its lock is held
+    live = staff_client.get(f"/install/runs/{started.id}/live/").content.decode()
+    assert "The installer working on it has stopped" in live and "data-resume" in live
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert staff_client.post(f"/install/runs/{started.id}/resume/").status_code == 302
+    assert sent[-1] == ("workers.install_tasks.run_install", [started.id, 2], "local")
+    assert run_task(started, 2, tmp_path) == InstallStatus.SUCCEEDED
+
+
+def test_after_an_install_the_page_shows_what_an_install_would_do_now_not_the_old_plan(
+        staff_client, started, tmp_path, monkeypatch):
+    monkeypatch.setattr(selectors, "Installer", lambda options: Installer(options, hooks_for(tmp_path, FakeRunner())))
+    staff_client.get("/install/")  # the preview is cached...
+    assert run_task(started, 1, tmp_path) == InstallStatus.SUCCEEDED  # ...and dropped when the install ends
+    assert InstallRun.objects.get().plan["download_bytes"] > 0  # the plan the run started with
+    page = staff_client.get("/install/").content.decode()
+    assert "already installed" in page and "2.0\xa0MB to download" not in page

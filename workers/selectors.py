@@ -1,21 +1,28 @@
 """Reads for the local installer: runs for the page, the control flag for the task, and a
 preview of the system check for the page before any install exists."""
 from datetime import timedelta
+from pathlib import Path
 from typing import Optional
 
 from django.core.cache import cache
 from django.utils import timezone
 
+from .installer.detect.probe import current_os
 from .installer.errors import InstallError
+from .installer.layout import Layout, lock_held
 from .installer.pipeline import Installer, Options
 from .models import ACTIVE_INSTALL_STATES, InstallRun, InstallStatus
-from .services import HEARTBEAT_STALE_SECONDS
+from .services import HEARTBEAT_STALE_SECONDS, preview_key
 
 PREVIEW_CACHE_SECONDS = 60
 
 
 def run_get(*, run_id: int) -> InstallRun:
     return InstallRun.objects.get(id=run_id)
+
+
+def run_find(*, run_id: int) -> Optional[InstallRun]:
+    return InstallRun.objects.filter(id=run_id).first()
 
 
 def latest_run() -> Optional[InstallRun]:
@@ -52,11 +59,25 @@ def is_stalled(run: InstallRun, now=None) -> bool:
     return now - last > timedelta(seconds=HEARTBEAT_STALE_SECONDS)
 
 
+def holder_gone(run: InstallRun) -> bool:
+    """Running, but the folder lock its process holds for the whole run is free on this
+    machine: the process is dead (killed, crashed), whatever its last heartbeat says."""
+    if run.status != InstallStatus.RUNNING:
+        return False
+    folder = (run.plan or {}).get("path") or str(Options.from_dict(run.options).install_dir)
+    return lock_held(Layout(Path(folder), current_os())) is False
+
+
+def is_dead(run: InstallRun, now=None) -> bool:
+    """Nobody is running this running install: silent too long, or its lock is free."""
+    return is_stalled(run, now) or holder_gone(run)
+
+
 def install_preview(options: Optional[dict] = None) -> dict:
     """What an install would do, checked from this process (the web server usually runs on
     the same machine as the local worker; the install re-checks on the worker). Cached
     briefly: the check runs nvidia-smi and friends."""
-    key = f"workers:install-preview:{sorted((options or {}).items())}"
+    key = preview_key(options)
     preview = cache.get(key)
     if preview is None:
         installer = Installer(Options.from_dict(options or {}))

@@ -7,9 +7,12 @@ newest message may claim the run. A running install writes `heartbeat_at` with i
 one silent for HEARTBEAT_STALE_SECONDS is presumed dead (its worker was killed) and may be
 taken over by a redelivered message or resumed from the page.
 """
+import hashlib
+import json
 from datetime import timedelta
 from typing import Optional
 
+from django.core.cache import cache
 from django.db import transaction
 from django.db.models import F, Q, Value
 from django.db.models.functions import Coalesce
@@ -21,6 +24,7 @@ from routing.defaults import default_backends
 from routing.health import health_record
 from routing.models import Backend, HealthState
 
+from .installer.pipeline import Options
 from .models import ACTIVE_INSTALL_STATES, InstallControl, InstallRun, InstallStatus
 
 INSTALL_TASK = "workers.install_tasks.run_install"
@@ -51,14 +55,40 @@ def _dispatch(run_id: int, generation: int) -> None:
 
 @transaction.atomic
 def install_start(*, user, options: dict, send: bool = True) -> InstallRun:
-    """A new install; refused while another one is pending, running or paused."""
+    """An install; refused while another one is pending, running or paused. Into a folder
+    whose last install failed or was cancelled, that install's row continues (its steps,
+    bytes and history stay one story); otherwise a new row."""
     if InstallRun.objects.filter(status__in=ACTIVE_INSTALL_STATES).exists():
         raise InstallConflict(ALREADY_ACTIVE)
-    run = InstallRun.objects.create(options=options, install_path=options.get("path", ""),
-                                    created_by=user if user and user.is_authenticated else None, message=WAITING)
+    earlier = _unfinished_run_for(options)
+    if earlier is not None:
+        InstallRun.objects.filter(id=earlier.id).update(
+            status=InstallStatus.PENDING, control=InstallControl.NONE, error="", finished_at=None, options=options,
+            install_path=options.get("path", ""), generation=F("generation") + 1, message=RESUMING, speed=0,
+            eta=None)
+        run = InstallRun.objects.get(id=earlier.id)
+    else:
+        run = InstallRun.objects.create(options=options, install_path=options.get("path", ""),
+                                        created_by=user if user and user.is_authenticated else None,
+                                        message=WAITING)
     if send:
         _dispatch(run.id, run.generation)
     return run
+
+
+def _unfinished_run_for(options: dict) -> Optional[InstallRun]:
+    """The latest install into the same folder, when it ended without succeeding."""
+    folder = Options.from_dict(options).install_dir
+    for run in InstallRun.objects.order_by("-created_at", "-id")[:20]:
+        if Options.from_dict(run.options).install_dir == folder:
+            return run if run.status in (InstallStatus.FAILED, InstallStatus.CANCELLED) else None
+    return None
+
+
+def _dead(holder_gone: bool) -> Q:
+    """Running, but nobody runs it: its worker went silent, or (`holder_gone`, checked by the
+    caller with selectors.holder_gone) the folder lock its process held is free."""
+    return _stalled() | (Q(status=InstallStatus.RUNNING) if holder_gone else Q(pk__in=[]))
 
 
 def install_pause(*, run_id: int) -> bool:
@@ -71,11 +101,11 @@ def install_pause(*, run_id: int) -> bool:
 
 
 @transaction.atomic
-def install_resume(*, run_id: int, send: bool = True) -> Optional[int]:
-    """Paused, failed or stalled → pending with a new generation; returns it (None if refused)."""
+def install_resume(*, run_id: int, send: bool = True, holder_gone: bool = False) -> Optional[int]:
+    """Paused, failed or dead → pending with a new generation; returns it (None if refused)."""
     if InstallRun.objects.filter(status__in=ACTIVE_INSTALL_STATES).exclude(id=run_id).exists():
         raise InstallConflict(ALREADY_ACTIVE)
-    resumable = Q(status__in=(InstallStatus.PAUSED, InstallStatus.FAILED)) | _stalled()
+    resumable = Q(status__in=(InstallStatus.PAUSED, InstallStatus.FAILED)) | _dead(holder_gone)
     updated = InstallRun.objects.filter(Q(id=run_id) & resumable).update(
         status=InstallStatus.PENDING, control=InstallControl.NONE, error="", finished_at=None,
         generation=F("generation") + 1, message=RESUMING, speed=0, eta=None)
@@ -87,22 +117,22 @@ def install_resume(*, run_id: int, send: bool = True) -> Optional[int]:
     return generation
 
 
-def install_take_over(*, run_id: int, options: dict) -> Optional[int]:
-    """For the CLI: continue an install nobody is running (queued, paused, failed or stalled)
+def install_take_over(*, run_id: int, options: dict, holder_gone: bool = False) -> Optional[int]:
+    """For the CLI: continue an install nobody is running (queued, paused, failed or dead)
     in this process, with the CLI's options. Returns the new generation (None if refused)."""
-    idle = Q(status__in=(InstallStatus.PENDING, InstallStatus.PAUSED, InstallStatus.FAILED)) | _stalled()
+    idle = Q(status__in=(InstallStatus.PENDING, InstallStatus.PAUSED, InstallStatus.FAILED)) | _dead(holder_gone)
     updated = InstallRun.objects.filter(Q(id=run_id) & idle).update(
         status=InstallStatus.PENDING, control=InstallControl.NONE, error="", finished_at=None, options=options,
         install_path=options.get("path", ""), generation=F("generation") + 1, message=RESUMING)
     return InstallRun.objects.values_list("generation", flat=True).get(id=run_id) if updated else None
 
 
-def install_cancel(*, run_id: int) -> bool:
+def install_cancel(*, run_id: int, holder_gone: bool = False) -> bool:
     now = timezone.now()
     stopped = {"status": InstallStatus.CANCELLED, "control": InstallControl.NONE, "finished_at": now,
                "generation": F("generation") + 1, "message": "Cancelled.", "speed": 0, "eta": None}
     # Nothing is running it (queued, paused, or its worker died): cancel here and now.
-    idle = Q(status__in=(InstallStatus.PENDING, InstallStatus.PAUSED)) | _stalled()
+    idle = Q(status__in=(InstallStatus.PENDING, InstallStatus.PAUSED)) | _dead(holder_gone)
     if InstallRun.objects.filter(Q(id=run_id) & idle).update(**stopped):
         return True
     return bool(InstallRun.objects.filter(id=run_id, status=InstallStatus.RUNNING).update(
@@ -129,8 +159,17 @@ def install_finish(*, run_id: int, generation: int, status: str, error: str = ""
     final = status != InstallStatus.PAUSED
     values = {**fields, "status": status, "error": error, "control": InstallControl.NONE, "heartbeat_at": None,
               "speed": 0, "eta": None, "finished_at": timezone.now() if final else None}
-    return bool(InstallRun.objects.filter(id=run_id, generation=generation, status=InstallStatus.RUNNING)
-                .update(**values))
+    finished = bool(InstallRun.objects.filter(id=run_id, generation=generation, status=InstallStatus.RUNNING)
+                    .update(**values))
+    if finished:  # the page's "what an install would do" changed with it
+        cache.delete(preview_key(InstallRun.objects.values_list("options", flat=True).get(id=run_id)))
+    return finished
+
+
+def preview_key(options: Optional[dict]) -> str:
+    """The cache key of selectors.install_preview for these options."""
+    digest = hashlib.sha256(json.dumps(options or {}, sort_keys=True, default=str).encode()).hexdigest()
+    return f"workers:install-preview:{digest[:32]}"
 
 
 def install_give_up(*, run_id: int, generation: int) -> bool:

@@ -50,8 +50,9 @@ def install_page(request):
     run, staff = selectors.latest_run(), request.user.is_staff
     running = selectors.comfyui_answering()
     preview = {"plan": None, "error": ""}
-    if staff:
-        preview = selectors.install_preview() if run is None or not run.plan else {"plan": run.plan, "error": ""}
+    if staff:  # an install under way shows its worker's plan; otherwise what an install would do now
+        active = run is not None and not run.is_final and run.plan
+        preview = {"plan": run.plan, "error": ""} if active else selectors.install_preview(run.options if run else None)
     return render(request, "workers/install.html", {
         "run": run, "plan": preview["plan"], "plan_error": preview["error"], "form": InstallForm(),
         "estimate": human_seconds(preview["plan"]["estimate_seconds"]) if preview["plan"] else "",
@@ -94,7 +95,8 @@ def install_pause(request, run_id: int):
 @require_POST
 def install_resume(request, run_id: int):
     try:
-        done = services.install_resume(run_id=_run(run_id).id) is not None
+        run = _run(run_id)
+        done = services.install_resume(run_id=run.id, holder_gone=selectors.holder_gone(run)) is not None
     except services.InstallConflict as conflict:
         messages.error(request, str(conflict))
         return redirect("install")
@@ -105,7 +107,8 @@ def install_resume(request, run_id: int):
 @staff_required
 @require_POST
 def install_cancel(request, run_id: int):
-    done = services.install_cancel(run_id=_run(run_id).id)
+    run = _run(run_id)
+    done = services.install_cancel(run_id=run.id, holder_gone=selectors.holder_gone(run))
     _tell(request, done, "Cancelling.", "This install has already ended.")
     return redirect("install")
 
@@ -124,10 +127,11 @@ def _tell(request, done: bool, success: str, refused: str) -> None:
 def _live_context(request, run) -> dict:
     if run is None:
         return {"run": None}
-    stalled = selectors.is_stalled(run)
+    gone = selectors.holder_gone(run)
+    stalled = gone or selectors.is_stalled(run)
     manage = request.user.is_staff
     return {
-        "run": run, "steps": step_rows(run), "stalled": stalled, "can_manage": manage,
+        "run": run, "steps": step_rows(run), "stalled": stalled, "holder_gone": gone, "can_manage": manage,
         "can_pause": manage and run.status in (InstallStatus.PENDING, InstallStatus.RUNNING) and not stalled
         and run.control == "none",
         "can_resume": manage and (run.status in (InstallStatus.PAUSED, InstallStatus.FAILED) or stalled),

@@ -87,14 +87,24 @@ def execute(*, run_id: int, generation: int, report: Optional[Callable] = None,
     """Run the install of this run/generation to its end, a pause or a cancel. Returns the
     outcome ("succeeded", "paused", ..., or "not claimed" for a stale/duplicate message).
     `report`/`extra_control` add a second progress sink and control (the CLI's terminal)."""
-    if not services.install_claim(run_id=run_id, generation=generation):
+    run = selectors.run_find(run_id=run_id)
+    if run is None or run.generation != generation:
         return "not claimed"
-    run = selectors.run_get(run_id=run_id)
     progress = DbProgress(run_id, generation)
     hooks = Hooks(report=_tee(progress, report), control=_either(DbControl(run_id, generation), extra_control),
                   register=register_backend, on_plan=progress.plan, **hook_overrides)
     installer = Installer(Options.from_dict(run.options), hooks)
-    status, error, message = _outcome(installer)
+    try:
+        # The folder lock first, then the claim: a running row's folder lock is always held,
+        # so a free one tells the CLI and the page at once that its process is dead.
+        with installer.folder_lock():
+            if not services.install_claim(run_id=run_id, generation=generation):
+                return "not claimed"
+            status, error, message = _outcome(installer)
+    except InstallError as locked:  # another installer works in this folder: this run fails, says why
+        if not services.install_claim(run_id=run_id, generation=generation):
+            return "not claimed"
+        status, error, message = InstallStatus.FAILED, str(locked), f"Failed at step '{locked.step}'."
     if status is None:
         return "superseded"
     last = next((s for s in reversed(installer.states) if s.status != "pending"), installer.states[0])

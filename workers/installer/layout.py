@@ -12,6 +12,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from .errors import Failure
 
@@ -88,10 +89,16 @@ def write_if_changed(path: Path, text: str, mode: int = 0o644) -> bool:
     return True
 
 
+def lock_path(layout: Layout) -> Path:
+    return layout.root / ".comfy-hybrid" / "lock"
+
+
 @contextlib.contextmanager
 def install_lock(layout: Layout):
-    """One installer per folder at a time (a CLI run and a web run must not share a .part)."""
-    path = layout.root / ".comfy-hybrid" / "lock"
+    """One installer per folder at a time (a CLI run and a web run must not share a .part).
+    The OS releases the lock when its process dies, however it dies: a free lock is proof
+    that no installer is working here (`lock_held`)."""
+    path = lock_path(layout)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as handle:
         if not _try_lock(handle):
@@ -101,6 +108,22 @@ def install_lock(layout: Layout):
             yield
         finally:
             _unlock(handle)
+
+
+def lock_held(layout: Layout) -> Optional[bool]:
+    """Is an installer working in this folder right now? None when this machine has no such
+    folder (the install runs elsewhere: no evidence either way)."""
+    path = lock_path(layout)
+    if not path.exists():
+        return None
+    try:
+        with open(path, "a+") as handle:
+            if not _try_lock(handle):
+                return True
+            _unlock(handle)
+    except OSError:
+        return None
+    return False
 
 
 def _try_lock(handle) -> bool:

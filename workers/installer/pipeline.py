@@ -6,6 +6,7 @@ come from, how to register the backend). Commands, the free-space lookup, the GP
 and the HTTP session are hooks too, so tests run every step for real without installing
 PyTorch.
 """
+import contextlib
 import os
 import shutil
 import time
@@ -105,17 +106,34 @@ class Installer:
         self.states = [StepState(name, title) for name, title in STEPS]
         self.manifest = self.system = self.build = self.plan = self.stats = None
         self.verified = self.layout.read_state().get("verified", {})
+        self._locked = False
 
     def run(self) -> dict:
         """Run every step; raises InstallError, Paused or Cancelled. Returns the plan."""
-        self.layout.root.mkdir(parents=True, exist_ok=True)
-        try:
-            with install_lock(self.layout):
-                for name, _ in STEPS:
-                    self._run_step(name)
-        except Failure as failure:  # only the lock raises it out here
-            raise InstallError("check", failure.cause, failure.fix)
+        with self.folder_lock():
+            for name, _ in STEPS:
+                self._run_step(name)
         return self.plan
+
+    @contextlib.contextmanager
+    def folder_lock(self):
+        """Hold the folder's lock (raises InstallError when another installer holds it). The
+        Django front takes it before it claims the run, so a claimed run's lock is always held
+        and a free one proves the run's process is dead. Re-entrant within this Installer."""
+        if self._locked:
+            yield
+            return
+        self.layout.root.mkdir(parents=True, exist_ok=True)
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(install_lock(self.layout))
+            except Failure as failure:
+                raise InstallError("check", failure.cause, failure.fix)
+            self._locked = True
+            try:
+                yield
+            finally:
+                self._locked = False
 
     def check(self) -> dict:
         """Only the check step: the plan of what an install would do here (nothing is written)."""

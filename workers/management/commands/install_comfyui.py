@@ -38,13 +38,18 @@ class Command(BaseCommand):
 
     def _run_for(self, options: dict) -> tuple:
         active = selectors.active_run()
-        if active is None:
+        if active is None:  # a new install, or the same folder's failed or cancelled one again
             run = services.install_start(user=None, options=options, send=False)
+            if run.generation > 1:
+                self.stdout.write(f"Continuing install #{run.id} from where it stopped.")
             return run.id, run.generation
-        if active.status == InstallStatus.RUNNING and not selectors.is_stalled(active):
+        # A killed installer's row still says "running"; its folder lock, freed by the OS the
+        # moment the process died, says otherwise: take over at once, not after the heartbeat ages.
+        gone = selectors.holder_gone(active)
+        if active.status == InstallStatus.RUNNING and not (gone or selectors.is_stalled(active)):
             raise CommandError(f"Install #{active.id} is running on a worker right now; pause or cancel it on the "
                                "install page first.")
-        generation = services.install_take_over(run_id=active.id, options=options)
+        generation = services.install_take_over(run_id=active.id, options=options, holder_gone=gone)
         if generation is None:
             raise CommandError(f"Install #{active.id} changed state meanwhile; run the command again.")
         self.stdout.write(f"Continuing install #{active.id} from where it stopped.")
