@@ -2,7 +2,11 @@
 
 * ArtifactServer: a loopback HTTP file server with Range support, throttling and fault
   switches (fail with a status, drop the connection at an offset, stall at an offset,
-  corrupt a byte once or always, ignore Range). It counts the body bytes it sends.
+  corrupt a byte once or always, ignore Range). It counts the body bytes it sends, can
+  require a bearer token, answer a path with a redirect, and records each request's
+  Authorization header.
+* loopback_names: host names ("huggingface.co") that resolve to 127.0.0.1 for one test.
+* recording_reporter: a StepReporter that keeps every state it reports, on a ticking clock.
 * A stand-in "ComfyUI" release: a tar.gz whose main.py answers /system_stats on --port.
 * FakeRunner: records venv/pip/service commands instead of installing PyTorch; it creates a
   venv whose python is this interpreter, so the start step runs the stand-in for real.
@@ -26,6 +30,7 @@ from workers.installer.detect import GIB, Gpu
 from workers.installer.detect.probe import SystemInfo
 from workers.installer.download import Policy
 from workers.installer.pipeline import Hooks, Options
+from workers.installer.progress import StepReporter, StepState
 from workers.installer.runner import Completed
 
 PIECE = 16 * 1024  # the server writes in pieces this big; throttling sleeps between them
@@ -42,11 +47,14 @@ class Fault:
 
 
 class ArtifactServer:
-    def __init__(self, rate: Optional[float] = None):
+    def __init__(self, rate: Optional[float] = None, token: Optional[str] = None):
         self.files, self.faults = {}, {}
         self.rate = rate  # bytes per second, None = as fast as possible
+        self.token = token  # when set, a request without "Authorization: Bearer <token>" gets 401
         self.sent = {}  # path -> body bytes written to clients
         self.requests = []  # (path, first byte asked)
+        self.authorizations = []  # (path, the Authorization header or None), one per request
+        self.redirects = {}  # path -> the URL it answers with a 302
         self.released = threading.Event()
         self._lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -74,8 +82,13 @@ class ArtifactServer:
         self.sent[path] = 0
         return self.url(path)
 
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_port}{path}"
+    def redirect(self, path: str, target: str) -> str:
+        self.redirects[path] = target
+        return self.url(path)
+
+    def url(self, path: str, host: str = "127.0.0.1") -> str:
+        """Another `host` reaches this server only once loopback_names has made it resolve here."""
+        return f"http://{host}:{self.httpd.server_port}{path}"
 
     def count(self, path: str, sent: int) -> None:
         with self._lock:
@@ -94,6 +107,11 @@ def _handler(server: ArtifactServer):
             fault, data = server.faults.get(path, Fault()), server.files.get(path)
             start = self._range_start(fault)
             server.requests.append((path, start))
+            server.authorizations.append((path, self.headers.get("Authorization")))
+            if server.token and self.headers.get("Authorization") != f"Bearer {server.token}":
+                return self._status(401)
+            if path in server.redirects:
+                return self._status(302, {"Location": server.redirects[path]})
             if data is None:
                 return self._status(404)
             if fault.statuses:
@@ -153,6 +171,37 @@ def _handler(server: ArtifactServer):
             self.end_headers()
 
     return Handler
+
+
+def loopback_names(monkeypatch, *names: str) -> None:
+    """Make `names` resolve to 127.0.0.1 in this process for one test (requests asks
+    socket.getaddrinfo), so a loopback server can stand in for "huggingface.co" and the
+    downloader's host rules run on real names; nothing leaves the machine."""
+    resolve = socket.getaddrinfo
+
+    def loopback(host, *args, **kwargs):
+        return resolve("127.0.0.1" if host in names else host, *args, **kwargs)
+    monkeypatch.setattr(socket, "getaddrinfo", loopback)
+    monkeypatch.setenv("NO_PROXY", "*")  # a proxy from the environment must not get these names
+
+
+class Ticks:
+    """A clock that moves one second each time it is read: speeds come out per reading."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def recording_reporter(name: str = "models") -> tuple:
+    """A started StepReporter on a Ticks clock, and the list of every state it reported (as dicts)."""
+    seen = []
+    reporter = StepReporter(StepState(name, name), lambda state: seen.append(state.as_dict()), clock=Ticks())
+    reporter.start()
+    return reporter, seen
 
 
 def payload(size: int, seed: int = 1) -> bytes:

@@ -7,24 +7,37 @@ from the recorded length with an HTTP Range request; at most the chunk in flight
 twice. The finished part is checked against its SHA-256 and only then renamed into place
 (an atomic rename), so a file in place is always complete and verified. A mismatch
 deletes the part and fetches once more, then fails without touching what is in place.
+
+Redirects are followed here, not by requests, so that each hop gets the Hugging Face token
+only if its own host is Hugging Face's (hub.py).
+
+What the front shows: "<name>: checking the 64.0 MB already downloaded (40%)" while a resumed
+part is re-hashed, then "<name>: resumed at 64.0 MB of 205 MB" with the bar at that offset
+(skipped over, so speed and ETA count only what this run fetches); a retry says why and when
+("...; retrying in 4 s (attempt 2 of 7)") until bytes flow again.
 """
 import hashlib
 import json
+import math
 import os
 import random
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Protocol
+from urllib.parse import urljoin
 
 import requests
 
 from .errors import Failure
-from .progress import Control, check_control, human_bytes, no_control
+from .hub import auth_headers, hub_token, refused
+from .progress import Control, Quiet, check_control, human_bytes, no_control
 
 USER_AGENT = "ComfyHybrid-Installer/1.0"
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+MAX_REDIRECTS = 10  # Hugging Face takes one (to its CDN); more than ten is a loop
+HASH_BLOCK = 8 * 1024 * 1024  # bytes read per step of a re-hash, and so per progress update
 # The URL does not exist or is not ours to fetch: retrying will not help.
 _PERMANENT = {400, 401, 403, 404, 405, 410, 451}
 
@@ -62,7 +75,14 @@ class _Transient(Exception):
     """Worth another try: the network, a 5xx, a connection dropped mid-file."""
 
 
-Progress = Callable[[int, Optional[int], str], None]
+class Progress(Protocol):
+    """Where a download reports: a StepReporter, a progress.FileBar, or progress.Quiet."""
+
+    def update(self, *, message: Optional[str] = None, bytes_done: Optional[int] = None,
+               bytes_total: Optional[int] = None) -> None: ...
+
+    def skip_to(self, bytes_done: int, *, bytes_total: Optional[int] = None,
+                message: Optional[str] = None) -> None: ...
 
 
 def part_path(dest: Path) -> Path:
@@ -90,7 +110,7 @@ def _hash_prefix(path: Path, length: int, progress=None):
     hasher, done = hashlib.sha256(), 0
     with open(path, "rb") as handle:
         while done < length:
-            block = handle.read(min(8 * 1024 * 1024, length - done))
+            block = handle.read(min(HASH_BLOCK, length - done))
             if not block:
                 break
             hasher.update(block)
@@ -114,24 +134,26 @@ def fsync_dir(path: Path) -> None:
 class Downloader:
     def __init__(self, *, session: Optional[requests.Session] = None, policy: Optional[Policy] = None,
                  control: Control = no_control, progress: Optional[Progress] = None,
-                 sleep: Callable[[float], None] = time.sleep):
+                 sleep: Callable[[float], None] = time.sleep, token: Optional[str] = None):
         self.session = session or _session()
         self.policy = policy or Policy()
         self.control = control
-        self.progress = progress or (lambda done, total, message: None)
+        self.progress = progress or Quiet()
         self.sleep = sleep
+        self.token = hub_token() if token is None else token  # "" sends none; see hub.py
+        self._noted = False  # a retry or mismatch note is showing: the next bytes replace it
 
     def fetch(self, item: Item) -> Result:
         """Download `item` into place, resuming what a previous run left; see module doc."""
         item.dest.parent.mkdir(parents=True, exist_ok=True)
-        part = _Part(item)
-        resumed_from = part.load(self._rehash_progress)
+        part, self._noted = _Part(item), False
+        resumed_from = part.load(self._checking(item))
         self._download(part)
         refetched = False
         if item.sha256 and part.hasher.hexdigest() != item.sha256:
             first, refetched = part.hasher.hexdigest(), True
             part.reset()  # the only re-fetch: a second mismatch is not bad luck
-            self.progress(0, item.size, f"{item.label}: checksum mismatch, downloading it again")
+            self._note(f"{_name(item)}: checksum mismatch, downloading it again")
             self._download(part)
             if part.hasher.hexdigest() != item.sha256:
                 part.discard()
@@ -140,8 +162,16 @@ class Downloader:
         return Result(sha256=part.hasher.hexdigest(), fetched_bytes=part.received, resumed_from=resumed_from,
                       refetched=refetched)
 
-    def _rehash_progress(self, done: int, total: int) -> None:
-        self.progress(done, total, f"checking the {human_bytes(total)} already downloaded")
+    def _checking(self, item: Item) -> Callable[[int, int], None]:
+        """Progress of re-hashing a resumed part: text only, the bar moves once it is resumed."""
+        def checking(done: int, total: int) -> None:
+            self.progress.update(message=f"{_name(item)}: checking the {human_bytes(total)} already downloaded "
+                                         f"({100 * done // max(total, 1)}%)")
+        return checking
+
+    def _note(self, message: str) -> None:
+        self.progress.update(message=message)
+        self._noted = True
 
     def _download(self, part) -> None:
         """Fetch until the part is complete, retrying with backoff while progress is made."""
@@ -162,22 +192,19 @@ class Downloader:
     def _backoff(self, failures: int, reason: str, part) -> None:
         delay = min(self.policy.backoff_base * 2 ** (failures - 1), self.policy.backoff_max)
         delay *= 0.5 + random.random() / 2  # jitter: many clients do not retry in lockstep
-        self.progress(part.offset, part.total, f"{reason}; retrying in {delay:.0f} s")
+        # Tries in a row without progress: the first one and `retries` more.
+        self._note(f"{_name(part.item)}: {reason}; retrying in {math.ceil(delay)} s "
+                   f"(attempt {failures + 1} of {self.policy.retries + 1})")
         deadline = time.monotonic() + delay
         while (left := deadline - time.monotonic()) > 0:
             check_control(self.control)  # pause/cancel work during a backoff too
             self.sleep(min(left, 0.5))
 
     def _stream(self, part) -> None:
-        item = part.item
         try:
-            with self.session.get(item.url, headers=part.request_headers(), stream=True,
-                                  timeout=(self.policy.connect_timeout, self.policy.read_timeout)) as response:
+            with self._get(part) as response:
                 self._accept(part, response)
-                for chunk in response.iter_content(self.policy.chunk_size):
-                    part.append(chunk)
-                    self.progress(part.offset, part.total, "")
-                    check_control(self.control)  # after append: the state already covers this chunk
+                self._receive(part, response)
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as error:
             raise _Transient(f"connection problem ({type(error).__name__})")
         if part.total is not None and part.offset < part.total:
@@ -185,11 +212,38 @@ class Downloader:
         if part.total is None:
             part.total = part.offset  # no length announced: a clean end of stream is the end
 
+    def _get(self, part) -> requests.Response:
+        """GET the item, following redirects hop by hop: each carries the token only if its own
+        host is Hugging Face's (requests would drop it on a new host, but never add it back)."""
+        url = part.item.url
+        for _ in range(MAX_REDIRECTS + 1):
+            response = self.session.get(url, headers={**part.request_headers(), **auth_headers(url, self.token)},
+                                        stream=True, allow_redirects=False,
+                                        timeout=(self.policy.connect_timeout, self.policy.read_timeout))
+            target = self.session.get_redirect_target(response)
+            if not target:
+                return response
+            response.close()
+            url = urljoin(url, target)
+        raise Failure(f"{part.item.label}: {part.item.url} redirects more than {MAX_REDIRECTS} times",
+                      "the URL in the manifest is wrong (a redirect loop): correct the manifest")
+
+    def _receive(self, part, response) -> None:
+        """Append the body chunk by chunk. The stream's start is skipped to (not fetched now)."""
+        start = part.offset
+        flowing = f"{_name(part.item)}: resumed at {human_bytes(start)} of {human_bytes(part.total)}" if start \
+            else f"Downloading {_name(part.item)}"
+        self.progress.skip_to(start, bytes_total=part.total, message=None if self._noted else flowing)
+        for chunk in response.iter_content(self.policy.chunk_size):
+            part.append(chunk)
+            message, self._noted = (flowing if self._noted else None), False
+            self.progress.update(bytes_done=part.offset, bytes_total=part.total, message=message)
+            check_control(self.control)  # after append: the state already covers this chunk
+
     def _accept(self, part, response) -> None:
         status = response.status_code
         if status in _PERMANENT:
-            raise Failure(f"{part.item.label}: {part.item.url} answered HTTP {status}",
-                          "the URL in the manifest is wrong or the file moved: correct the manifest")
+            raise refused(part.item, response.url, status, token_sent=bool(auth_headers(response.url, self.token)))
         etag = response.headers.get("ETag", "")
         if status == 206:
             part.set_total(_content_range(response, part), etag)
@@ -203,6 +257,10 @@ class Downloader:
             raise _Transient("the server refused the byte range; starting over")
         else:
             raise _Transient(f"{part.item.url} answered HTTP {status}")
+
+
+def _name(item: Item) -> str:
+    return item.label or item.dest.name
 
 
 def _content_range(response, part) -> Optional[int]:

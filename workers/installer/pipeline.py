@@ -22,8 +22,8 @@ from .detect.probe import SystemInfo, current_os, probe_system
 from .download import Downloader, Policy
 from .errors import Cancelled, Failure, InstallError, Paused
 from .layout import Layout, install_lock
-from .progress import (CANCELLED, DONE, FAILED, FINISHED, PAUSED, RUNNING, Control, StepReporter, StepState,
-                       check_control, no_control)
+from .progress import (CANCELLED, DONE, FAILED, FINISHED, PAUSED, RUNNING, Control, FileBar, StepReporter,
+                       StepState, check_control, no_control)
 from .runner import CommandRunner, run_streaming
 
 STEPS = (
@@ -192,11 +192,8 @@ class Installer:
 
     def downloader(self, reporter, label: str, offset: int = 0, total: Optional[int] = None) -> Downloader:
         """A Downloader whose progress lands on this step (offset/total: several files, one bar)."""
-        def progress(done, file_total, message):
-            reporter.update(bytes_done=offset + done, bytes_total=total or file_total or 0,
-                            message=message or None)
         return Downloader(session=self.hooks.session, policy=self.hooks.policy, control=self.hooks.control,
-                          progress=progress, sleep=self.hooks.sleep)
+                          progress=FileBar(reporter, offset, total), sleep=self.hooks.sleep)
 
 
 def overall_progress(states: list) -> int:

@@ -82,6 +82,7 @@ class StepReporter:
         self.sink = sink
         self.clock = clock
         self._rate = _Rate()
+        self._transferred = 0  # bytes fetched while this step ran: what the speed is made of
 
     def start(self, message: str = "") -> None:
         self.state.status, self.state.started_at = RUNNING, self.clock()
@@ -89,12 +90,16 @@ class StepReporter:
 
     def update(self, *, progress: Optional[float] = None, message: Optional[str] = None,
                bytes_done: Optional[int] = None, bytes_total: Optional[int] = None) -> None:
-        if bytes_total is not None:
-            self.state.bytes_total = bytes_total
-        if bytes_done is not None:
-            self._bytes(bytes_done)
+        """A message of None keeps the one shown. Bytes given here were transferred just now."""
+        self._bytes(bytes_done, bytes_total, transferred=True)
         if progress is not None:
             self.state.progress = max(0, min(100, int(progress)))
+        self._emit(message=message)
+
+    def skip_to(self, bytes_done: int, *, bytes_total: Optional[int] = None, message: Optional[str] = None) -> None:
+        """Move the byte count over bytes not transferred now (what a resume finds on disk, a
+        model already in place): the bar moves, but speed and ETA stay those of real transfers."""
+        self._bytes(bytes_done, bytes_total, transferred=False)
         self._emit(message=message)
 
     def finish(self, status: str, message: str = "") -> None:
@@ -104,12 +109,16 @@ class StepReporter:
             self.state.progress = 100
         self._emit(message=message)
 
-    def _bytes(self, done: int) -> None:
+    def _bytes(self, done: Optional[int], total: Optional[int], transferred: bool) -> None:
         state = self.state
-        if done < state.bytes_done:
-            self._rate = _Rate()  # restarted from zero (re-fetch): old samples would lie
+        if total is not None:
+            state.bytes_total = total
+        if done is None:
+            return
+        if transferred:  # a count that went back (a re-fetch from zero) transferred nothing yet
+            self._transferred += max(0, done - state.bytes_done)
         state.bytes_done = done
-        state.speed = self._rate.add(self.clock(), done)
+        state.speed = self._rate.add(self.clock(), self._transferred)
         remaining = state.bytes_total - done
         state.eta = remaining / state.speed if state.speed > 0 and remaining > 0 else None
         if state.bytes_total:
@@ -119,6 +128,36 @@ class StepReporter:
         if message is not None:
             self.state.message = message
         self.sink(self.state)
+
+
+class FileBar:
+    """One file's download as a stretch of its step's bar: the file's bytes shifted by `offset`,
+    against the step's `total` (several files, one bar) or, without one, the file's own size.
+    Has the reporting methods of StepReporter that the Downloader uses."""
+
+    def __init__(self, reporter: StepReporter, offset: int = 0, total: Optional[int] = None):
+        self.reporter, self.offset, self.total = reporter, offset, total
+
+    def update(self, *, message: Optional[str] = None, bytes_done: Optional[int] = None,
+               bytes_total: Optional[int] = None) -> None:
+        self.reporter.update(message=message, bytes_done=self._shifted(bytes_done),
+                             bytes_total=self.total or bytes_total)
+
+    def skip_to(self, bytes_done: int, *, bytes_total: Optional[int] = None, message: Optional[str] = None) -> None:
+        self.reporter.skip_to(self._shifted(bytes_done), bytes_total=self.total or bytes_total, message=message)
+
+    def _shifted(self, done: Optional[int]) -> Optional[int]:
+        return None if done is None else self.offset + done
+
+
+class Quiet:
+    """Reports to no one: a Downloader used without a front (bench, scripts)."""
+
+    def update(self, **changes) -> None:
+        pass
+
+    def skip_to(self, bytes_done: int, **changes) -> None:
+        pass
 
 
 def human_bytes(count: Optional[float]) -> str:
