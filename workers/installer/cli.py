@@ -23,6 +23,8 @@ def add_install_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--manifest", default="", help="manifest JSON (default: deploy/comfyui-manifest.json)")
     parser.add_argument("--skip-models", action="store_true", help="do not download the models")
     parser.add_argument("--with-optional", action="store_true", help="also download the optional models")
+    parser.add_argument("--verify-all", action="store_true",
+                        help="re-hash every model in place (a mismatch is downloaded again), trusting no record")
     parser.add_argument("--no-service", action="store_true", help="no service/startup entry, no shortcut")
     parser.add_argument("--no-start", action="store_true", help="do not start ComfyUI (nor verify it)")
     parser.add_argument("--yes", "-y", action="store_true", help="do not ask before installing")
@@ -35,7 +37,8 @@ def add_install_arguments(parser: argparse.ArgumentParser) -> None:
 def options_from_args(args) -> Options:
     return Options(path=args.path, manifest=args.manifest, skip_models=args.skip_models,
                    with_optional=args.with_optional, service=not args.no_service, start=not args.no_start,
-                   host=args.host, port=args.port, torch=args.torch, python=args.python)
+                   host=args.host, port=args.port, torch=args.torch, python=args.python,
+                   verify_all=args.verify_all)
 
 
 def main(argv=None) -> int:

@@ -60,6 +60,7 @@ class Options:
     torch: str = ""  # override the detected PyTorch build (cu128, rocm7.2, cpu...)
     python: str = ""  # interpreter for ComfyUI's venv (default: the one running the installer)
     start_timeout: float = 300.0  # the first start compiles and loads a lot
+    verify_all: bool = False  # re-hash every model in place, trusting no recorded fingerprint
 
     @classmethod
     def from_dict(cls, data: dict) -> "Options":

@@ -1,10 +1,12 @@
 """The eight steps. Each takes the Installer (options, hooks, layout, what earlier steps
 found) and its StepReporter, and ends by calling `finish` (done or skipped) or by raising
 Failure / Paused / Cancelled. Every step is a no-op when its work is already done."""
+import os
 import shutil
 import sys
 import tarfile
 import zipfile
+from dataclasses import dataclass
 
 from . import autostart, launch
 from .archive import extract_archive
@@ -114,47 +116,77 @@ def step_models(inst, r) -> None:
     models = inst.models
     if not models:
         return r.finish(SKIPPED, "the manifest lists no models")
-    total, done, fetched = sum(m.size for m in models), 0, 0
+    total, done, tally = sum(m.size for m in models), 0, _Tally()
     for artifact in models:
-        if not _in_place(inst, artifact, r):
-            r.update(bytes_done=done, bytes_total=total, message=f"Downloading {artifact.name}")
+        present = model_path(inst.layout, artifact).exists()
+        if not _in_place(inst, artifact, r, tally):
+            r.skip_to(done, bytes_total=total, message=f"Downloading {artifact.name}")
             inst.downloader(r, artifact.name, offset=done, total=total).fetch(
                 Item(url=artifact.url, dest=model_path(inst.layout, artifact), sha256=artifact.sha256,
                      size=artifact.size, label=artifact.name))
             _remember_verified(inst, artifact)
-            fetched += 1
-        done += artifact.size
-        r.update(bytes_done=done, bytes_total=total, message=f"{artifact.name}: in place and verified")
-    if not fetched:
-        return r.finish(SKIPPED, f"all {len(models)} model(s) already in place and verified")
-    r.finish(DONE, f"{len(models)} model(s) in place, SHA-256 verified ({human_bytes(total)})")
+            tally.fetched, tally.replaced = tally.fetched + 1, tally.replaced + present
+        done += artifact.size  # not transferred now when it was in place: kept out of the speed
+        r.skip_to(done, bytes_total=total, message=f"{artifact.name}: in place and verified")
+    r.finish(*_models_outcome(models, total, tally))
 
 
-def _in_place(inst, artifact, r) -> bool:
-    """Already there and verified: by the record of an earlier check (same size and mtime)
-    or, failing that, by hashing it now."""
+@dataclass
+class _Tally:
+    """What the models step did, for its last message."""
+
+    rehashed: int = 0  # files hashed now: no record vouched for them, or --verify-all
+    replaced: int = 0  # files there that did not match, replaced by a verified download
+    fetched: int = 0  # files downloaded (missing ones and replacements)
+
+
+def _models_outcome(models, total: int, tally: _Tally) -> tuple:
+    checked = f"; {tally.rehashed} re-hashed, {tally.replaced} replaced" if tally.rehashed or tally.replaced else ""
+    if not tally.fetched:
+        return SKIPPED, f"all {len(models)} model(s) already in place and verified{checked}"
+    return DONE, f"{len(models)} model(s) in place, SHA-256 verified ({human_bytes(total)}){checked}"
+
+
+def _in_place(inst, artifact, r, tally: _Tally) -> bool:
+    """Already there and verified: by the record of an earlier check (the same fingerprint)
+    unless --verify-all trusts no record, or else by hashing it now."""
     path = model_path(inst.layout, artifact)
     if not path.exists() or path.stat().st_size != artifact.size:
         return False
-    if inst.verified.get(artifact.relative_path) == _fingerprint(path, artifact):
+    if not inst.options.verify_all and inst.verified.get(artifact.relative_path) == _fingerprint(path, artifact):
         return True
 
     def hashing(done: int) -> None:  # also keeps the heartbeat going through a long hash
         r.update(message=f"{artifact.name}: checking the file already there ({100 * done // artifact.size}%)")
+    tally.rehashed += 1
     if file_sha256(path, progress=hashing) != artifact.sha256:
+        _forget_verified(inst, artifact)  # should its replacement fail, no record may vouch for it
         return False  # replaced by a verified download; the old file stays until then
     _remember_verified(inst, artifact)
     return True
 
 
 def _fingerprint(path, artifact) -> dict:
+    """What must stay the same for a recorded check to vouch for the file. On POSIX this
+    includes the inode change time, which every write and every utime() set to "now" and no
+    call can set back (so a corruption that restores the mtime still shows), and the inode (a
+    file swapped in by a rename). Windows has neither in that sense (its st_ctime is the
+    creation time): there size and mtime must do, and --verify-all is the way to be sure."""
     stat = path.stat()
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": artifact.sha256}
+    fingerprint = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": artifact.sha256}
+    if os.name != "nt":
+        fingerprint.update(ctime_ns=stat.st_ctime_ns, inode=stat.st_ino)
+    return fingerprint
 
 
 def _remember_verified(inst, artifact) -> None:
     inst.verified[artifact.relative_path] = _fingerprint(model_path(inst.layout, artifact), artifact)
     inst.layout.update_state(verified=inst.verified)
+
+
+def _forget_verified(inst, artifact) -> None:
+    if inst.verified.pop(artifact.relative_path, None) is not None:
+        inst.layout.update_state(verified=inst.verified)
 
 
 def step_environment(inst, r) -> None:
