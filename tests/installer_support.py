@@ -290,7 +290,8 @@ class FakeRunner:
         self.torch_found = torch_found or {"torch": "2.12.1+cpu", "cuda": None, "hip": None, "gpu": False}
         self.fail = fail  # a substring: the command containing it exits 1
 
-    def __call__(self, args, *, cwd=None, env=None, timeout=None, on_line=None, tick=None, tick_every=2.0):
+    def __call__(self, args, *, cwd=None, env=None, timeout=None, on_line=None, tick=None, tick_every=2.0,
+                 on_start=None):
         args = [str(a) for a in args]
         self.commands.append(args)
         if self.fail and self.fail in " ".join(args):

@@ -4,8 +4,9 @@
     <path>/venv/               ComfyUI's Python environment
     <path>/downloads/          the release archive while it downloads (deleted once extracted)
     <path>/logs/comfyui.log    output of a ComfyUI started by the installer
+    <path>/logs/install.log    every command the installer ran (venv, pip, checks, services) and its output
     <path>/start-comfyui.sh|.ps1
-    <path>/.comfy-hybrid/      state.json (verified files, service), lock
+    <path>/.comfy-hybrid/      state.json (verified files, service), lock, children/ (commands running)
 """
 import contextlib
 import json
@@ -45,6 +46,14 @@ class Layout:
     @property
     def log_file(self) -> Path:
         return self.root / "logs" / "comfyui.log"
+
+    @property
+    def install_log(self) -> Path:
+        return self.root / "logs" / "install.log"
+
+    @property
+    def children_dir(self) -> Path:
+        return self.root / ".comfy-hybrid" / "children"
 
     @property
     def pid_file(self) -> Path:

@@ -10,7 +10,7 @@ import contextlib
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -18,6 +18,8 @@ import requests
 
 from . import steps
 from .autostart import Launch
+from .children import end_leftovers, recorded
+from .commandlog import logged, note
 from .detect.probe import SystemInfo, current_os, probe_system
 from .download import Downloader, Policy
 from .errors import Cancelled, Failure, InstallError, Paused
@@ -104,6 +106,8 @@ class Installer:
         self.options = options
         self.hooks = hooks or Hooks()
         self.layout = Layout(options.install_dir, self.hooks.os_name or current_os())
+        # Every command any step runs is logged in full and recorded while it runs (children.py).
+        self.hooks = replace(self.hooks, run=logged(recorded(self.hooks.run, self.layout), self.layout.install_log))
         self.states = [StepState(name, title) for name, title in STEPS]
         self.manifest = self.system = self.build = self.plan = self.stats = None
         self.verified = self.layout.read_state().get("verified", {})
@@ -131,6 +135,7 @@ class Installer:
             except Failure as failure:
                 raise InstallError("check", failure.cause, failure.fix)
             self._locked = True
+            _end_leftovers(self.layout)
             try:
                 yield
             finally:
@@ -195,6 +200,13 @@ class Installer:
         """A Downloader whose progress lands on this step (offset/total: several files, one bar)."""
         return Downloader(session=self.hooks.session, policy=self.hooks.policy, control=self.hooks.control,
                           progress=FileBar(reporter, offset, total), sleep=self.hooks.sleep)
+
+
+def _end_leftovers(layout: Layout) -> None:
+    """A command still running from an installer that was killed (children.py)."""
+    for pid in end_leftovers(layout):
+        note(layout.install_log, f"ended process {pid}, left running in {layout.venv_dir} by an installer "
+                                 "that was stopped")
 
 
 def overall_progress(states: list) -> int:
