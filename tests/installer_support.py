@@ -285,10 +285,11 @@ def write_manifest(path: Path, release_url: str, release: bytes, models: list) -
 class FakeRunner:
     """Stands in for venv/pip/systemctl: records every command, answers like the real ones."""
 
-    def __init__(self, torch_found: Optional[dict] = None, fail: str = ""):
+    def __init__(self, torch_found: Optional[dict] = None, fail: str = "", answers: Optional[dict] = None):
         self.commands = []
         self.torch_found = torch_found or {"torch": "2.12.1+cpu", "cuda": None, "hip": None, "gpu": False}
         self.fail = fail  # a substring: the command containing it exits 1
+        self.answers = answers or {}  # command prefix -> [Completed, ...] given in turn, the last one repeated
 
     def __call__(self, args, *, cwd=None, env=None, timeout=None, on_line=None, tick=None, tick_every=2.0,
                  on_start=None):
@@ -296,6 +297,9 @@ class FakeRunner:
         self.commands.append(args)
         if self.fail and self.fail in " ".join(args):
             return Completed(1, "ERROR: simulated failure\n")
+        for prefix, replies in self.answers.items():
+            if " ".join(args).startswith(prefix):
+                return replies.pop(0) if len(replies) > 1 else replies[0]
         if args[1:3] == ["-m", "venv"]:
             return self._make_venv(Path(args[3]))
         if "-c" in args:
@@ -320,6 +324,10 @@ class FakeRunner:
     def pip_installs(self) -> list:
         return [c for c in self.commands if c[1:4] == ["-m", "pip", "install"]]
 
+    def asked(self, prefix: str) -> int:
+        """How many commands started with `prefix`."""
+        return sum(" ".join(c).startswith(prefix) for c in self.commands)
+
 
 def cpu_machine() -> SystemInfo:
     return SystemInfo(os="linux", arch="x86_64", gpus=[])
@@ -337,6 +345,7 @@ def free_port() -> int:
 
 
 def hooks_for(tmp_path: Path, runner: FakeRunner, *, free: int = 100 * GIB, probe=cpu_machine, **extra) -> Hooks:
+    extra = {"as_root": False, "system_units": tmp_path / "etc-systemd-system", **extra}  # tests run as root here
     return Hooks(run=runner, probe=probe, free_space=lambda path: free, home=tmp_path / "home", os_name="linux",
                  policy=Policy(chunk_size=TEST_CHUNK, retries=3, backoff_base=0.01, backoff_max=0.05,
                                connect_timeout=2, read_timeout=3), **extra)

@@ -1,27 +1,82 @@
 """Start scripts, service registration and desktop shortcuts, per platform.
 
 * Linux: a systemd *user* unit (~/.config/systemd/user), enabled; no root needed. It starts
-  with the user's session (`loginctl enable-linger` makes it start at boot).
+  with the user's session (`loginctl enable-linger` makes it start at boot). Run as root (or
+  with --system-service), a *system* unit (/etc/systemd/system) that runs as the folder's owner.
 * macOS: a launchd agent (~/Library/LaunchAgents), loaded with `launchctl bootstrap`.
 * Windows: an NSSM service when `nssm` is on PATH (needs an elevated shell), otherwise a
   scheduled task at logon that runs the PowerShell start script.
 Shortcuts open the ComfyUI page: a .desktop entry, a .webloc, or a .url file on the Desktop.
+Every name is the install's own (`ServiceNames`): one global name let a second install
+silently repoint the first one's service.
 The render functions are pure (tests read their output); `register` runs the commands.
 """
+import hashlib
 import os
 import plistlib
+import re
 import shlex
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from .errors import Failure
 from .layout import Layout, write_if_changed
 from .runner import CommandRunner
 
-UNIT_NAME = "comfy-hybrid-comfyui.service"
-LAUNCHD_LABEL = "org.comfyhybrid.comfyui"
-WINDOWS_NAME = "ComfyHybridComfyUI"
+SYSTEM_UNIT_DIR = Path("/etc/systemd/system")
+OWN_FLAGS = ("--listen", "--port", "--preview-method", "--cpu")  # what Launch.comfy_args sets
+
+
+def running_as_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def _resolved(path):
+    """The folder as the OS resolves it (links followed; a PureWindowsPath in tests stays as written)."""
+    return path.resolve() if isinstance(path, Path) else path
+
+
+@dataclass(frozen=True)
+class ServiceNames:
+    """The names of one install's service and shortcuts: a readable slug of the folder name
+    plus a short hash of its resolved path (~/comfyui: comfyui-3f9a1c), so two folders never
+    share a name and the name still says which folder it runs."""
+
+    slug: str
+    digest: str
+
+    @classmethod
+    def of(cls, layout: Layout) -> "ServiceNames":
+        folder = _resolved(layout.root)
+        key = str(folder).lower() if layout.os_name == "windows" else str(folder)  # NTFS ignores case
+        slug = re.sub(r"[^a-z0-9]+", "-", folder.name.lower()).strip("-")[:24].strip("-") or "comfyui"
+        return cls(slug, hashlib.sha256(key.encode()).hexdigest()[:6])
+
+    @property
+    def install_id(self) -> str:
+        return f"{self.slug}-{self.digest}"
+
+    @property
+    def unit(self) -> str:
+        return f"comfy-hybrid-comfyui-{self.install_id}.service"
+
+    @property
+    def desktop(self) -> str:
+        return f"comfy-hybrid-comfyui-{self.install_id}.desktop"
+
+    @property
+    def launchd_label(self) -> str:
+        return f"org.comfyhybrid.comfyui.{self.install_id}"
+
+    @property
+    def windows(self) -> str:
+        return f"ComfyHybridComfyUI-{self.install_id}"
+
+    @property
+    def title(self) -> str:
+        return f"ComfyUI ({self.install_id})"
 
 
 @dataclass(frozen=True)
@@ -45,8 +100,59 @@ class Launch:
                 + (["--cpu"] if self.cpu_only else []))
 
     @property
+    def main(self) -> str:
+        """By its absolute path everywhere: ComfyUI's /system_stats argv then names this install."""
+        return str(self.layout.comfy_dir / "main.py")
+
+    @property
     def argv(self) -> list:
-        return [str(self.layout.python), str(self.layout.comfy_dir / "main.py"), *self.comfy_args]
+        return [str(self.layout.python), self.main, *self.comfy_args]
+
+    @property
+    def names(self) -> ServiceNames:
+        return ServiceNames.of(self.layout)
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Where a systemd unit lives and who runs it. A user unit starts with the user's own
+    service manager, where network-online.target does not exist; a system unit starts at boot,
+    after the network, as `user`."""
+
+    system: bool
+    unit_dir: Path
+    user: str = ""
+
+    @property
+    def name(self) -> str:
+        return "system" if self.system else "user"
+
+    @property
+    def flags(self) -> list:
+        """For systemctl and journalctl: the user manager needs --user, the system one nothing."""
+        return [] if self.system else ["--user"]
+
+
+def user_scope(home: Path) -> Scope:
+    return Scope(False, home / ".config" / "systemd" / "user")
+
+
+def system_scope(unit_dir: Path, root: Path, as_root: bool) -> Scope:
+    if not as_root:
+        raise Failure(f"a system service (--system-service) is written to {unit_dir}, which needs root",
+                      "run the installer as root (sudo), or without --system-service for a user service")
+    return Scope(True, unit_dir, owner_of(root))
+
+
+def owner_of(folder: Path) -> str:
+    """Who a system unit runs ComfyUI as: the install folder's owner (systemd takes a uid too)."""
+    uid = folder.stat().st_uid
+    try:
+        import pwd  # POSIX only, like system units
+
+        return pwd.getpwuid(uid).pw_name
+    except (ImportError, KeyError):
+        return str(uid)
 
 
 @dataclass
@@ -55,6 +161,13 @@ class Registration:
     start_command: list = field(default_factory=list)
     files: list = field(default_factory=list)
     message: str = ""
+    name: str = ""  # the unit, label or Windows name: what verify asks about
+    scope: str = ""  # systemd: user | system
+
+    def record(self) -> dict:
+        """What the install's state keeps (verify starts and watches the service with it)."""
+        return {"manager": self.manager, "start_command": self.start_command, "name": self.name,
+                "scope": self.scope}
 
 
 def render_start_sh(launch: Launch) -> str:
@@ -63,7 +176,8 @@ def render_start_sh(launch: Launch) -> str:
             "# Starts ComfyUI as installed by Comfy Hybrid (deploy/INSTALLER.md).\n"
             "# Extra arguments are passed to ComfyUI, e.g. ./start-comfyui.sh --lowvram\n"
             f"cd {shlex.quote(str(layout.comfy_dir))} || exit 1\n"
-            f"exec {shlex.quote(str(layout.python))} main.py {' '.join(map(shlex.quote, launch.comfy_args))} \"$@\"\n")
+            f"exec {shlex.quote(str(layout.python))} {shlex.quote(launch.main)} "
+            f"{' '.join(map(shlex.quote, launch.comfy_args))} \"$@\"\n")
 
 
 def _ps_quote(text: str) -> str:
@@ -76,7 +190,8 @@ def render_start_ps1(launch: Launch) -> str:
             "# Extra arguments are passed to ComfyUI, e.g. .\\start-comfyui.ps1 --lowvram\n"
             "$ErrorActionPreference = 'Stop'\n"
             f"Set-Location -LiteralPath {_ps_quote(str(layout.comfy_dir))}\n"
-            f"& {_ps_quote(str(layout.python))} main.py {' '.join(map(_ps_quote, launch.comfy_args))} @args\n"
+            f"& {_ps_quote(str(layout.python))} {_ps_quote(launch.main)} "
+            f"{' '.join(map(_ps_quote, launch.comfy_args))} @args\n"
             "exit $LASTEXITCODE\n")
 
 
@@ -85,26 +200,32 @@ def _systemd_quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%") + '"'
 
 
-def render_systemd_unit(launch: Launch) -> str:
-    layout = launch.layout
+def render_systemd_unit(launch: Launch, scope: Optional[Scope] = None) -> str:
+    """A user unit unless `scope` says system."""
+    layout, system = launch.layout, bool(scope and scope.system)
     return ("[Unit]\n"
-            "Description=ComfyUI (installed by Comfy Hybrid)\n"
-            "After=network-online.target\n\n"
-            "[Service]\n"
+            f"Description=ComfyUI {launch.names.install_id} (installed by Comfy Hybrid)\n"
+            + ("Wants=network-online.target\nAfter=network-online.target\n" if system else "")
+            + "\n[Service]\n"
             "Type=simple\n"
-            f"WorkingDirectory={str(layout.comfy_dir).replace('%', '%%')}\n"
+            + (f"User={scope.user}\n" if system else "")
+            + f"WorkingDirectory={systemd_path(layout.comfy_dir)}\n"
             f"ExecStart={' '.join(map(_systemd_quote, launch.argv))}\n"
             "Environment=PYTHONUNBUFFERED=1\n"
             "Restart=on-failure\n"
             "RestartSec=5\n\n"
             "[Install]\n"
-            "WantedBy=default.target\n")
+            f"WantedBy={'multi-user.target' if system else 'default.target'}\n")
+
+
+def systemd_path(path) -> str:
+    return str(path).replace("%", "%%")
 
 
 def render_launchd_plist(launch: Launch) -> bytes:
     log = str(launch.layout.log_file)
     return plistlib.dumps({
-        "Label": LAUNCHD_LABEL,
+        "Label": launch.names.launchd_label,
         "ProgramArguments": launch.argv,
         "WorkingDirectory": str(launch.layout.comfy_dir),
         "RunAtLoad": True,
@@ -118,7 +239,7 @@ def render_launchd_plist(launch: Launch) -> bytes:
 def render_desktop_entry(launch: Launch) -> str:
     return ("[Desktop Entry]\n"
             "Type=Application\n"
-            "Name=ComfyUI\n"
+            f"Name={launch.names.title}\n"
             "Comment=Open the local ComfyUI installed by Comfy Hybrid\n"
             f"Exec=xdg-open {launch.url}/\n"
             "Icon=applications-graphics\n"
@@ -137,17 +258,17 @@ def render_webloc(launch: Launch) -> bytes:
 def schtasks_command(launch: Launch) -> list:
     script = str(launch.layout.start_script)
     action = f'powershell.exe -NoProfile -ExecutionPolicy Bypass -WindowStyle Hidden -File "{script}"'
-    return ["schtasks", "/Create", "/F", "/TN", WINDOWS_NAME, "/SC", "ONLOGON", "/RL", "LIMITED", "/TR", action]
+    return ["schtasks", "/Create", "/F", "/TN", launch.names.windows, "/SC", "ONLOGON", "/RL", "LIMITED", "/TR", action]
 
 
 def nssm_commands(launch: Launch) -> list:
     python, *arguments = launch.argv
-    log = str(launch.layout.log_file)
-    return [["nssm", "install", WINDOWS_NAME, python, *arguments],
-            ["nssm", "set", WINDOWS_NAME, "AppDirectory", str(launch.layout.comfy_dir)],
-            ["nssm", "set", WINDOWS_NAME, "AppStdout", log],
-            ["nssm", "set", WINDOWS_NAME, "AppStderr", log],
-            ["nssm", "set", WINDOWS_NAME, "Start", "SERVICE_AUTO_START"]]
+    name, log = launch.names.windows, str(launch.layout.log_file)
+    return [["nssm", "install", name, python, *arguments],
+            ["nssm", "set", name, "AppDirectory", str(launch.layout.comfy_dir)],
+            ["nssm", "set", name, "AppStdout", log],
+            ["nssm", "set", name, "AppStderr", log],
+            ["nssm", "set", name, "Start", "SERVICE_AUTO_START"]]
 
 
 def write_start_script(launch: Launch) -> Path:
@@ -159,72 +280,85 @@ def write_start_script(launch: Launch) -> Path:
     return path
 
 
-def register(launch: Launch, home: Path, run: CommandRunner) -> Registration:
-    """Register the service and create the shortcut for this platform."""
+def register(launch: Launch, home: Path, run: CommandRunner, scope: Optional[Scope] = None) -> Registration:
+    """Register the service and create the shortcut for this platform (`scope`: systemd's,
+    a user unit under `home` unless told otherwise)."""
     launch.layout.log_file.parent.mkdir(parents=True, exist_ok=True)
     os_name = launch.layout.os_name
-    registration = {"linux": _register_systemd, "darwin": _register_launchd}.get(os_name, _register_windows)(
-        launch, home, run)
+    if os_name == "linux":
+        registration = _register_systemd(launch, run, scope or user_scope(home))
+    else:
+        registration = (_register_launchd if os_name == "darwin" else _register_windows)(launch, home, run)
     shortcut = _write_shortcut(launch, home)
     if shortcut:
         registration.files.append(str(shortcut))
     return registration
 
 
-def _register_systemd(launch: Launch, home: Path, run: CommandRunner) -> Registration:
-    unit = home / ".config" / "systemd" / "user" / UNIT_NAME
-    write_if_changed(unit, render_systemd_unit(launch))
-    if run(["systemctl", "--user", "show-environment"], timeout=30).code != 0:
-        return Registration(files=[str(unit)], message=f"wrote {unit}, but no systemd user session is available "
-                            f"here: start ComfyUI with {launch.layout.start_script}")
-    for command in (["systemctl", "--user", "daemon-reload"], ["systemctl", "--user", "enable", UNIT_NAME]):
+def _register_systemd(launch: Launch, run: CommandRunner, scope: Scope) -> Registration:
+    name, systemctl = launch.names.unit, ["systemctl", *scope.flags]
+    unit = scope.unit_dir / name
+    write_if_changed(unit, render_systemd_unit(launch, scope))
+    if run([*systemctl, "show-environment"], timeout=30).code != 0:
+        manager = "systemd is not running here" if scope.system else "no systemd user session is available here"
+        return Registration(files=[str(unit)], message=f"wrote {unit}, but {manager}: start ComfyUI with "
+                                                       f"{launch.layout.start_script}")
+    for command in ([*systemctl, "daemon-reload"], [*systemctl, "enable", name]):
         _must(run(command, timeout=60), command)
-    return Registration("systemd", ["systemctl", "--user", "restart", UNIT_NAME], [str(unit)],
-                        f"enabled {UNIT_NAME} (to start at boot without logging in: loginctl enable-linger)")
+    started = (f"the system service {name} (starts at boot as {scope.user})" if scope.system else
+               f"{name} (to start at boot without logging in: loginctl enable-linger)")
+    return Registration("systemd", [*systemctl, "restart", name], [str(unit)], f"enabled {started}", name,
+                        scope.name)
+
+
+def launchd_domain() -> str:
+    return f"gui/{os.getuid()}" if hasattr(os, "getuid") else "gui/0"
 
 
 def _register_launchd(launch: Launch, home: Path, run: CommandRunner) -> Registration:
-    plist = home / "Library" / "LaunchAgents" / f"{LAUNCHD_LABEL}.plist"
+    label = launch.names.launchd_label
+    plist = home / "Library" / "LaunchAgents" / f"{label}.plist"
     plist.parent.mkdir(parents=True, exist_ok=True)
     if not plist.exists() or plist.read_bytes() != render_launchd_plist(launch):
         plist.write_bytes(render_launchd_plist(launch))
-    domain = f"gui/{os.getuid()}" if hasattr(os, "getuid") else "gui/0"
-    run(["launchctl", "bootout", f"{domain}/{LAUNCHD_LABEL}"], timeout=60)  # not loaded yet is fine
-    command = ["launchctl", "bootstrap", domain, str(plist)]
+    target = f"{launchd_domain()}/{label}"
+    run(["launchctl", "bootout", target], timeout=60)  # not loaded yet is fine
+    command = ["launchctl", "bootstrap", launchd_domain(), str(plist)]
     _must(run(command, timeout=60), command)
-    return Registration("launchd", ["launchctl", "kickstart", "-k", f"{domain}/{LAUNCHD_LABEL}"], [str(plist)],
-                        f"loaded launchd agent {LAUNCHD_LABEL}")
+    return Registration("launchd", ["launchctl", "kickstart", "-k", target], [str(plist)],
+                        f"loaded launchd agent {label}", label)
 
 
 def _register_windows(launch: Launch, home: Path, run: CommandRunner) -> Registration:
+    name = launch.names.windows
     if shutil.which("nssm"):
-        run(["nssm", "stop", WINDOWS_NAME], timeout=60)
-        run(["nssm", "remove", WINDOWS_NAME, "confirm"], timeout=60)  # re-create: settings may have changed
+        run(["nssm", "stop", name], timeout=60)
+        run(["nssm", "remove", name, "confirm"], timeout=60)  # re-create: settings may have changed
         for command in nssm_commands(launch):
             _must(run(command, timeout=60), command)
-        return Registration("nssm", ["nssm", "start", WINDOWS_NAME], [], f"installed service {WINDOWS_NAME} (NSSM)")
+        return Registration("nssm", ["nssm", "start", name], [], f"installed service {name} (NSSM)", name)
     command = schtasks_command(launch)
     _must(run(command, timeout=60), command)
-    return Registration("schtasks", ["schtasks", "/Run", "/TN", WINDOWS_NAME], [],
-                        f"created scheduled task {WINDOWS_NAME} (runs at logon)")
+    return Registration("schtasks", ["schtasks", "/Run", "/TN", name], [],
+                        f"created scheduled task {name} (runs at logon)", name)
 
 
 def _write_shortcut(launch: Launch, home: Path):
-    desktop = home / "Desktop"
+    desktop, names = home / "Desktop", launch.names
     os_name = launch.layout.os_name
     if os_name == "linux":
-        entry = home / ".local" / "share" / "applications" / "comfy-hybrid-comfyui.desktop"
+        entry = home / ".local" / "share" / "applications" / names.desktop
         write_if_changed(entry, render_desktop_entry(launch), mode=0o755)
         if desktop.is_dir():
-            write_if_changed(desktop / "comfy-hybrid-comfyui.desktop", render_desktop_entry(launch), mode=0o755)
+            write_if_changed(desktop / names.desktop, render_desktop_entry(launch), mode=0o755)
         return entry
     if not desktop.is_dir():
         return None
     if os_name == "darwin":
-        path = desktop / "ComfyUI.webloc"
+        path = desktop / f"{names.title}.webloc"
         path.write_bytes(render_webloc(launch))
         return path
-    path = desktop / "ComfyUI.url"
+    path = desktop / f"{names.title}.url"
     write_if_changed(path, render_url_shortcut(launch))
     return path
 

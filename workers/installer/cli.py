@@ -27,6 +27,8 @@ def add_install_arguments(parser: argparse.ArgumentParser) -> None:
                         help="re-hash every model in place (a mismatch is downloaded again), trusting no record")
     parser.add_argument("--no-service", action="store_true", help="no service/startup entry, no shortcut")
     parser.add_argument("--no-start", action="store_true", help="do not start ComfyUI (nor verify it)")
+    parser.add_argument("--system-service", action="store_true",
+                        help="Linux: a system unit that starts at boot (needs root; the default as root)")
     parser.add_argument("--yes", "-y", action="store_true", help="do not ask before installing")
     parser.add_argument("--host", default="127.0.0.1", help="address ComfyUI listens on")
     parser.add_argument("--port", type=int, default=8188, help="port ComfyUI listens on")
@@ -36,7 +38,8 @@ def add_install_arguments(parser: argparse.ArgumentParser) -> None:
 
 def options_from_args(args) -> Options:
     return Options(path=args.path, manifest=args.manifest, skip_models=args.skip_models,
-                   with_optional=args.with_optional, service=not args.no_service, start=not args.no_start,
+                   with_optional=args.with_optional, service=not args.no_service,
+                   system_service=args.system_service, start=not args.no_start,
                    host=args.host, port=args.port, torch=args.torch, python=args.python,
                    verify_all=args.verify_all)
 

@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import requests
 
 from . import steps
-from .autostart import Launch
+from .autostart import SYSTEM_UNIT_DIR, Launch, running_as_root
 from .children import end_leftovers, recorded
 from .commandlog import logged, note
 from .detect.probe import SystemInfo, current_os, probe_system
@@ -56,6 +56,7 @@ class Options:
     skip_models: bool = False
     with_optional: bool = False
     service: bool = True
+    system_service: bool = False  # Linux: a system unit (needs root; as root it is the default)
     start: bool = True
     host: str = "127.0.0.1"
     port: int = 8188
@@ -97,6 +98,8 @@ class Hooks:
     on_plan: Optional[Callable[[dict], None]] = None
     confirm: Optional[Callable[[dict], bool]] = None  # asked after the check; False cancels
     home: Path = field(default_factory=Path.home)  # where services and shortcuts are written
+    as_root: bool = field(default_factory=running_as_root)  # then the systemd unit is a system one
+    system_units: Path = SYSTEM_UNIT_DIR
     os_name: str = ""
     sleep: Callable[[float], None] = time.sleep
 
