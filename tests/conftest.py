@@ -156,6 +156,19 @@ def fake_comfyui():
     fake.stop()
 
 
+@pytest.fixture
+def installers():
+    """Installers an installer test makes (it appends them); any ComfyUI they started is
+    stopped afterwards."""
+    from workers.installer import launch
+
+    made = []
+    yield made
+    for installer in made:
+        if installer.build is not None:
+            launch.stop(installer.launch)
+
+
 _worker_numbers = itertools.count()
 
 

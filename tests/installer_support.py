@@ -7,7 +7,10 @@
   Authorization header.
 * loopback_names: host names ("huggingface.co") that resolve to 127.0.0.1 for one test.
 * recording_reporter: a StepReporter that keeps every state it reports, on a ticking clock.
-* A stand-in "ComfyUI" release: a tar.gz whose main.py answers /system_stats on --port.
+* A stand-in "ComfyUI" release: a tar.gz whose main.py answers /system_stats on --port and,
+  like ComfyUI's, exits 0 after its start-up checks with --quick-test-for-ci; variants of
+  main.py that miss a module at once (MISSING_MODULE_MAIN) or only once serving
+  (CRASHES_WHEN_SERVING_MAIN).
 * FakeRunner: records venv/pip/service commands instead of installing PyTorch; it creates a
   venv whose python is this interpreter, so the start step runs the stand-in for real.
 """
@@ -223,7 +226,11 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--listen", default="127.0.0.1")
 parser.add_argument("--port", type=int, default=8188)
 parser.add_argument("--cpu", action="store_true")
+parser.add_argument("--quick-test-for-ci", action="store_true")
 args, _ = parser.parse_known_args()
+if args.quick_test_for_ci:
+    print("stand-in ComfyUI start-up check passed:", json.dumps(sys.argv), flush=True)
+    sys.exit(0)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -247,6 +254,22 @@ class Handler(BaseHTTPRequestHandler):
 print("stand-in ComfyUI listening", flush=True)
 HTTPServer((args.listen, args.port), Handler).serve_forever()
 '''
+
+
+MISSING_MODULE = "comfy_hybrid_missing_dependency"
+# Fails the start-up check and the server alike, as ComfyUI does when a package is missing.
+MISSING_MODULE_MAIN = f"import {MISSING_MODULE}\n" + STANDIN_MAIN
+# Passes the start-up check, then (serving) prints a traceback, more lines, and exits 3.
+CRASHES_WHEN_SERVING_MAIN = STANDIN_MAIN.replace('print("stand-in ComfyUI listening", flush=True)', f'''
+import traceback
+try:
+    import {MISSING_MODULE}
+except ImportError:
+    traceback.print_exc()
+for number in range(12):
+    print(f"loading node pack {{number}}: ok", flush=True)
+sys.exit(3)
+''')
 
 
 def tar_gz(members: dict, links: Optional[dict] = None) -> bytes:

@@ -28,16 +28,6 @@ def artifact_server():
         yield server
 
 
-@pytest.fixture
-def installers():
-    """Installers made by a test; any ComfyUI they started is stopped afterwards."""
-    made = []
-    yield made
-    for installer in made:
-        if installer.build is not None:
-            launch.stop(installer.launch)
-
-
 def installer_for(installers, site, tmp_path, runner=None, hooks=None, same_as=None, **options):
     runner = runner or FakeRunner()
     chosen = same_as.options if same_as else options_for(site, tmp_path, **options)
@@ -180,15 +170,19 @@ def test_a_venv_made_for_another_pytorch_build_is_rebuilt(artifact_server, tmp_p
     assert json.loads((tmp_path / "install" / "venv" / "comfy-hybrid-env.json").read_text())["build"] == "cu124"
 
 
-def test_a_port_taken_by_another_program_is_reported(artifact_server, tmp_path, installers):
+def test_a_port_taken_by_another_program_moves_comfyui_to_the_next_free_port(artifact_server, tmp_path, installers):
     site = make_site(artifact_server, tmp_path)
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
-        installer = installer_for(installers, site, tmp_path, port=squatter.getsockname()[1])
-        with pytest.raises(InstallError) as error:
-            installer.run()
-    assert error.value.step == "verify" and "not ComfyUI" in error.value.cause and "--port" in error.value.fix
+        taken = squatter.getsockname()[1]
+        installer = installer_for(installers, site, tmp_path, port=taken)
+        installer.run()
+        assert installer.port != taken and launch.system_stats(f"http://127.0.0.1:{installer.port}")
+    note = f"port {taken} is used by a program that is not ComfyUI"
+    assert note in installer.state("check").message and note in installer.outcome()
+    assert installer.plan["port"] == installer.port
+    assert installer.layout.read_state()["port"] == {"asked": taken, "chosen": installer.port}
 
 
 def test_a_comfyui_that_crashes_on_start_fails_verify_with_its_log(artifact_server, tmp_path, installers):

@@ -1,52 +1,45 @@
-"""Start ComfyUI and wait until it answers `GET /system_stats`; stop one we started."""
+"""Start ComfyUI and wait until it answers `GET /system_stats`; stop one we started.
+
+Before the server starts, ComfyUI's own start-up check runs (`main.py --quick-test-for-ci`,
+main.py: it imports everything, loads the custom nodes, then exits 0), so a missing package
+fails at once with its own error instead of as a server that never answers.
+"""
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import time
 from typing import Callable, Optional
 
-import requests
-
+from . import comfylog
 from .autostart import Launch
 from .errors import Failure
+from .identity import is_this_launch, system_stats
 from .progress import Control, check_control
 
-PROBE_TIMEOUT = 2.0
+QUICK_TEST = "--quick-test-for-ci"
+POLL_EVERY = 0.5
 # ComfyUI runs custom nodes (third-party code): started from a Celery worker, it gets the
 # worker's environment minus anything that looks like a secret or a connection string.
 _SECRET_HINTS = ("SECRET", "TOKEN", "PASSWORD", "API_KEY", "DATABASE_URL", "BROKER_URL", "REDIS_URL",
                  "RESULT_BACKEND", "BASIC_AUTH")
 
 
-def system_stats(url: str, timeout: float = PROBE_TIMEOUT) -> Optional[dict]:
-    """ComfyUI's answer, or None when nothing (or something else) answers."""
-    try:
-        response = requests.get(f"{url}/system_stats", timeout=timeout)
-        data = response.json() if response.status_code == 200 else None
-    except (requests.RequestException, ValueError):
-        return None
-    return data if isinstance(data, dict) and "system" in data else None
-
-
-def port_in_use(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(1)
-        return sock.connect_ex((host, port)) == 0
-
-
 def start_detached(launch: Launch) -> subprocess.Popen:
     """ComfyUI in its own session, so it outlives the installer (and a Celery worker restart)."""
+    process = _spawn(launch, launch.argv)
+    launch.layout.pid_file.parent.mkdir(parents=True, exist_ok=True)
+    launch.layout.pid_file.write_text(str(process.pid))
+    return process
+
+
+def _spawn(launch: Launch, argv: list) -> subprocess.Popen:
     layout = launch.layout
     layout.log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(layout.log_file, "ab") as log:
         options = {"creationflags": 0x00000008 | 0x00000200} if os.name == "nt" else {"start_new_session": True}
-        process = subprocess.Popen(launch.argv, cwd=layout.comfy_dir, stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, env=comfy_environment(), **options)
-    layout.pid_file.parent.mkdir(parents=True, exist_ok=True)
-    layout.pid_file.write_text(str(process.pid))
-    return process
+        return subprocess.Popen(argv, cwd=layout.comfy_dir, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=comfy_environment(), **options)
 
 
 def comfy_environment() -> dict:
@@ -55,25 +48,78 @@ def comfy_environment() -> dict:
     return env
 
 
+def startup_check(launch: Launch, *, timeout: float, control: Control, tick: Callable[[float], None],
+                  sleep=time.sleep) -> str:
+    """Run ComfyUI's start-up check with the server's own arguments. Returns the first error it
+    printed and survived ("" if none: a custom node that failed to import); raises when it fails."""
+    log = launch.layout.log_file
+    offset = comfylog.size(log)
+    process = _spawn(launch, [*launch.argv, QUICK_TEST])
+    try:
+        code = _poll(process.poll, timeout=timeout, control=control, tick=tick, sleep=sleep)
+    finally:
+        _kill_if_running(process)
+    output = comfylog.read_since(log, offset)
+    if code is None:
+        raise Failure(f"ComfyUI's start-up check (main.py {QUICK_TEST}) did not finish within {timeout:.0f} s",
+                      f"read {log}; run `{' '.join(process.args)}` yourself to see where it hangs")
+    if code != 0:
+        error = comfylog.quote_error(output)
+        raise Failure(f"ComfyUI's start-up check (main.py {QUICK_TEST}) failed with exit code {code}: {error}",
+                      comfylog.fix_for(error, str(launch.layout.python), f"the whole output is in {log}"))
+    return comfylog.first_error(output)
+
+
 def wait_until_up(launch: Launch, *, timeout: float, control: Control, tick: Callable[[float], None],
-                  process: Optional[subprocess.Popen] = None, sleep=time.sleep) -> dict:
-    started = time.monotonic()
-    while True:
+                  process: Optional[subprocess.Popen] = None, log_from: int = 0,
+                  watch: Optional[Callable[[], None]] = None, sleep=time.sleep) -> dict:
+    """Wait for this install's ComfyUI, with these settings, to answer. `watch` is called
+    between probes and raises when the service that starts it is failing (supervise.py)."""
+    def answered() -> Optional[dict]:
         stats = system_stats(launch.url)
-        if stats:
+        if is_this_launch(stats, launch):
             return stats
         if process is not None and process.poll() is not None:
-            raise Failure(f"ComfyUI exited with code {process.returncode} before answering: {_log_tail(launch)}",
-                          f"read {launch.layout.log_file}; fix what it says (often a GPU driver or a missing "
-                          "package), then run the installer again")
+            raise _exited(launch, process.returncode, log_from)
+        if watch is not None:
+            watch()
+        return None
+    stats = _poll(answered, timeout=timeout, control=control, tick=tick, sleep=sleep)
+    if stats is None:
+        raise Failure(f"this install's ComfyUI did not answer {launch.url}/system_stats within {timeout:.0f} s",
+                      f"read {launch.layout.log_file}; start it by hand with {launch.layout.start_script} "
+                      "to see what it prints")
+    return stats
+
+
+def _exited(launch: Launch, code: int, log_from: int) -> Failure:
+    log = launch.layout.log_file
+    error = comfylog.quote_error(comfylog.read_since(log, log_from))
+    return Failure(f"ComfyUI exited with code {code} before answering: {error}",
+                   comfylog.fix_for(error, str(launch.layout.python), f"read {log}"))
+
+
+def _poll(until: Callable[[], object], *, timeout: float, control: Control, tick: Callable[[float], None],
+          sleep) -> object:
+    """Call `until` every POLL_EVERY seconds until it returns something other than None (that is
+    returned) or `timeout` passes (None). Pause and cancel are honoured between calls."""
+    started = time.monotonic()
+    while True:
+        found = until()
+        if found is not None:
+            return found
         waited = time.monotonic() - started
         if waited > timeout:
-            raise Failure(f"ComfyUI did not answer {launch.url}/system_stats within {timeout:.0f} s",
-                          f"read {launch.layout.log_file}; start it by hand with {launch.layout.start_script} "
-                          "to see what it prints")
+            return None
         check_control(control)
         tick(waited)
-        sleep(0.5)
+        sleep(POLL_EVERY)
+
+
+def _kill_if_running(process: subprocess.Popen) -> None:
+    if process.poll() is None:  # timed out, paused or cancelled: the next run checks again
+        process.kill()
+        process.wait(10)
 
 
 def stop(launch: Launch, timeout: float = 10.0) -> bool:
@@ -133,11 +179,3 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return True
-
-
-def _log_tail(launch: Launch, lines: int = 8) -> str:
-    try:
-        text = launch.layout.log_file.read_text(errors="replace")
-    except OSError:
-        return "no log"
-    return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:]) or "no output"

@@ -114,6 +114,7 @@ class Installer:
         self.states = [StepState(name, title) for name, title in STEPS]
         self.manifest = self.system = self.build = self.plan = self.stats = None
         self.verified = self.layout.read_state().get("verified", {})
+        self.port, self.port_note = options.port, ""  # the check step may move to the next free port, and why
         self._locked = False
 
     def run(self) -> dict:
@@ -187,14 +188,15 @@ class Installer:
 
     @property
     def launch(self) -> Launch:
-        return Launch(self.layout, self.options.host, self.options.port, cpu_only=self.build.flavor == "cpu")
+        return Launch(self.layout, self.options.host, self.port, cpu_only=self.build.flavor == "cpu")
 
     def outcome(self) -> str:
         """One sentence for the end of a successful run."""
         where = f"ComfyUI is installed in {self.layout.root}"
         if self.stats is None:
             return f"{where}; it was not started (start it with {self.layout.start_script})."
-        return f"{where} and answers at {self.launch.url}."
+        moved = f" ({self.port_note})" if self.port_note else ""
+        return f"{where} and answers at {self.launch.url}{moved}."
 
     def environment(self, reporter):
         return steps.environment_for(self, reporter)

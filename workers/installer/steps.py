@@ -8,7 +8,7 @@ import tarfile
 import zipfile
 from dataclasses import dataclass
 
-from . import autostart, launch
+from . import autostart, comfylog, identity, launch, legacy, supervise
 from .archive import extract_archive
 from .download import Item, file_sha256
 from .environment import Environment
@@ -31,6 +31,7 @@ def step_check(inst, r) -> None:
     inst.plan = make_plan(layout=inst.layout, manifest=inst.manifest, models=models, system=inst.system,
                           build=inst.build, env_ready=inst.environment(r).is_ready(inst.requirements),
                           free=inst.hooks.free_space(inst.layout.root))
+    _choose_port(inst)
     if inst.hooks.on_plan:
         inst.hooks.on_plan(inst.plan)
     check_disk(inst.plan, models)
@@ -201,50 +202,99 @@ def step_environment(inst, r) -> None:
     r.finish(DONE, f"PyTorch {found.get('torch')} installed for {inst.build.key}; {gpu}")
 
 
+def _choose_port(inst) -> None:
+    """Chosen before anything is written, so the plan, the start script, the service and the
+    registered URL agree; a port held by another ComfyUI (or any program) is never shared."""
+    remembered = inst.layout.read_state().get("port") or {}
+    earlier = remembered.get("chosen") if remembered.get("asked") == inst.options.port else None
+    inst.port, notes = identity.choose_port(inst.options.host, inst.options.port, inst.layout, earlier)
+    if inst.port != inst.options.port:
+        inst.port_note = "; ".join(notes) or f"chosen by an earlier run when port {inst.options.port} was taken"
+        inst.plan["warnings"].append(f"ComfyUI will listen on port {inst.port} ({inst.port_note})")
+    inst.plan["port"] = inst.port
+
+
 def step_service(inst, r) -> None:
+    inst.layout.update_state(port={"asked": inst.options.port, "chosen": inst.port})
     script = autostart.write_start_script(inst.launch)
     if not inst.options.service:
         inst.layout.update_state(service={})
         return r.finish(DONE, f"wrote {script}; no service registered (--no-service)")
     r.update(progress=30, message="Registering the service")
-    registration = autostart.register(inst.launch, inst.hooks.home, inst.hooks.run)
-    inst.layout.update_state(service={"manager": registration.manager, "start_command": registration.start_command})
-    r.finish(DONE, f"wrote {script}; {registration.message}")
+    retired = legacy.retire(inst.launch, inst.hooks.home, inst.hooks.run)
+    registration = autostart.register(inst.launch, inst.hooks.home, inst.hooks.run, scope=_scope(inst))
+    inst.layout.update_state(service=registration.record())
+    moved = f"; removed the old shared entry that ran this install ({', '.join(retired)})" if retired else ""
+    r.finish(DONE, f"wrote {script}; {registration.message}{moved}")
+
+
+def _scope(inst):
+    """systemd's: a system unit when run as root or with --system-service, else a user unit."""
+    if inst.layout.os_name != "linux" or not (inst.options.system_service or inst.hooks.as_root):
+        return None
+    return autostart.system_scope(inst.hooks.system_units, inst.layout.root, inst.hooks.as_root)
 
 
 def step_verify(inst, r) -> None:
     if not inst.options.start:
         return r.finish(SKIPPED, f"not started (--no-start); start it with {inst.layout.start_script}")
-    target = inst.launch
-    stats = launch.system_stats(target.url)
-    if stats is None:
-        stats = _start(inst, target, r)
+    target, note = inst.launch, ""
+    stats = identity.system_stats(target.url)
+    if not identity.is_this_launch(stats, target):
+        stats, note = _start(inst, target, r)
     inst.stats = stats
     device = (stats.get("devices") or [{}])[0]
-    r.finish(DONE, f"ComfyUI {stats['system'].get('comfyui_version', '?')} answers at {target.url}/system_stats "
-                   f"(device: {device.get('name', '?')})")
+    r.finish(DONE, f"ComfyUI {stats['system'].get('comfyui_version', '?')} of {target.layout.comfy_dir} answers at "
+                   f"{target.url}/system_stats (device: {device.get('name', '?')}){note}")
 
 
-def _start(inst, target, r) -> dict:
-    if launch.port_in_use(inst.options.host, inst.options.port):
-        raise Failure(f"port {inst.options.port} is used by a program that is not ComfyUI",
-                      "stop that program, or pass --port with a free port")
+def _start(inst, target, r) -> tuple:
+    """(stats, note): ComfyUI's start-up check, then the server (by the service if there is one)."""
     service = inst.layout.read_state().get("service") or {}
-    process = None
+    _make_room(target, service)
+    r.update(progress=2, message=f"Running ComfyUI's start-up check (main.py {launch.QUICK_TEST})")
+    survived = launch.startup_check(target, timeout=inst.options.start_timeout, control=inst.hooks.control,
+                                    sleep=inst.hooks.sleep,
+                                    tick=lambda waited: r.update(message=f"ComfyUI's start-up check ({waited:.0f} s)"))
+    log_from, watch, process = comfylog.size(target.layout.log_file), None, None
     if service.get("start_command"):
-        r.update(progress=5, message=f"Starting the {service['manager']} service")
-        done = inst.hooks.run(service["start_command"], timeout=60)
-        if done.code != 0:
-            raise Failure(f"`{' '.join(service['start_command'])}` failed: {done.output.strip()[-300:]}",
-                          "run it yourself to see why, or re-run with --no-service")
+        watch = supervise.watcher(service, target, inst.hooks.run)
+        _start_service(inst, service, r)
     else:
         r.update(progress=5, message=f"Starting ComfyUI ({target.layout.log_file})")
-        launch.stop(target)  # one we started before with other settings (another port): replace it
         process = launch.start_detached(target)
     timeout = inst.options.start_timeout
-    return launch.wait_until_up(target, timeout=timeout, control=inst.hooks.control, process=process,
-                                tick=lambda waited: r.update(progress=5 + 90 * waited / timeout,
-                                                             message=f"Waiting for ComfyUI to answer ({waited:.0f} s)"))
+    stats = launch.wait_until_up(target, timeout=timeout, control=inst.hooks.control, process=process,
+                                 log_from=log_from, watch=watch, sleep=inst.hooks.sleep,
+                                 tick=lambda waited: r.update(progress=5 + 90 * waited / timeout,
+                                                              message=f"Waiting for ComfyUI to answer ({waited:.0f} s)"))
+    return stats, (f"; note: its start-up check printed an error it survived (often a custom node that did not "
+                   f"load): {survived}" if survived else "")
+
+
+def _make_room(target, service: dict) -> None:
+    """Stop the ComfyUI this installer started here before (other settings, or another port);
+    never start next to one that is not ours to stop."""
+    launch.stop(target)
+    stats = identity.system_stats(target.url)
+    if identity.runs_this_install(stats, target.layout):
+        if service.get("start_command"):
+            return  # the service's own ComfyUI: its restart replaces it
+        raise Failure(f"this install's ComfyUI already answers on port {target.port} with other settings "
+                      f"({' '.join(identity.argv_of(stats)[1:])}), and the installer did not start it",
+                      "stop it (Ctrl-C in the window that runs it, or end its process), then run the installer again")
+    taken_by = identity.holder(target.host, target.port, target.layout)
+    if taken_by:
+        raise Failure(f"port {target.port} is used by {taken_by} (it was free when the check ran)",
+                      "run the installer again (its check picks the next free port), or pass --port with a free port")
+
+
+def _start_service(inst, service: dict, r) -> None:
+    r.update(progress=5, message=f"Starting the {service['manager']} service {service.get('name', '')}".rstrip())
+    done = inst.hooks.run(service["start_command"], timeout=60)
+    if done.code != 0:
+        raise Failure(f"`{' '.join(service['start_command'])}` failed: {done.output.strip()[-300:]}",
+                      "run it yourself to see why, or re-run with --no-service")
 
 
 def step_register(inst, r) -> None:
