@@ -308,6 +308,9 @@ def write_manifest(path: Path, release_url: str, release: bytes, models: list) -
 class FakeRunner:
     """Stands in for venv/pip/systemctl: records every command, answers like the real ones."""
 
+    checks = ()  # envcheck.py answers in turn (reports or Completed), the last one repeated; none: a whole venv
+    pip_config = ""  # what `pip config list` prints
+
     def __init__(self, torch_found: Optional[dict] = None, fail: str = "", answers: Optional[dict] = None):
         self.commands = []
         self.torch_found = torch_found or {"torch": "2.12.1+cpu", "cuda": None, "hip": None, "gpu": False}
@@ -325,6 +328,10 @@ class FakeRunner:
                 return replies.pop(0) if len(replies) > 1 else replies[0]
         if args[1:3] == ["-m", "venv"]:
             return self._make_venv(Path(args[3]))
+        if len(args) > 2 and args[2].endswith("envcheck.py"):
+            return self._envcheck()
+        if args[1:5] == ["-m", "pip", "config", "list"]:
+            return Completed(0, self.pip_config)
         if "-c" in args:
             return self._python_c(args[args.index("-c") + 1])
         if on_line:
@@ -344,12 +351,26 @@ class FakeRunner:
             return Completed(0, json.dumps({"torch": version, "torchvision": "0.27.1", "torchaudio": "2.11.0"}))
         return Completed(0, json.dumps(self.torch_found))
 
+    def _envcheck(self) -> Completed:
+        if self.checks:
+            answer = self.checks.pop(0) if len(self.checks) > 1 else self.checks[0]
+            return answer if isinstance(answer, Completed) else Completed(0, json.dumps(answer))
+        return Completed(0, json.dumps({"versions": {"torch": self.torch_found["torch"], "torchvision": "0.27.1",
+                                                   "torchaudio": None}, "broken": {}, "device": self.torch_found,
+                                      "missing": [], "mismatched": [], "unreadable": []}))
+
     def pip_installs(self) -> list:
         return [c for c in self.commands if c[1:4] == ["-m", "pip", "install"]]
 
     def asked(self, prefix: str) -> int:
         """How many commands started with `prefix`."""
         return sum(" ".join(c).startswith(prefix) for c in self.commands)
+
+
+def without_pip_configuration(monkeypatch) -> None:
+    """No pip setting of this machine's (PIP_FIND_LINKS...) chooses where PyTorch comes from."""
+    for name in ("PIP_INDEX_URL", "PIP_NO_INDEX", "PIP_FIND_LINKS", "COMFY_TORCH_INDEX_URL"):
+        monkeypatch.delenv(name, raising=False)
 
 
 def cpu_machine() -> SystemInfo:

@@ -15,9 +15,11 @@ from tests.installer_support import (
     nvidia_machine,
     options_for,
     tar_gz,
+    without_pip_configuration,
     write_manifest,
 )
 from workers.installer import launch
+from workers.installer.environment import CHECK_SCRIPT
 from workers.installer.errors import InstallError
 from workers.installer.pipeline import Installer, overall_progress
 
@@ -81,7 +83,8 @@ def test_running_it_again_is_idempotent_and_fast(artifact_server, tmp_path, inst
     second.run()
     assert time.monotonic() - started < 3
     assert len(artifact_server.requests) == requests_before  # nothing downloaded again
-    assert again.commands == []  # no venv, no pip
+    [check] = again.commands  # one python subprocess, the readiness check: no venv, no pip
+    assert check[:3] == [str(second.layout.python), "-I", str(CHECK_SCRIPT)]
     assert statuses(second) == {"check": "done", "download": "skipped", "extract": "skipped", "models": "skipped",
                                 "environment": "skipped", "service": "done", "verify": "done",
                                 "register": "skipped"}
@@ -142,7 +145,8 @@ def test_a_failing_pip_names_the_step_the_cause_and_what_to_do(artifact_server, 
 
 
 def test_the_nvidia_build_comes_from_its_own_index_and_is_pinned_for_comfyuis_requirements(
-        artifact_server, tmp_path, installers):
+        artifact_server, tmp_path, installers, monkeypatch):
+    without_pip_configuration(monkeypatch)
     site = make_site(artifact_server, tmp_path)
     runner = FakeRunner(torch_found={"torch": "2.6.0+cu124", "cuda": "12.4", "hip": None, "gpu": True})
     hooks = hooks_for(tmp_path, runner, probe=nvidia_machine)

@@ -6,6 +6,8 @@ the management command.
 
 Modules: detect/ (GPU detection parsers and the live probe), torchbuild (the PyTorch build
 table), manifest, download (resumable, verified), archive (safe extraction), environment
-(venv + PyTorch), autostart (scripts, services, shortcuts), launch (start + /system_stats),
+(venv + PyTorch, checked each run by envcheck.py and repaired), runner + children + commandlog
+(commands in their own process group, ended with the installer, logged), pipoutput (pip's
+lines for a person), autostart (scripts, services, shortcuts), launch (start + /system_stats),
 plan, steps, pipeline (the Installer), console + cli (terminal front).
 """

@@ -113,6 +113,7 @@ class Installer:
         self.hooks = replace(self.hooks, run=logged(recorded(self.hooks.run, self.layout), self.layout.install_log))
         self.states = [StepState(name, title) for name, title in STEPS]
         self.manifest = self.system = self.build = self.plan = self.stats = None
+        self.env_health = None  # what the check step found in ComfyUI's venv (environment.Health)
         self.verified = self.layout.read_state().get("verified", {})
         self.port, self.port_note = options.port, ""  # the check step may move to the next free port, and why
         self._locked = False

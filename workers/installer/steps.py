@@ -28,9 +28,12 @@ def step_check(inst, r) -> None:
     inst.build = choose_build(inst.system, inst.options.torch)
     r.update(progress=60, message="Measuring what is missing and the free disk space")
     models = inst.models
+    env = inst.environment(r)
+    inst.env_health = env.health(inst.requirements)  # the one check of the venv in this run
     inst.plan = make_plan(layout=inst.layout, manifest=inst.manifest, models=models, system=inst.system,
-                          build=inst.build, env_ready=inst.environment(r).is_ready(inst.requirements),
+                          build=inst.build, env_ready=inst.env_health.ready,
                           free=inst.hooks.free_space(inst.layout.root))
+    _plan_environment(inst, env)
     _choose_port(inst)
     if inst.hooks.on_plan:
         inst.hooks.on_plan(inst.plan)
@@ -192,14 +195,22 @@ def _forget_verified(inst, artifact) -> None:
 
 def step_environment(inst, r) -> None:
     env = inst.environment(r)
-    if env.is_ready(inst.requirements):
-        return r.finish(SKIPPED, f"PyTorch ({inst.build.key}) and ComfyUI's requirements are already installed")
-    found = env.set_up(inst.requirements)
+    health = env.health(inst.requirements, known=inst.env_health)
+    if health.ready:
+        return r.finish(SKIPPED, f"PyTorch ({inst.build.key}) and ComfyUI's requirements are installed and import")
+    found = env.set_up(inst.requirements, health)
+    repaired = f"repaired ({'; '.join(health.repairs())}); " if health.venv else ""
     if inst.build.flavor == "cpu":
         gpu = "CPU only"
     else:
         gpu = "it sees the GPU" if found.get("gpu") else "WARNING: it does not see the GPU (check the driver)"
-    r.finish(DONE, f"PyTorch {found.get('torch')} installed for {inst.build.key}; {gpu}")
+    r.finish(DONE, f"{repaired}PyTorch {found.get('torch')} installed for {inst.build.key}; {gpu}")
+
+
+def _plan_environment(inst, env) -> None:
+    """What the environment step will do (a repair, where PyTorch comes from), in the plan and its notes."""
+    inst.plan["environment"] = env.describe(inst.env_health)
+    inst.plan["warnings"].extend(inst.plan["environment"]["notes"])
 
 
 def _choose_port(inst) -> None:

@@ -34,15 +34,27 @@ Other vendors:
 | Windows, AMD older than RDNA2/CDNA2)       |         |                                           |
 
 `--torch <build>` (cu126, rocm7.2, cpu, ...) overrides the choice.
+
+Where the build comes from (`torch_source`): the index URLs above, unless the user says
+otherwise — COMFY_TORCH_INDEX_URL names a mirror of https://download.pytorch.org/whl/, and a
+pip configuration that chooses an index (a company mirror, a proxy, an offline wheel folder)
+is honoured instead of being overridden by --index-url.
 """
 import re
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import Callable, Mapping, Optional
 
+from .commandlog import redact
 from .detect import GIB
 from .errors import Failure
 
 PYTORCH_INDEX = "https://download.pytorch.org/whl/"
+TORCH_INDEX_SETTING = "COMFY_TORCH_INDEX_URL"
+# pip's settings that choose where packages come from, as environment variables and as the
+# keys `pip config list` prints (global.index-url='...', install.no-index='true', ...).
+PIP_SOURCE_VARIABLES = ("PIP_INDEX_URL", "PIP_NO_INDEX", "PIP_FIND_LINKS")
+_PIP_SOURCE_KEY = re.compile(r"^([\w:.-]*\.)?(index-url|no-index|find-links)='(.*)'$")
+_FALSE = ("", "0", "false", "no", "off")
 
 # (oldest driver CUDA version that can run the build, build), newest first.
 CUDA_BUILDS = [((13, 2), "cu132"), ((13, 0), "cu130"), ((12, 8), "cu128"), ((12, 6), "cu126"),
@@ -101,6 +113,61 @@ def build_for(key: str, reason: str, os_name: str = "linux") -> TorchBuild:
         return TorchBuild(key, "cpu", PYTORCH_INDEX + "cpu", reason)
     raise Failure(f"unknown PyTorch build '{key}'",
                   f"use one of {', '.join(CUDA_ORDER)}, {ROCM_BUILD}, xpu, mps or cpu")
+
+
+@dataclass(frozen=True)
+class TorchSource:
+    """Where PyTorch is installed from."""
+
+    index_url: str  # given to pip as --index-url; "" leaves it to pip (its configuration, or PyPI)
+    origin: str  # for the plan and for errors, credentials masked
+    kind: str  # pytorch (the build's index) | mirror (COMFY_TORCH_INDEX_URL) | pip (its configuration) | pypi
+
+
+def torch_source(build: TorchBuild, environ: Mapping, pip_config: Callable[[], str]) -> TorchSource:
+    """Where to install `build` from. `pip_config()` returns what `pip config list` prints;
+    it is asked only when nothing before it decides.
+
+    * Builds whose wheels are on PyPI (macOS): no --index-url; pip's configuration applies.
+    * COMFY_TORCH_INDEX_URL: a mirror of download.pytorch.org/whl/; "{build}" in it is
+      replaced by the build's key (cu128, rocm7.2, cpu...), otherwise the key is appended.
+    * A pip configuration that chooses an index (PIP_INDEX_URL, PIP_NO_INDEX, PIP_FIND_LINKS,
+      or index-url / no-index / find-links in pip's config files): no --index-url, so pip
+      uses it; the check after the install still refuses a torch without CUDA/ROCm.
+    * Otherwise the build's index on download.pytorch.org.
+    """
+    if not build.index_url:
+        return TorchSource("", "PyPI (or the index your pip configuration names)", "pypi")
+    mirror = environ.get(TORCH_INDEX_SETTING, "").strip()
+    if mirror:
+        url = _mirror_url(mirror, build.key)
+        return TorchSource(url, f"{redact(url)} ({TORCH_INDEX_SETTING})", "mirror")
+    chosen = pip_source_setting(environ, pip_config)
+    if chosen:
+        return TorchSource("", f"your pip configuration ({chosen})", "pip")
+    return TorchSource(build.index_url, build.index_url, "pytorch")
+
+
+def pip_source_setting(environ: Mapping, pip_config: Callable[[], str]) -> str:
+    """The first pip setting that chooses where packages come from ("PIP_FIND_LINKS",
+    "global.index-url", ...), or "" when pip would use PyPI."""
+    for name in PIP_SOURCE_VARIABLES:
+        value = environ.get(name, "").strip()
+        if value and not (name == "PIP_NO_INDEX" and value.lower() in _FALSE):
+            return name
+    for line in pip_config().splitlines():
+        match = _PIP_SOURCE_KEY.match(line.strip())
+        if match and not (match.group(2) == "no-index" and match.group(3).strip().lower() in _FALSE):
+            return (match.group(1) or "") + match.group(2)
+    return ""
+
+
+def _mirror_url(mirror: str, key: str) -> str:
+    if not re.match(r"^(https?|file)://\S+$", mirror):
+        raise Failure(f"{TORCH_INDEX_SETTING} is set to '{redact(mirror)}', which is not a URL",
+                      f"set it to the address of a mirror of {PYTORCH_INDEX} (e.g. https://mirror.example/whl/: "
+                      f"the build, such as cu128, is appended; or put {{build}} where it goes), or unset it")
+    return mirror.replace("{build}", key) if "{build}" in mirror else mirror.rstrip("/") + "/" + key
 
 
 def choose_build(system, override: str = "") -> TorchBuild:
