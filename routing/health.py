@@ -29,7 +29,9 @@ def next_state(state: str, failures: int, successes: int) -> str:
 
 @transaction.atomic
 def health_record(*, backend_id: int, ok: bool, detail: str = "", latency_ms=None,
-                  queue_depth=None, gpu: str = "", vram_total=None) -> Backend:
+                  queue_depth=None, gpu: str = "", vram_total=None, misconfigured: bool = False) -> Backend:
+    """`misconfigured`: a failure its own settings cause (a rejected key, an unknown model). It
+    is not a blip that hysteresis should smooth over: the backend is down at once."""
     now = timezone.now()
     # Counter updates in SQL so concurrent reporters never lose a count.
     streak = {"consecutive_successes": F("consecutive_successes") + 1, "consecutive_failures": 0} if ok else \
@@ -43,6 +45,8 @@ def health_record(*, backend_id: int, ok: bool, detail: str = "", latency_ms=Non
             fields.update(gpu_name=gpu, vram_total=vram_total)
     else:
         fields["last_error"] = detail[:2000]
+        if misconfigured:
+            fields["consecutive_failures"] = F("consecutive_failures") + FAILURES_TO_DOWN
     Backend.objects.filter(id=backend_id).update(**fields)
     backend = Backend.objects.select_for_update().get(id=backend_id)
     state = next_state(backend.health, backend.consecutive_failures, backend.consecutive_successes)

@@ -40,7 +40,8 @@ def backend_probe(*, backend_id: int) -> None:
     if health.ok and inventory_due(backend):
         _read_inventory(backend, client)
     health_record(backend_id=backend.id, ok=health.ok, detail=health.detail, latency_ms=health.latency_ms,
-                  queue_depth=max(0, health.queue_depth - ours), gpu=health.gpu, vram_total=health.vram_total)
+                  queue_depth=max(0, health.queue_depth - ours), gpu=health.gpu, vram_total=health.vram_total,
+                  misconfigured=not health.ok and health.misconfigured)
     if health.ok and Job.objects.filter(status=JobStatus.QUEUED, waiting=True, waiting_for=WAIT_OUTAGE).exists():
         dispatch.send(dispatch.ADMIT, [], queue=queues.CONTROL)  # jobs waiting for it to answer again
 

@@ -249,12 +249,13 @@ def attempt_submit(*, attempt_id):
     except BackendError as error:
         _close_call(attempt, paid, cut_short=error.outage and not error.resend_safe,
                     key=f"submit-{attempt.submit_tries}-cut")
-        if error.retryable and error.resend_safe and attempt.poll_errors + 1 < settings.SUBMIT_RETRIES:
+        if (error.retryable and error.resend_safe and not error.misconfigured
+                and attempt.poll_errors + 1 < settings.SUBMIT_RETRIES):
             Attempt.objects.filter(id=attempt.id).update(poll_errors=F("poll_errors") + 1)
             _release_submit(attempt)
             return max(0.1, settings.POLL_INTERVAL_SECONDS * 2 ** attempt.poll_errors)  # the same backend, soon
         attempt_fail(attempt_id=attempt.id, error=error.message, retryable=error.retryable, outage=error.outage,
-                     lacks=error.lacks)
+                     lacks=error.lacks, misconfigured=error.misconfigured)
         return False
     now = timezone.now()
     with transaction.atomic():
@@ -346,7 +347,7 @@ def attempt_poll(*, attempt_id, seq: int) -> Optional[float]:
         return _poll_error(attempt, error)
     if isinstance(result, Failed):
         attempt_fail(attempt_id=attempt.id, error=result.error, retryable=result.retryable, outage=result.outage,
-                     lacks=result.lacks, ran_seconds=result.seconds)
+                     lacks=result.lacks, ran_seconds=result.seconds, misconfigured=result.misconfigured)
         return None
     Attempt.objects.filter(id=attempt.id).update(poll_errors=0)
     sink(result)
@@ -449,9 +450,9 @@ NOTHING_SAVED = "The job finished but saved no file (its outputs were only previ
 
 def _poll_error(attempt: Attempt, error: BackendError) -> Optional[float]:
     Attempt.objects.filter(id=attempt.id).update(poll_errors=F("poll_errors") + 1)
-    if not error.retryable or attempt.poll_errors + 1 >= MAX_POLL_ERRORS:
+    if not error.retryable or error.misconfigured or attempt.poll_errors + 1 >= MAX_POLL_ERRORS:
         attempt_fail(attempt_id=attempt.id, error=error.message, retryable=error.retryable, outage=error.outage,
-                     lacks=error.lacks)
+                     lacks=error.lacks, misconfigured=error.misconfigured)
         return None
     return settings.POLL_INTERVAL_SECONDS * (attempt.poll_errors + 1)
 
@@ -572,13 +573,18 @@ def _store_output(attempt: Attempt, index: int, output, data: bytes) -> Output:
 
 
 def attempt_fail(*, attempt_id, error: str, retryable: bool, outage: bool = False, lacks: tuple = (),
-                 used: Optional[Decimal] = None, ran_seconds: Optional[float] = None) -> None:
+                 used: Optional[Decimal] = None, ran_seconds: Optional[float] = None,
+                 misconfigured: bool = False) -> None:
     """Record the failure; route the job again when the backend was at fault. `used`: remote
     time that was billed anyway (a job stopped by its meter), charged instead of released.
     `ran_seconds`: what the provider reports the failed run took (billed, as the operator's).
 
     Only an outage (unreachable, timeout, 5xx) counts against the backend's health; a model or
-    node it lacks corrects its inventory instead (the job moves on; nobody else is affected)."""
+    node it lacks corrects its inventory instead (the job moves on; nobody else is affected). A
+    misconfigured backend (its key rejected, its model unknown) is an outage that marks it down
+    at once, with the error as the reason."""
+    outage = outage or misconfigured
+    retryable = retryable or misconfigured
     with transaction.atomic():
         lock_job(Attempt.objects.values_list("job_id", flat=True).get(id=attempt_id))
         updated = Attempt.objects.filter(id=attempt_id, status__in=ACTIVE_ATTEMPT_STATES).update(
@@ -610,7 +616,7 @@ def attempt_fail(*, attempt_id, error: str, retryable: bool, outage: bool = Fals
     if lacks:
         inventory_forget(backend_id=attempt.backend_id, lacks=lacks)
     if retryable and outage:
-        health_record(backend_id=attempt.backend_id, ok=False, detail=error)
+        health_record(backend_id=attempt.backend_id, ok=False, detail=error, misconfigured=misconfigured)
     _attempt_ended(attempt)
 
 

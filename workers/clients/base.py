@@ -11,9 +11,14 @@ class BackendError(Exception):
     down, timeout, 5xx, missing model → retryable; the user's own bad input → permanent."""
 
     def __init__(self, message: str, *, retryable: bool, resend_safe: bool = False, outage: bool = False,
-                 lacks: tuple = ()):
+                 lacks: tuple = (), misconfigured: bool = False):
         super().__init__(message)
         self.message = message
+        # The backend refused us for its own settings (key rejected, no permission, unknown
+        # model): it did nothing, and it will refuse every job until someone changes them. It
+        # is marked down at once (no hysteresis) with the message, and the job fails over.
+        self.misconfigured = misconfigured
+        retryable = retryable or misconfigured
         self.retryable = retryable
         # True when sending the same request again cannot run the job twice: the backend
         # dedupes it (ComfyUI prompt ids) or certainly did not act on it (429, 503, refused).
@@ -24,16 +29,18 @@ class BackendError(Exception):
         self.outage = outage
         # What the backend said it lacks ("vae/x.safetensors", "node Foo"): its inventory was stale.
         self.lacks = tuple(lacks)
+        if misconfigured:
+            self.outage, self.resend_safe = True, True  # not working; and nothing ran, nothing was billed
 
     def __reduce__(self):  # picklable (Celery's result and error handling pickle exceptions)
         return (_rebuild_error, (type(self), self.message, self.retryable, self.resend_safe, self.outage,
-                                 self.lacks))
+                                 self.lacks, self.misconfigured))
 
 
-def _rebuild_error(cls, message, retryable, resend_safe, outage, lacks):
+def _rebuild_error(cls, message, retryable, resend_safe, outage, lacks, misconfigured=False):
     error = cls.__new__(cls)
     BackendError.__init__(error, message, retryable=retryable, resend_safe=resend_safe, outage=outage,
-                          lacks=lacks)
+                          lacks=lacks, misconfigured=misconfigured)
     return error
 
 
@@ -73,6 +80,7 @@ class Failed:
     lacks: tuple = ()  # as BackendError.lacks
     maybe_billed: bool = False  # as Progress.maybe_billed
     seconds: Optional[float] = None  # remote execution time the provider reports for the failed run
+    misconfigured: bool = False  # as BackendError.misconfigured (retryable and outage are then True too)
 
 
 @dataclass
@@ -83,6 +91,7 @@ class Health:
     gpu: str = ""
     vram_total: Optional[int] = None
     detail: str = ""
+    misconfigured: bool = False  # not ok because of its settings (as BackendError): down at once
 
 
 ProgressCallback = Callable[[Progress], None]
