@@ -36,6 +36,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.fakes.gemini import PAID_ACTIONS  # the calls Google bills
+
 from .chaos_env import JOB_QUEUES, SYSTEM_ENV, World
 from .chaos_report import collect, render
 
@@ -223,7 +225,7 @@ class Monkey(threading.Thread):
     def _paid_calls(self, provider: str) -> int:
         if provider == "runpod":
             return len(self.world.runpod.jobs)
-        return sum(1 for r in list(self.world.gemini.requests) if r["action"] in ("generateContent", "predictLongRunning"))
+        return sum(1 for r in list(self.world.gemini.requests) if r["action"] in PAID_ACTIONS)
 
     def _hold(self, provider: str, on: bool):
         if provider == "runpod":

@@ -20,6 +20,8 @@ import json
 import re
 from decimal import Decimal
 
+from tests.fakes.gemini import PAID_ACTIONS  # the calls Google bills
+
 TAG = re.compile(r"chaos job #(\d+)")
 _NOISE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}(-u1)?|\b[0-9a-z]{14}\b|"
                     r"https?://[^\s)]+|\$[0-9.]+|\d+(\.\d+)?")
@@ -143,7 +145,7 @@ def collect(world, plans: dict, started: float, finished_submitting: float, ende
                   for index, n in serverless_runs.items()
                   if index is not None and n > per_backend_attempts[(index, "runpod")]})
     gemini_runs = collections.Counter(tag_of(r["body"]) for r in list(world.gemini.requests)
-                                      if r["action"] in ("generateContent", "predictLongRunning"))
+                                      if r["action"] in PAID_ACTIONS)
     dup["gemini_runs_beyond_attempts"] = sum(max(0, n - per_backend_attempts[(index, "gemini")])
                                              for index, n in gemini_runs.items() if index is not None)
     where.update({index: f"{n} Gemini generations for {per_backend_attempts[(index, 'gemini')]} attempt(s)"

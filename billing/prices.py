@@ -22,8 +22,14 @@ GEMINI_IMAGE = {
     "gemini-3-pro-image-preview": Decimal("0.134"),
 }
 
-# Veo, per second of video Google makes (720p/1080p).
+# Video, per second of video Google makes: Gemini Omni Flash (the Gemini API's video model,
+# billed by output tokens: 5,792 tokens per second of 720p video at about $17.50/M, i.e. about
+# $0.10/s; third-party transcriptions, 2026: skills.sh gemini-omni, docs.gmicloud.ai
+# gemini-omni-flash-preview) and Veo (Vertex AI only, 720p/1080p). Check against
+# ai.google.dev/gemini-api/docs/pricing when you can.
 VEO = {
+    "gemini-omni-1.1-flash": Decimal("0.10"),
+    "gemini-omni-flash-preview": Decimal("0.10"),
     "veo-3.1-generate-001": Decimal("0.40"),  # Standard, with audio (ai.google.dev pricing 2026-10-07)
     "veo-3.1-generate-preview": Decimal("0.40"),
     "veo-3.1-fast-generate-001": Decimal("0.15"),  # Fast (third-party guides, March 2026)

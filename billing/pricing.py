@@ -18,10 +18,10 @@ def money(value) -> Decimal:
 
 
 def gemini_video_price(backend, duration_seconds: int) -> Decimal:
-    """Google bills the length Veo makes (4, 6 or 8 s), not the length asked for."""
-    from workers.clients.gemini import veo_duration
+    """Google bills the length it makes (whole seconds, 3 to 10), not the length asked for."""
+    from workers.clients.gemini import video_duration
 
-    return money(veo_price_per_second(backend) * veo_duration(duration_seconds))
+    return money(veo_price_per_second(backend) * video_duration(duration_seconds))
 
 
 def actual_cost(*, backend, job, seconds, outputs: int, rate: Decimal | None = None) -> Decimal:

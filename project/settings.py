@@ -313,19 +313,25 @@ GEMINI_PRICE_PER_VIDEO_SECOND = env_decimal("GEMINI_PRICE_PER_VIDEO_SECOND", "0.
 # Google Cloud API key, `vertexai=True`, no project/location). See workers/clients/gemini.py.
 GEMINI_TRANSPORT = env_str("GEMINI_TRANSPORT", "gemini")
 # Always passed to the SDK, never left to its defaults (3.0 moved the Developer API to v1).
-# Empty: v1beta for "gemini" (where Veo and image output are documented), v1 for "vertex".
+# Empty: v1beta for "gemini" (where image output and the Interactions API are documented), v1 for "vertex".
 GEMINI_API_VERSION = env_str("GEMINI_API_VERSION")
-# Images go through generateContent on an image model (Imagen is retired on both APIs).
+# Images go through generateContent on an image model (Imagen is retired on both APIs);
+# Nano Banana 2, no shutdown date announced (ai.google.dev/gemini-api/docs/deprecations).
 GEMINI_IMAGE_MODEL = env_str("GEMINI_IMAGE_MODEL", "gemini-3.1-flash-image")
-# Veo 3.1 GA id on Vertex ("retirement on or after 2026-11-17": check Google's model-versions
-# page); the Developer API's 3.1 preview ids were shut down 2026-10-22. Google moves: a setting.
-GEMINI_VIDEO_MODEL = env_str("GEMINI_VIDEO_MODEL", "veo-3.1-generate-001")
+# Video: Gemini Omni Flash through the Interactions API, the Gemini API's video model now that
+# its Veo ids are shut down (and google-genai 3.x offers Veo on Vertex AI only). Vertex express
+# mode has no video method at all: there the default is empty (images only). Google moves: a
+# setting. See workers/clients/gemini.py and tests/captures/README.md.
+GEMINI_VIDEO_MODEL = env_str("GEMINI_VIDEO_MODEL", "gemini-omni-1.1-flash" if GEMINI_TRANSPORT == "gemini" else "")
 # Seconds per HTTP call to Google (an image call takes 10-30 s). Below SWEEP_AFTER_SECONDS: a
 # poll still inside Google's call when the sweeper re-sends it would pay for the image twice.
 GEMINI_HTTP_TIMEOUT = env_float("GEMINI_HTTP_TIMEOUT", 50.0)
-# Seconds between polls of a running Veo operation (Google's samples use 10).
+# Seconds between polls of a running video interaction (Google's samples use 10).
 GEMINI_VIDEO_POLL_SECONDS = env_float("GEMINI_VIDEO_POLL_SECONDS", 10.0)
-# Backoff after a 429/5xx/timeout: the first wait and the longest wait, in seconds.
+# Retries after a 429/5xx/timeout: the SDK's HttpRetryOptions for reads (attempts, the first
+# included; its first and longest wait), and the poll chain's wait before re-sending a paid call
+# Google refused with 429/503 (paid calls get one SDK attempt: a retried timeout could bill twice).
+GEMINI_RETRY_ATTEMPTS = env_int("GEMINI_RETRY_ATTEMPTS", 3)
 GEMINI_RETRY_SECONDS = env_float("GEMINI_RETRY_SECONDS", 2.0)
 GEMINI_RETRY_MAX_SECONDS = env_float("GEMINI_RETRY_MAX_SECONDS", 30.0)
 # An attempt still without a result after this many seconds (waits included) fails over.

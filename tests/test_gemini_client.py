@@ -1,6 +1,7 @@
 """The Gemini client through the real google-genai SDK, pointed at the fake Gemini.
 
-Both transports: the Gemini Developer API and Vertex AI express mode. No Django database.
+Both transports: the Gemini Developer API (images and video) and Vertex AI express mode (images
+only: it has no video method). No Django database.
 """
 import json
 import subprocess
@@ -13,12 +14,15 @@ import pytest
 from tests.conftest import ROOT
 from tests.fakes.gemini import FakeGemini
 from workers.clients import BackendError, Done, Failed, Progress, client_class
+from workers.clients import gemini
 from workers.clients.gemini import (
+    ERR_NO_VIDEO_MODEL,
+    ERR_NO_VIDEO_ON_EXPRESS,
     ERR_WORKFLOW,
     GeminiClient,
     GeminiOptions,
     closest_aspect,
-    veo_duration,
+    video_duration,
 )
 
 TRANSPORTS = ["gemini", "vertex"]
@@ -32,8 +36,8 @@ def fake():
 
 
 def make_client(fake, transport="gemini", key=None, **options):
-    defaults = {"base_url": fake.url, "timeout": 5.0, "video_poll_seconds": 0.1, "retry_seconds": 0.5,
-                "retry_max_seconds": 8.0}
+    defaults = {"base_url": fake.url, "timeout": 5.0, "video_poll_seconds": 0.1, "retry_seconds": 0.05,
+                "retry_max_seconds": 8.0, "video_model": "gemini-omni-1.1-flash" if transport == "gemini" else ""}
     return GeminiClient(fake.api_key if key is None else key,
                         GeminiOptions(transport=transport, **{**defaults, **options}))
 
@@ -98,37 +102,48 @@ def test_a_safety_filtered_image_fails_with_googles_reason_and_is_not_retryable(
 
 
 # --- video --------------------------------------------------------------------------------
-@pytest.mark.parametrize("transport", TRANSPORTS)
-def test_a_video_job_starts_an_operation_polls_it_and_returns_the_mp4(fake, transport):
-    client = make_client(fake, transport)
+def test_a_video_job_starts_an_interaction_polls_it_and_returns_the_mp4(fake):
+    client = make_client(fake)
 
     handle = client.submit(spec("video", width=576, height=1024, duration_seconds=5, negative_prompt="rain"))
     first = client.poll(handle)
     result = poll_until_final(client, handle)
 
-    assert "/operations/" in handle["operation"] and handle["transport"] == transport
+    assert handle["interaction"] and handle["transport"] == "gemini"
     assert isinstance(first, Progress) and first.running and first.next_poll == 0.1
     assert isinstance(result, Done)
     [output] = result.outputs
     assert output.mime == "video/mp4" and output.data[4:8] == b"ftyp"
-    [start] = fake.calls("predictLongRunning")
-    parameters = start["body"]["parameters"]
-    assert parameters["durationSeconds"] == 6 and parameters["aspectRatio"] == "9:16"
-    assert parameters["negativePrompt"] == "rain"
-    if transport == "gemini":  # the file URI quirk: fetched from our base URL, then redirected
-        assert fake.calls("getOperation") and len(fake.calls("download")) == 1 and fake.calls("blob")
-    else:  # Vertex: fetchPredictOperation, bytes inline
-        assert fake.calls("fetchPredictOperation") and not fake.calls("download")
+    [start] = fake.calls("createInteraction")
+    assert start["path"] == "/v1beta/interactions" and start["api_key"] == fake.api_key
+    body = start["body"]
+    assert body["model"] == "gemini-omni-1.1-flash" and body["background"] is True
+    assert body["input"] == "a lighthouse at dusk\n\nAvoid: rain" and body["generation_config"] == {"seed": 7}
+    assert body["response_format"] == {"type": "video", "aspect_ratio": "9:16", "duration": "5s",
+                                       "delivery": "inline"}
+    polls = fake.calls("getInteraction")
+    assert len(polls) >= 2 and {p["path"] for p in polls} == {f"/v1beta/interactions/{handle['interaction']}"}
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
-def test_a_safety_filtered_video_fails_with_googles_reason_and_is_not_retryable(fake, transport):
-    fake.filtered = True
-    client = make_client(fake, transport)
+def test_a_video_delivered_as_a_files_uri_is_downloaded_with_the_key(fake):
+    fake.video_delivery = "uri"
+    client = make_client(fake)
 
     result = poll_until_final(client, client.submit(spec("video")))
 
-    assert isinstance(result, Failed) and not result.retryable
+    assert isinstance(result, Done) and result.outputs[0].data[4:8] == b"ftyp"
+    [download] = fake.calls("download")
+    assert download["api_key"] == fake.api_key and download["query"] == {"alt": "media"}
+    assert len(fake.calls("blob")) == 1  # Google's redirect to storage was followed
+
+
+def test_a_video_gemini_declines_fails_with_its_words_and_is_not_retryable(fake):
+    fake.filtered = True
+    client = make_client(fake)
+
+    result = poll_until_final(client, client.submit(spec("video")))
+
+    assert isinstance(result, Failed) and not result.retryable and not result.misconfigured
     assert "usage guidelines" in result.error
 
 
@@ -143,16 +158,50 @@ def test_a_video_that_never_finishes_fails_over_after_its_deadline(fake):
     assert isinstance(result, Failed) and result.retryable and "did not finish" in result.error
 
 
+def test_video_on_vertex_express_mode_is_a_misconfiguration_found_before_anything_is_sent(fake):
+    client = make_client(fake, "vertex", video_model="gemini-omni-1.1-flash")
+
+    with pytest.raises(BackendError) as caught:
+        client.submit(spec("video"))
+    health = client.health()
+
+    assert caught.value.misconfigured and caught.value.retryable and caught.value.message == ERR_NO_VIDEO_ON_EXPRESS
+    assert not health.ok and health.misconfigured and health.detail == ERR_NO_VIDEO_ON_EXPRESS
+    assert fake.requests == []
+
+
+def test_veo_with_a_gemini_api_key_is_a_misconfiguration_found_before_anything_is_sent(fake):
+    client = make_client(fake, video_model="veo-3.1-generate-001")
+
+    with pytest.raises(BackendError) as caught:
+        client.submit(spec("video"))
+
+    assert caught.value.misconfigured and "gemini-omni-1.1-flash" in caught.value.message
+    assert fake.requests == []
+
+
+def test_a_video_job_on_an_images_only_backend_fails_over_without_marking_it_down(fake):
+    client = make_client(fake, video_model="")
+
+    with pytest.raises(BackendError) as caught:
+        client.submit(spec("video"))
+
+    assert caught.value.retryable and not caught.value.misconfigured and not caught.value.outage
+    assert caught.value.message == ERR_NO_VIDEO_MODEL and fake.requests == []
+
+
 # --- errors -------------------------------------------------------------------------------
 @pytest.mark.parametrize("switch", ["fail_429", "fail_500"])
-def test_a_429_or_500_when_starting_a_video_is_retryable(fake, switch):
+def test_a_429_or_500_when_starting_a_video_is_retryable_and_sent_once(fake, switch):
     setattr(fake, switch, 1)
 
     with pytest.raises(BackendError) as caught:
         make_client(fake).submit(spec("video"))
 
-    assert caught.value.retryable
+    assert caught.value.retryable and not caught.value.misconfigured
     assert ("429" in caught.value.message) if switch == "fail_429" else ("500" in caught.value.message)
+    assert caught.value.resend_safe == (switch == "fail_429")  # a 500 may have started a run
+    assert len(fake.calls("createInteraction")) == 1  # a paid call: the SDK does not send it again
 
 
 @pytest.mark.parametrize("switch", ["fail_429", "fail_500"])
@@ -164,21 +213,33 @@ def test_a_429_or_500_on_an_image_call_waits_and_tries_again(fake, switch):
     waiting = client.poll(handle)
     result = client.poll(handle)
 
-    assert isinstance(waiting, Progress) and 0.5 <= waiting.next_poll <= 8.0
+    assert isinstance(waiting, Progress) and 0.05 <= waiting.next_poll <= 8.0
     assert isinstance(result, Done)
+    assert len(fake.calls("generateContent")) == 2  # one per poll: the SDK never re-sends a paid call
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
-def test_a_500_while_polling_a_video_keeps_the_operation_and_backs_off(fake, transport):
-    client = make_client(fake, transport)
+def test_500s_while_polling_a_video_are_retried_by_the_sdk_within_one_poll(fake):
+    fake.op_seconds = 0
+    client = make_client(fake, retry_attempts=3)
     handle = client.submit(spec("video"))
     fake.fail_500 = 2
 
-    first, second = client.poll(handle), client.poll(handle)
+    result = client.poll(handle)
+
+    assert isinstance(result, Done) and fake.fail_500 == 0
+    assert len(fake.calls("getInteraction")) == 3 and len(fake.calls("createInteraction")) == 1
+
+
+def test_500s_past_the_sdks_attempts_keep_the_interaction_and_poll_again_later(fake):
+    client = make_client(fake, retry_attempts=2)
+    handle = client.submit(spec("video"))
+    fake.fail_500 = 2
+
+    waiting = client.poll(handle)
     result = poll_until_final(client, handle)
 
-    assert isinstance(first, Progress) and isinstance(second, Progress)
-    assert isinstance(result, Done) and len(fake.calls("predictLongRunning")) == 1
+    assert isinstance(waiting, Progress) and waiting.next_poll > 0
+    assert isinstance(result, Done) and len(fake.calls("createInteraction")) == 1
 
 
 def test_the_backoff_doubles_with_each_error_and_stays_within_its_bounds(fake):
@@ -224,30 +285,39 @@ def test_a_400_is_permanent_and_shows_googles_message(fake):
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_a_403_is_permanent_and_shows_googles_message(fake, transport):
+def test_a_403_is_a_misconfiguration_that_fails_over_with_googles_message(fake, transport):
     fake.forbidden = "Your project has been denied access. Please contact support."
     client = make_client(fake, transport)
 
     result = client.poll(client.submit(spec()))
 
-    assert isinstance(result, Failed) and not result.retryable
-    assert "denied access" in result.error and "403" in result.error
+    assert isinstance(result, Failed) and result.retryable and result.outage and result.misconfigured
+    assert "denied access" in result.error and "403" in result.error and "GEMINI_API_KEY" in result.error
+    assert not result.maybe_billed  # Google refused before doing anything
 
 
 @pytest.mark.parametrize("transport, words", [("gemini", "API key not valid"), ("vertex", "UNAUTHENTICATED")])
-def test_a_wrong_key_is_permanent_and_never_appears_in_the_handle_or_the_error(fake, transport, words):
+def test_a_wrong_key_is_a_misconfiguration_and_never_appears_in_the_handle_or_the_error(fake, transport, words):
     client = make_client(fake, transport, key=WRONG_KEY)
 
     handle = client.submit(spec())
     result = client.poll(handle)
-    with pytest.raises(BackendError) as caught:
-        client.submit(spec("video"))
+    health = client.health()
 
-    assert isinstance(result, Failed) and not result.retryable and words in result.error
-    assert not caught.value.retryable
-    for text in (json.dumps(handle), result.error, str(caught.value), caught.value.message, repr(client)):
+    assert isinstance(result, Failed) and result.misconfigured and result.retryable and words in result.error
+    assert not health.ok and health.misconfigured and "refused GEMINI_API_KEY" in health.detail
+    for text in (json.dumps(handle), result.error, health.detail, repr(client)):
         assert WRONG_KEY not in text
     assert fake.requests[0]["api_key"] == WRONG_KEY  # sent as a header, and only there
+    assert all("key" not in r["query"] for r in fake.requests)
+
+
+def test_a_wrong_key_when_starting_a_video_is_a_misconfiguration_not_resent(fake):
+    with pytest.raises(BackendError) as caught:
+        make_client(fake, key=WRONG_KEY).submit(spec("video"))
+
+    assert caught.value.misconfigured and caught.value.retryable and WRONG_KEY not in caught.value.message
+    assert len(fake.calls("createInteraction")) == 1
 
 
 def test_the_key_is_scrubbed_even_if_google_echoes_it(fake):
@@ -259,13 +329,33 @@ def test_the_key_is_scrubbed_even_if_google_echoes_it(fake):
     assert fake.api_key not in result.error and "[redacted]" in result.error
 
 
-def test_a_retired_model_fails_over_at_once(fake):
+def test_a_retired_image_model_is_a_misconfiguration_that_names_its_setting(fake):
     fake.retired = {"gemini-3.1-flash-image"}
     client = make_client(fake)
 
     result = client.poll(client.submit(spec()))
 
-    assert isinstance(result, Failed) and result.retryable and "not found" in result.error
+    assert isinstance(result, Failed) and result.retryable and result.misconfigured
+    assert "GEMINI_IMAGE_MODEL 'gemini-3.1-flash-image'" in result.error and "not found" in result.error
+
+
+def test_a_retired_video_model_is_a_misconfiguration_when_starting_a_video(fake):
+    fake.retired = {"gemini-omni-1.1-flash"}
+
+    with pytest.raises(BackendError) as caught:
+        make_client(fake).submit(spec("video"))
+
+    assert caught.value.misconfigured and "GEMINI_VIDEO_MODEL" in caught.value.message
+
+
+def test_an_interaction_google_forgot_fails_over_without_blaming_the_settings(fake):
+    client = make_client(fake)
+    handle = client.submit(spec("video"))
+    fake.interactions.clear()
+
+    result = client.poll(handle)
+
+    assert isinstance(result, Failed) and result.retryable and not result.misconfigured
 
 
 def test_an_unreachable_gemini_is_retryable():
@@ -329,13 +419,38 @@ def test_health_says_not_configured_without_a_key_and_makes_no_call(fake, monkey
     assert fake.requests == []
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
-def test_health_is_up_with_its_latency_when_google_answers(fake, transport):
-    health = make_client(fake, transport).health()
+def test_health_asks_models_get_for_each_configured_model_on_the_gemini_api(fake):
+    health = make_client(fake).health()
 
     assert health.ok and health.latency_ms is not None
-    assert "gemini-3.1-flash-image" in health.detail
-    assert fake.calls("countTokens")[0]["transport"] == transport
+    assert "gemini-3.1-flash-image" in health.detail and "gemini-omni-1.1-flash" in health.detail
+    assert [r["path"] for r in fake.requests] == ["/v1beta/models/gemini-3.1-flash-image",
+                                                  "/v1beta/models/gemini-omni-1.1-flash"]
+    assert not fake.calls("countTokens")
+
+
+def test_health_counts_tokens_on_vertex_express_mode_which_has_no_models_get(fake):
+    health = make_client(fake, "vertex").health()
+
+    assert health.ok and "no video" in health.detail
+    assert [r["action"] for r in fake.requests] == ["countTokens"]
+    assert fake.requests[0]["path"] == "/v1/publishers/google/models/gemini-3.1-flash-image:countTokens"
+
+
+@pytest.mark.parametrize("retired, setting", [("gemini-3.1-flash-image", "GEMINI_IMAGE_MODEL"),
+                                              ("gemini-omni-1.1-flash", "GEMINI_VIDEO_MODEL")])
+def test_health_is_down_and_misconfigured_when_a_configured_model_is_unknown(fake, retired, setting):
+    fake.retired = {retired}
+
+    health = make_client(fake).health()
+
+    assert not health.ok and health.misconfigured and f"{setting} {retired!r}" in health.detail
+
+
+def test_health_is_down_when_the_image_model_cannot_generate_content(fake):
+    health = make_client(fake, image_model="gemini-omni-1.2-flash").health()
+
+    assert not health.ok and health.misconfigured and "cannot generateContent" in health.detail
 
 
 def test_health_is_down_with_googles_message_when_the_key_is_wrong(fake):
@@ -344,10 +459,17 @@ def test_health_is_down_with_googles_message_when_the_key_is_wrong(fake):
     assert not health.ok and "API key not valid" in health.detail and WRONG_KEY not in health.detail
 
 
+def test_health_is_not_blamed_on_the_settings_when_google_is_unreachable():
+    health = GeminiClient("some-key", GeminiOptions(base_url="http://127.0.0.1:9", timeout=2.0,
+                                                    retry_attempts=1)).health()
+
+    assert not health.ok and not health.misconfigured and "not reachable" in health.detail
+
+
 # --- construction and helpers -------------------------------------------------------------
 def test_the_registry_builds_it_from_settings_and_the_backends_model_override(settings, fake):
     settings.GEMINI_API_KEY, settings.GEMINI_BASE_URL = fake.api_key, fake.url
-    settings.GEMINI_TRANSPORT, settings.GEMINI_API_VERSION = "vertex", ""
+    settings.GEMINI_TRANSPORT, settings.GEMINI_API_VERSION, settings.GEMINI_VIDEO_MODEL = "vertex", "", ""
     backend = SimpleNamespace(config={"image_model": "gemini-3-pro-image"})
 
     client = client_class("gemini").for_backend(backend, "")
@@ -360,8 +482,26 @@ def test_the_registry_builds_it_from_settings_and_the_backends_model_override(se
 def test_an_unknown_transport_is_reported_not_raised(fake):
     client = make_client(fake, transport="carrier-pigeon")
 
-    assert "GEMINI_TRANSPORT" in client.health().detail
-    assert isinstance(client.poll({"kind": "image", "transport": "carrier-pigeon"}), Failed)
+    health = client.health()
+    result = client.poll({"kind": "image", "transport": "carrier-pigeon"})
+
+    assert "GEMINI_TRANSPORT" in health.detail and health.misconfigured
+    assert isinstance(result, Failed) and result.misconfigured
+
+
+def test_one_sdk_client_is_kept_per_process_and_configuration(fake):
+    first, second = make_client(fake), make_client(fake)
+    slower = make_client(fake, timeout=9.0)
+
+    for client in (first, second, slower):
+        client.poll(client.submit(spec()))
+
+    handle = {"transport": "gemini", "api_version": "v1beta"}
+    assert first._sdk(handle, paid=True) is second._sdk(handle, paid=True)
+    assert first._sdk(handle, paid=True) is not slower._sdk(handle, paid=True)  # another timeout
+    assert first._sdk(handle) is not first._sdk(handle, paid=True)  # reads retry, paid calls do not
+    assert make_client(fake, key="another-key")._sdk(handle) is not first._sdk(handle)
+    assert fake.api_key not in repr(list(gemini._SDKS))  # cached under the key's hash
 
 
 def test_the_closest_aspect_ratio_is_chosen():
@@ -371,8 +511,8 @@ def test_the_closest_aspect_ratio_is_chosen():
     assert closest_aspect(832, 1024, ("1:1", "4:5", "3:4")) == "4:5"
 
 
-def test_video_length_is_clamped_to_what_veo_accepts():
-    assert [veo_duration(s) for s in (0, 1, 4, 5, 6, 7, 8, 30)] == [4, 4, 4, 6, 6, 8, 8, 8]
+def test_video_length_is_clamped_to_what_gemini_makes():
+    assert [video_duration(s) for s in (0, 1, 3, 4, 5.2, 8, 10, 30)] == [3, 3, 3, 4, 6, 8, 10, 10]
 
 
 def test_the_fake_runs_as_a_process_for_subprocess_use():

@@ -26,10 +26,11 @@ def test_an_image_is_priced_for_the_configured_model_not_one_number_per_backend(
     assert actual_cost(backend=gemini, job=Job(kind="image"), seconds=12, outputs=2) == Decimal("0.268")
 
 
-def test_veo_is_priced_per_model_for_the_seconds_google_makes(gemini, settings):
-    settings.GEMINI_VIDEO_MODEL = "veo-3.1-fast-generate-001"
-    assert veo_price_per_second(gemini) == Decimal("0.15")
-    assert gemini_video_price(gemini, 5) == Decimal("0.90")  # Veo makes 6 s for 5 asked
+def test_video_is_priced_per_model_for_the_seconds_google_makes(gemini, settings):
+    settings.GEMINI_VIDEO_MODEL = "gemini-omni-1.1-flash"
+    assert veo_price_per_second(gemini) == Decimal("0.10")
+    assert gemini_video_price(gemini, 5) == Decimal("0.50")
+    assert gemini_video_price(gemini, 1) == Decimal("0.30")  # it makes 3 s at the least
 
 
 def test_the_admins_price_overrides_the_table_and_an_unknown_model_uses_the_setting(gemini, settings):

@@ -1,27 +1,30 @@
 """A fake Google Gemini API on loopback, speaking both transports' wire formats.
 
-Shapes follow /work/shared/reference/external-apis.md section 3 (google-genai 3.4.0 against
-Google's REST API):
+The requests it accepts are the ones google-genai 3.4.0 sends, as recorded in
+tests/captures/gemini-sdk-3.4.0.json (tests/captures/record_gemini.py); the answers follow the
+shapes Google documents (tests/captures/README.md). What the real service refuses on a
+transport, this fake refuses too.
 
 Gemini Developer API (generativelanguage.googleapis.com)::
 
-    POST /{v}/models/{m}:generateContent         image models, inlineData parts
-    POST /{v}/models/{m}:countTokens              cheap call used as a health probe
-    POST /{v}/models/{m}:predictLongRunning       Veo start  -> {"name": "models/{m}/operations/{id}"}
-    GET  /{v}/models/{m}/operations/{id}          Veo poll   -> generateVideoResponse.generatedSamples
-    GET  /{v}/files/{id}:download?alt=media       the video; 302 to a blob URL, like Google
+    GET  /{v}/models/{m}                          models.get: name, supportedGenerationMethods
+    POST /{v}/models/{m}:generateContent          image models, inlineData parts
+    POST /{v}/models/{m}:countTokens
+    POST /{v}/interactions                        video (Gemini Omni Flash), background=true
+                                                  -> {"id", "status": "in_progress"}
+    GET  /{v}/interactions/{id}                   -> status "completed", steps[].content[] video
+    GET  /{v}/files/{id}:download?alt=media       a video delivered by URI; 302 to a blob URL
 
-Vertex AI express mode (aiplatform.googleapis.com, API key, no project/location)::
+Vertex AI express mode (aiplatform.googleapis.com, API key, no project/location). Its REST
+reference lists countTokens, generateContent and streamGenerateContent only; anything else
+(predictLongRunning, fetchPredictOperation, predict, GET of a model) is refused the way Google
+refuses a method that takes no API key (401 UNAUTHENTICATED)::
 
     POST /{v}/publishers/google/models/{m}:generateContent
     POST /{v}/publishers/google/models/{m}:countTokens
-    POST /{v}/publishers/google/models/{m}:predictLongRunning
-    POST /{v}/publishers/google/models/{m}:fetchPredictOperation   {"operationName": ...}
-                                                  done -> response.videos[].bytesBase64Encoded
 
-The SDK quirk: a Developer API video URI must look like
-`https://generativelanguage.googleapis.com/{v}/files/<id>:download?alt=media`; the SDK takes the
-file id out of it and fetches `/files/<id>:download` from the *configured* base URL.
+A model the transport does not have (see MODELS; Veo on the Developer API was shut down)
+answers 404 NOT_FOUND, as Google does.
 
 Switches are plain attributes and may be changed while the server runs::
 
@@ -31,7 +34,8 @@ Switches are plain attributes and may be changed while the server runs::
         fake.filtered = True       # results are safety-filtered ("prompt": the prompt is blocked)
         fake.bad_request = "..."   # every call answers 400 INVALID_ARGUMENT with this message
         fake.forbidden = "..."     # every call answers 403 PERMISSION_DENIED with this message
-        fake.retired = {"veo-x"}   # these models answer 404 NOT_FOUND
+        fake.retired = {"m"}       # these models answer 404 NOT_FOUND
+        fake.video_delivery = "uri"  # videos come as a Files API URI instead of inline bytes
         fake.requests              # every request: method, path, transport, action, model, body
 
 As a process::
@@ -61,21 +65,39 @@ VERSION = r"(?P<version>v1[a-z0-9]*)"
 MODEL = r"(?P<model>[^/:]+)"
 ROUTES = [
     # (method, regex on the path, transport, action)
-    ("POST", rf"^/{VERSION}/publishers/google/models/{MODEL}:(?P<action>generateContent|countTokens|"
-             r"predictLongRunning|fetchPredictOperation)$", "vertex", None),
-    ("POST", rf"^/{VERSION}/models/{MODEL}:(?P<action>generateContent|countTokens|predictLongRunning)$",
-     "gemini", None),
-    ("GET", rf"^/{VERSION}/models/{MODEL}/operations/(?P<op>[^/:]+)$", "gemini", "getOperation"),
+    ("POST", rf"^/{VERSION}/publishers/google/models/{MODEL}:(?P<action>generateContent|countTokens)$",
+     "vertex", None),
+    ("*", rf"^/{VERSION}/publishers/google/models/{MODEL}(:[A-Za-z]+)?$", "vertex", "refused"),
+    ("GET", rf"^/{VERSION}/models/{MODEL}$", "gemini", "getModel"),
+    ("POST", rf"^/{VERSION}/models/{MODEL}:(?P<action>generateContent|countTokens)$", "gemini", None),
+    ("POST", rf"^/{VERSION}/interactions$", "gemini", "createInteraction"),
+    ("GET", rf"^/{VERSION}/interactions/(?P<interaction>[^/:]+)$", "gemini", "getInteraction"),
     ("GET", rf"^/{VERSION}/files/(?P<file>[^/:]+):download$", "gemini", "download"),
     ("GET", r"^/blobs/(?P<file>[^/:]+)$", "blob", "blob"),
 ]
+# What each transport serves: model id -> supportedGenerationMethods (models.get). The
+# Developer API's Veo ids are absent: shut down. Omni is reached through interactions, which
+# models.get does not list as a method.
+IMAGE_METHODS = ["generateContent", "countTokens", "batchGenerateContent"]
+MODELS = {
+    "gemini": {"gemini-3.1-flash-image": IMAGE_METHODS, "gemini-3-pro-image": IMAGE_METHODS,
+               "gemini-2.5-flash-image": IMAGE_METHODS, "gemini-3.5-flash": IMAGE_METHODS,
+               "gemini-omni-1.1-flash": [], "gemini-omni-1.2-flash": []},
+    "vertex": {"gemini-3.1-flash-image": IMAGE_METHODS, "gemini-3-pro-image": IMAGE_METHODS,
+               "gemini-2.5-flash-image": IMAGE_METHODS},
+}
+VIDEO_MODELS = {"gemini-omni-1.1-flash", "gemini-omni-1.2-flash"}
+VIDEO_SECONDS = range(3, 11)
 # Aspect ratios the fake understands, and the pixel size it draws for each (small: fast tests).
 ASPECTS = {"1:1": (64, 64), "2:3": (64, 96), "3:2": (96, 64), "3:4": (64, 85), "4:3": (85, 64),
            "4:5": (64, 80), "5:4": (80, 64), "9:16": (64, 114), "16:9": (114, 64), "21:9": (149, 64)}
 IMAGE_BLOCK_MESSAGE = ("Unable to show the generated image. The image was filtered out because it violated "
                        "Google's Generative AI Prohibited Use policy.")
-VIDEO_BLOCK_REASON = ("Veo could not generate videos because the input prompt contains content that "
-                      "violates our usage guidelines. Support code: 58061214.")
+VIDEO_BLOCK_REASON = ("I can't make that video: the prompt contains content that violates our usage "
+                      "guidelines.")
+NO_API_KEYS = ("API keys are not supported by this API. Expected OAuth2 access token or other authentication "
+               "credentials that assert a principal. See https://cloud.google.com/docs/authentication")
+VIDEO_TOKENS_PER_SECOND = 5792  # 720p output, as Google counts it
 
 
 # --------------------------------------------------------------------------- outputs
@@ -112,9 +134,13 @@ def _error(code: int, status: str, message: str, details=None) -> web.Response:
     return web.json_response(body, status=code)
 
 
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
 # --------------------------------------------------------------------------- the server
 
-PAID_ACTIONS = ("generateContent", "predictLongRunning")  # the calls Google bills (per image, per Veo second)
+PAID_ACTIONS = ("generateContent", "createInteraction")  # the calls Google bills (per image, per video second)
 
 
 class FakeGemini:
@@ -124,11 +150,11 @@ class FakeGemini:
                  op_seconds: float = 1.0, latency: float = 0.0):
         self.host, self.port = host, port
         self.api_key = api_key
-        self.op_seconds = op_seconds  # how long a Veo operation stays not-done
-        self.held = False  # True: every Veo operation stays not-done, whatever its age, until set False
+        self.op_seconds = op_seconds  # how long a video interaction stays in progress
+        self.held = False  # True: every video interaction stays in progress, whatever its age, until set False
         self.latency = latency  # added to every API answer
         # Seconds a paid call's answer is held after the run is made (the image generated, the
-        # Veo operation started), as when a connection dies mid-call; other calls answer at once.
+        # interaction started), as when a connection dies mid-call; other calls answer at once.
         self.paid_answer_delay = 0.0
         self.filtered = False  # True: outputs are safety-filtered; "prompt": the prompt is blocked
         self.fail_429 = 0  # the next N API calls answer 429 RESOURCE_EXHAUSTED
@@ -137,8 +163,9 @@ class FakeGemini:
         self.bad_request = None  # str: every API call answers 400 INVALID_ARGUMENT with it
         self.forbidden = None  # str: every API call answers 403 PERMISSION_DENIED with it
         self.retired = set()  # model ids answering 404 NOT_FOUND, like a shut-down model
+        self.video_delivery = "inline"  # or "uri": a Files API URI, fetched from /files/{id}:download
         self.requests: list[dict] = []
-        self.operations: dict[str, dict] = {}  # operation id -> state
+        self.interactions: dict[str, dict] = {}  # interaction id -> state
         self.files: dict[str, bytes] = {}  # file id -> bytes (Developer API downloads)
         self._thread = self._loop = self._runner = None
 
@@ -214,15 +241,16 @@ class FakeGemini:
         body = await _json_body(request)
         record = {"method": request.method, "path": request.path, "query": dict(request.query),
                   "transport": route[1] if route else None, "action": route[2] if route else None,
-                  "model": (route[0].groupdict().get("model") if route else None), "body": body,
-                  "api_key": request.headers.get("x-goog-api-key"), "time": time.time()}
+                  "model": (route[0].groupdict().get("model") if route else None) or body.get("model"),
+                  "body": body, "api_key": request.headers.get("x-goog-api-key"),
+                  "headers": {k.lower(): v for k, v in request.headers.items()}, "time": time.time()}
         self.requests.append(record)
         if route is None:
             return _error(404, "NOT_FOUND", f"The requested URL {request.path} was not found on this server.")
         match, transport, action = route
         if action == "blob":
             return self._blob(match["file"])
-        refusal = self._refusal(request, transport, match.groupdict().get("model"))
+        refusal = self._refusal(request, transport, record["model"], action)
         if refusal is not None:
             return refusal
         if self.latency:
@@ -236,21 +264,22 @@ class FakeGemini:
     def _match(self, request: web.Request):
         for method, pattern, transport, action in ROUTES:
             match = re.match(pattern, request.path)
-            if match and request.method == method:
+            if match and method in ("*", request.method):
                 return match, transport, action or match["action"]
         return None
 
-    def _refusal(self, request, transport: str, model):
+    def _refusal(self, request, transport: str, model, action: str):
         """What Google checks before doing any work: the key, quota, then the request."""
         key = request.headers.get("x-goog-api-key")
         if not key:
             return _error(403, "PERMISSION_DENIED", "Method doesn't allow unregistered callers (callers without "
                           "established identity). Please use API Key or other form of API consumer identity "
                           "to call this API.")
+        if action == "refused":  # not in express mode's REST reference: no API keys here
+            return _error(401, "UNAUTHENTICATED", NO_API_KEYS)
         if key != self.api_key:
             if transport == "vertex":
-                return _error(401, "UNAUTHENTICATED", "API keys are not supported by this API. Expected OAuth2 "
-                              "access token or other authentication credentials that assert a principal.")
+                return _error(401, "UNAUTHENTICATED", NO_API_KEYS)
             return _error(400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key.",
                           [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID",
                             "domain": "googleapis.com"}])
@@ -268,10 +297,17 @@ class FakeGemini:
             return _error(400, "INVALID_ARGUMENT", self.bad_request)
         if self.forbidden:
             return _error(403, "PERMISSION_DENIED", self.forbidden)
-        if model in self.retired:
+        if model and (model in self.retired or model not in MODELS.get(transport, {})):
             return _error(404, "NOT_FOUND", f"models/{model} is not found for API version "
                           f"{request.path.split('/')[1]}, or is not supported for this method.")
         return None
+
+    # ---- models.get (Developer API)
+
+    def _getModel(self, request, match, transport, body) -> web.Response:
+        model = match["model"]
+        return web.json_response({"name": f"models/{model}", "version": "001", "displayName": model,
+                                  "supportedGenerationMethods": MODELS[transport][model]})
 
     # ---- generateContent / countTokens (both transports)
 
@@ -304,59 +340,59 @@ class FakeGemini:
     def _countTokens(self, request, match, transport, body) -> web.Response:
         return web.json_response({"totalTokens": 4})
 
-    # ---- Veo long-running operations
+    # ---- video: interactions (Developer API)
 
-    def _predictLongRunning(self, request, match, transport, body) -> web.Response:
-        instances, parameters = body.get("instances") or [], body.get("parameters") or {}
-        if not instances or not (instances[0] or {}).get("prompt"):
-            return _error(400, "INVALID_ARGUMENT", "A prompt is required.")
-        duration = int(parameters.get("durationSeconds") or 8)
-        if duration not in (4, 6, 8):
-            return _error(400, "INVALID_ARGUMENT", f"Unsupported duration {duration}s: use 4, 6 or 8.")
-        op_id = uuid.uuid4().hex[:12]
-        prefix = "publishers/google/models" if transport == "vertex" else "models"
-        name = f"{prefix}/{match['model']}/operations/{op_id}"
-        self.operations[op_id] = {"name": name, "transport": transport, "model": match["model"],
-                                  "version": match["version"], "started": time.monotonic(),
-                                  "filtered": bool(self.filtered), "duration": duration, "parameters": parameters}
-        return web.json_response({"name": name})
+    def _createInteraction(self, request, match, transport, body) -> web.Response:
+        model, prompt, form = body.get("model"), body.get("input"), body.get("response_format") or {}
+        if model not in VIDEO_MODELS:
+            return _error(400, "INVALID_ARGUMENT", f"Model {model} cannot generate video.")
+        if not isinstance(prompt, str) or not prompt.strip():
+            return _error(400, "INVALID_ARGUMENT", "An input prompt is required.")
+        if not body.get("background"):
+            return _error(400, "INVALID_ARGUMENT", "This fake makes videos in background mode only.")
+        duration = str(form.get("duration") or "8s")
+        seconds = int(duration[:-1]) if duration.endswith("s") and duration[:-1].isdigit() else 0
+        if form.get("type") != "video" or seconds not in VIDEO_SECONDS:
+            return _error(400, "INVALID_ARGUMENT", f"Unsupported video duration {duration!r}: use 3s to 10s.")
+        if form.get("aspect_ratio", "16:9") not in ("16:9", "9:16"):
+            return _error(400, "INVALID_ARGUMENT", f"Unsupported aspect ratio {form.get('aspect_ratio')!r}.")
+        interaction_id = "v1_" + uuid.uuid4().hex[:20]
+        self.interactions[interaction_id] = {
+            "id": interaction_id, "model": model, "prompt": prompt, "version": match["version"],
+            "started": time.monotonic(), "created": _now(), "seconds": seconds, "filtered": bool(self.filtered),
+            "response_format": form, "generation_config": body.get("generation_config") or {},
+        }
+        return web.json_response(self._interaction(self.interactions[interaction_id], "in_progress"))
 
-    def _getOperation(self, request, match, transport, body) -> web.Response:
-        return self._operation(match["op"], "gemini")
-
-    def _fetchPredictOperation(self, request, match, transport, body) -> web.Response:
-        op_id = str(body.get("operationName") or "").rpartition("/operations/")[2]
-        return self._operation(op_id, "vertex")
-
-    def _operation(self, op_id: str, transport: str) -> web.Response:
-        state = self.operations.get(op_id)
-        if state is None or state["transport"] != transport:
-            return _error(404, "NOT_FOUND", f"Operation {op_id} not found.")
+    def _getInteraction(self, request, match, transport, body) -> web.Response:
+        state = self.interactions.get(match["interaction"])
+        if state is None:
+            return _error(404, "NOT_FOUND", f"Interaction {match['interaction']} not found.")
         if self.held or time.monotonic() - state["started"] < self.op_seconds:
-            return web.json_response({"name": state["name"]})
-        response = self._vertex_result(state) if transport == "vertex" else self._developer_result(state)
-        return web.json_response({"name": state["name"], "done": True, "response": response})
+            return web.json_response(self._interaction(state, "in_progress"))
+        return web.json_response(self._interaction(state, "completed"))
 
-    def _developer_result(self, state: dict) -> dict:
-        result = {"@type": "type.googleapis.com/google.ai.generativelanguage.v1beta.PredictLongRunningResponse"}
-        if state["filtered"]:
-            result["generateVideoResponse"] = {"raiMediaFilteredCount": 1,
-                                               "raiMediaFilteredReasons": [VIDEO_BLOCK_REASON]}
-            return result
-        file_id = uuid.uuid4().hex[:12]
-        self.files[file_id] = mp4_bytes(state["duration"])
-        uri = f"{DEVELOPER_HOST}/{state['version']}/files/{file_id}:download?alt=media"
-        result["generateVideoResponse"] = {"generatedSamples": [{"video": {"uri": uri}}]}
-        return result
+    def _interaction(self, state: dict, status: str) -> dict:
+        answer = {"id": state["id"], "status": status, "model": state["model"], "created": state["created"],
+                  "updated": _now(), "object": "interaction"}
+        if status != "completed":
+            return answer
+        answer["steps"] = [{"type": "user_input", "content": [{"type": "text", "text": state["prompt"]}]},
+                           {"type": "model_output", "content": [self._video_content(state)]}]
+        answer["usage"] = {"total_input_tokens": 12,
+                           "total_output_tokens": 0 if state["filtered"] else VIDEO_TOKENS_PER_SECOND * state["seconds"]}
+        return answer
 
-    def _vertex_result(self, state: dict) -> dict:
-        result = {"@type": "type.googleapis.com/cloud.ai.large_models.vision.GenerateVideoResponse"}
+    def _video_content(self, state: dict) -> dict:
         if state["filtered"]:
-            result.update(raiMediaFilteredCount=1, raiMediaFilteredReasons=[VIDEO_BLOCK_REASON])
-            return result
-        data = base64.b64encode(mp4_bytes(state["duration"])).decode()
-        result.update(raiMediaFilteredCount=0, videos=[{"bytesBase64Encoded": data, "mimeType": "video/mp4"}])
-        return result
+            return {"type": "text", "text": VIDEO_BLOCK_REASON}
+        data = state.setdefault("video", mp4_bytes(state["seconds"]))
+        if self.video_delivery != "uri":
+            return {"type": "video", "mime_type": "video/mp4", "data": base64.b64encode(data).decode()}
+        file_id = state.setdefault("file_id", uuid.uuid4().hex[:12])
+        self.files[file_id] = data
+        return {"type": "video", "mime_type": "video/mp4",
+                "uri": f"{DEVELOPER_HOST}/{state['version']}/files/{file_id}:download?alt=media"}
 
     # ---- Developer API file download: 302 to a blob, as Google redirects to storage
 

@@ -1,26 +1,40 @@
-"""Client for Google Gemini through google-genai: images through an image model's
-`generateContent`, video through Veo as a long-running operation.
+"""Client for Google Gemini through google-genai 3.4.0: images through an image model's
+`generateContent`; video through Gemini Omni Flash in the Interactions API.
 
-Facts this relies on (shared/reference/external-apis.md §0 and §3, google-genai 3.4.0):
-- Google retires models and SDK paths often, so model ids, transport and API version are
-  settings (GEMINI_*), and a Backend row's `config` may override the models in the admin.
-- Two transports, chosen by GEMINI_TRANSPORT: "gemini" (the Gemini Developer API, an AI Studio
-  key) and "vertex" (Vertex AI express mode: a Google Cloud API key and `vertexai=True`, no
-  project/location). Both send the key as the `x-goog-api-key` header, never in a URL.
-- The API version is always passed explicitly (SDK defaults moved between releases: 3.0 made
-  the Developer API default `v1`, while Veo and image output are documented on `v1beta`).
-- 3.x refuses `generate_videos` on the Developer API before sending anything. See
-  `_start_video_developer` for how video still works there.
-- A Developer API video is a file URI `https://…/files/<id>:download?alt=media`; the SDK takes
-  the id from it and downloads from the configured base URL. Vertex returns the bytes inline.
-- Retries belong to us, not the SDK (`retry_options=None`: one attempt per call): a poll never
-  sleeps; it returns `Progress(next_poll=…)` and the poll task re-schedules itself.
+What each transport can do with the SDK's public methods (tests/captures/README.md has the
+sources; tests/captures/gemini-sdk-3.4.0.json is the SDK's own traffic, recorded):
+- "gemini", the Gemini Developer API (an AI Studio key): `models.generate_content` for images
+  (POST /v1beta/models/{m}:generateContent); `interactions.create(background=True)` then
+  `interactions.get` for video (POST /v1beta/interactions, GET /v1beta/interactions/{id}), the
+  video model Google's Gemini API documents by default. Veo is not reachable here:
+  `models.generate_videos` raises ValueError on this API before sending anything ("Currently,
+  only Gemini Enterprise Agent Platform supports video generation", the SDK's README; the same
+  in 3.6.1, the newest release), and the Developer API's Veo ids were shut down. `models.get`
+  says whether a model exists for this key, and what it can do.
+- "vertex", Vertex AI express mode (a Google Cloud API key, `vertexai=True`, no project): its
+  REST reference lists countTokens, generateContent and streamGenerateContent, nothing else. So
+  images only, and the health probe uses countTokens (there is no models.get); Veo
+  (predictLongRunning) needs full Vertex AI with OAuth, which this project does not speak.
+- Both send the key as the `x-goog-api-key` header, never in a URL. The API version is always
+  passed explicitly (3.0 moved the Developer API's default to `v1`; interactions are `v1beta`).
+
+Retries are the SDK's own (HttpRetryOptions), with one exception for money's sake: the SDK
+retries a call that timed out after it was sent, as it does a 503, and Google may have made
+(and billed) the image or video that call asked for. So a paid call (generateContent, creating
+an interaction) gets one attempt, and only an answer that proves Google started nothing (429,
+503, refused) is sent again, by the poll chain's countdown. Reads (models.get, countTokens,
+interactions.get, downloads) are retried by the SDK. One SDK client per process and
+configuration is kept (`_sdk_for`): building one per call threw away its connection pool.
 """
+import base64
+import binascii
+import hashlib
 import importlib
-import json
 import logging
 import math
 import mimetypes
+import os
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,9 +50,8 @@ log = logging.getLogger(__name__)
 
 
 def _http_errors():
-    """Transport errors of httpx and of httpx2, its fork that google-genai 3.x prefers when
-    installed (it is one of its dependencies): failures to connect (nothing was sent), timeouts,
-    then every other HTTP error."""
+    """Transport errors of httpx and of httpx2, its fork that google-genai 3.x uses: failures to
+    connect (nothing was sent), timeouts, then every other HTTP error."""
     connects, timeouts, others = [], [], []
     for name in ("httpx", "httpx2"):
         try:
@@ -53,34 +66,47 @@ def _http_errors():
 
 CONNECT_ERRORS, TIMEOUT_ERRORS, HTTP_ERRORS = _http_errors()
 
-TRANSPORTS = {"gemini": "Gemini API", "vertex": "Vertex AI express"}
+TRANSPORTS = {"gemini": "Gemini API", "vertex": "Vertex AI express mode"}
 DEFAULT_API_VERSION = {"gemini": "v1beta", "vertex": "v1"}
-# Aspect ratios the Gemini image models accept, and the two Veo accepts.
+# Aspect ratios the Gemini image models accept, and the two the video model accepts.
 IMAGE_ASPECTS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
 VIDEO_ASPECTS = ("16:9", "9:16")
-VEO_DURATIONS = (4, 6, 8)  # seconds Veo 3.x accepts
+VIDEO_SECONDS = (3, 10)  # Gemini Omni Flash: 3 to 10 s in 1 s steps
 HEALTH_TIMEOUT = 5.0
+RETRY_STATUSES = (408, 429, 500, 502, 503, 504)  # what the SDK retries on reads (its own default set)
 # A candidate that ended for one of these reasons was blocked by Google's filters: the
 # prompt is the problem, another try (or backend) will not help.
 BLOCKED_REASONS = {"SAFETY", "IMAGE_SAFETY", "PROHIBITED_CONTENT", "IMAGE_PROHIBITED_CONTENT", "BLOCKLIST",
                    "SPII", "RECITATION", "IMAGE_RECITATION", "NO_IMAGE", "LANGUAGE", "MODEL_ARMOR", "JAILBREAK"}
-# google.rpc codes of a failed operation that are the request's fault, not Google's.
-PERMANENT_RPC_CODES = {3, 7, 9, 16}  # INVALID_ARGUMENT, PERMISSION_DENIED, FAILED_PRECONDITION, UNAUTHENTICATED
+# google.rpc codes (by number or name) of a failed interaction that are the request's fault.
+PERMANENT_CODES = {"3", "9", "INVALID_ARGUMENT", "FAILED_PRECONDITION"}
+KEY_CODES = {"7", "16", "PERMISSION_DENIED", "UNAUTHENTICATED"}  # the key's fault: misconfigured
+RUNNING = {"queued", "in_progress"}
 
 ERR_WORKFLOW = "Gemini cannot run a custom ComfyUI workflow; choose a ComfyUI backend (local or cloud)."
 ERR_NO_PROMPT = "Gemini needs a text prompt."
 ERR_NOT_CONFIGURED = "not configured"
+ERR_NO_VIDEO_ON_EXPRESS = (
+    "Vertex AI express mode cannot make videos (its API lists only generateContent and countTokens): "
+    "set GEMINI_TRANSPORT=gemini with a Gemini API key for video, or set GEMINI_VIDEO_MODEL empty "
+    "and untick 'supports video' on the gemini backend to use it for images only")
+ERR_VEO_ON_GEMINI_API = (
+    "Veo ({model}) cannot be used with a Gemini API key: google-genai offers Veo only on Vertex AI, "
+    "and Google shut the Gemini API's Veo models down; set GEMINI_VIDEO_MODEL=gemini-omni-1.1-flash")
+ERR_NO_VIDEO_MODEL = ("GEMINI_VIDEO_MODEL is empty, so this backend makes images only: untick "
+                      "'supports video' on the gemini backend")
 
 
 class GeminiError(BackendError):
     """A classed Gemini failure. `transient` (429, 5xx, timeouts) is worth waiting for on the
-    same backend; other retryable errors (a retired model) should fail over at once."""
+    same backend; other retryable errors (an expired interaction) should fail over at once."""
 
     transient, retry_after = False, None  # also after unpickling (BackendError.__reduce__)
 
     def __init__(self, message: str, *, retryable: bool, transient: bool = False,
-                 retry_after: Optional[float] = None):
-        super().__init__(message, retryable=retryable, outage=transient)
+                 retry_after: Optional[float] = None, resend_safe: bool = False, misconfigured: bool = False):
+        super().__init__(message, retryable=retryable, outage=transient, resend_safe=resend_safe,
+                         misconfigured=misconfigured)
         self.transient = transient
         self.retry_after = retry_after
 
@@ -91,13 +117,40 @@ class GeminiOptions:
     api_version: str = ""  # empty: DEFAULT_API_VERSION of the transport
     base_url: str = ""  # empty: Google's
     image_model: str = "gemini-3.1-flash-image"
-    video_model: str = "veo-3.1-generate-001"
+    video_model: str = "gemini-omni-1.1-flash"  # empty: images only
     timeout: float = 120.0  # seconds, per HTTP call
     video_poll_seconds: float = 10.0
+    retry_attempts: int = 3  # SDK attempts per read (the first included); paid calls get one
     retry_seconds: float = 2.0  # first wait after a 429/5xx
     retry_max_seconds: float = 30.0  # longest wait after a 429/5xx; below the sweeper's re-send age
     image_give_up_seconds: float = 180.0  # an image attempt fails over after this long
     video_give_up_seconds: float = 1200.0  # a video attempt fails over after this long
+
+
+# --- one SDK client per process and configuration -----------------------------------------
+_SDKS: dict = {}
+_SDKS_LOCK = threading.Lock()
+
+
+def _sdk_for(api_key: str, transport: str, base_url: str, api_version: str, timeout: float,
+             retry: tuple) -> "genai.Client":
+    """The process's google-genai client for this configuration, built once. Keyed by the
+    process id too: a client (and its connection pool) made before a fork is not reused by a
+    prefork child. `retry` is (attempts, first wait, longest wait)."""
+    digest = hashlib.sha256(api_key.encode()).hexdigest()  # the key itself is never a dict key
+    key = (os.getpid(), digest, transport, base_url, api_version, timeout, retry)
+    with _SDKS_LOCK:
+        sdk = _SDKS.get(key)
+        if sdk is None:
+            attempts, first, longest = retry
+            options = types.HttpOptions(
+                base_url=base_url or None, api_version=api_version, timeout=int(timeout * 1000),
+                # Jitter of up to half the first wait, so that workers do not all retry in step.
+                retry_options=types.HttpRetryOptions(attempts=attempts, initial_delay=first, max_delay=longest,
+                                                     jitter=first / 2, http_status_codes=list(RETRY_STATUSES)),
+            )
+            sdk = _SDKS[key] = genai.Client(api_key=api_key, vertexai=transport == "vertex", http_options=options)
+    return sdk
 
 
 class GeminiClient(Client):
@@ -119,8 +172,10 @@ class GeminiClient(Client):
             transport=settings.GEMINI_TRANSPORT, api_version=settings.GEMINI_API_VERSION,
             base_url=url or settings.GEMINI_BASE_URL,
             image_model=config.get("image_model") or settings.GEMINI_IMAGE_MODEL,
-            video_model=config.get("video_model") or settings.GEMINI_VIDEO_MODEL,
+            # An empty "video_model" in the row's config makes this backend images-only.
+            video_model=(config["video_model"] if "video_model" in config else settings.GEMINI_VIDEO_MODEL) or "",
             timeout=settings.GEMINI_HTTP_TIMEOUT, video_poll_seconds=settings.GEMINI_VIDEO_POLL_SECONDS,
+            retry_attempts=settings.GEMINI_RETRY_ATTEMPTS,
             retry_seconds=settings.GEMINI_RETRY_SECONDS, retry_max_seconds=settings.GEMINI_RETRY_MAX_SECONDS,
             image_give_up_seconds=settings.GEMINI_IMAGE_GIVE_UP_SECONDS,
             video_give_up_seconds=settings.GEMINI_VIDEO_GIVE_UP_SECONDS,
@@ -129,22 +184,22 @@ class GeminiClient(Client):
     # --- submit ---------------------------------------------------------------------------
     def submit(self, spec: dict) -> dict:
         """Images: only record the request; the first poll makes the call, so this task stays
-        quick and a 429 there gets the poll's backoff. Video: start the Veo operation now and
-        keep its name, which is all a later poll (on any worker) needs."""
+        quick and a 429 there gets the poll's backoff. Video: start the interaction now and
+        keep its id, which is all a later poll (on any worker) needs."""
         if spec.get("custom_workflow"):
             raise BackendError(ERR_WORKFLOW, retryable=False)  # the router never sends one; defence in depth
         if not (spec.get("prompt") or "").strip():
             raise BackendError(ERR_NO_PROMPT, retryable=False)
-        self._check_configured()
+        self._check_configured(video=spec.get("kind") == "video")
         handle = self._new_handle(spec)
         if handle["kind"] == "video":
-            with self._sdk(handle) as sdk:
-                handle["operation"] = _start_video(sdk, handle)
-            log.info("gemini: Veo operation %s started for attempt %s", handle["operation"], handle["attempt_id"])
+            handle["interaction"] = self._start_video(handle)
+            log.info("gemini: video interaction %s started for attempt %s", handle["interaction"],
+                     handle["attempt_id"])
         return handle
 
     def starts_paid_run(self, phase: str, handle: dict) -> bool:
-        """Veo starts at submit; an image is generated by the poll's generateContent. Neither
+        """Video starts at submit; an image is generated by the poll's generateContent. Neither
         takes an idempotency key, so a call cut short may still be billed."""
         video = handle.get("kind") == "video"
         return video if phase == "submit" else not video
@@ -166,13 +221,28 @@ class GeminiClient(Client):
             "started_at": round(now, 3), "give_up_at": round(now + give_up, 3),
         }
         if video:
-            handle["duration_seconds"] = veo_duration(spec.get("duration_seconds") or 0)
+            handle["duration_seconds"] = video_duration(spec.get("duration_seconds") or 0)
         return handle
+
+    def _start_video(self, handle: dict) -> str:
+        """POST /v1beta/interactions in the background: it answers at once with the
+        interaction's id and status; the video is fetched by `interactions.get` later."""
+        response_format = {"type": "video", "aspect_ratio": handle["aspect_ratio"],
+                           "duration": f"{handle['duration_seconds']}s", "delivery": "inline"}
+        generation = {"seed": handle["seed"]} if handle["seed"] else None
+        with self._calling(model=("GEMINI_VIDEO_MODEL", handle["model"])):
+            interaction = self._sdk(handle, paid=True).interactions.create(
+                model=handle["model"], input=_prompt(handle["prompt"], handle["negative_prompt"]),
+                response_modalities=["video"], response_format=response_format, background=True,
+                **({"generation_config": generation} if generation else {}))
+        if not interaction.id:
+            raise GeminiError(f"Gemini started no interaction (status {interaction.status!r})", retryable=True)
+        return interaction.id
 
     # --- poll -----------------------------------------------------------------------------
     def poll(self, handle: dict, on_progress: Optional[ProgressCallback] = None):
         try:
-            self._check_configured()
+            self._check_configured(video=handle.get("kind") == "video")
             if handle.get("kind") == "video":
                 return self._poll_video(handle)
             if on_progress:
@@ -187,49 +257,56 @@ class GeminiClient(Client):
             image_config=types.ImageConfig(aspect_ratio=handle.get("aspect_ratio")),
             automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),  # no tools here
         )
-        with self._sdk(handle) as sdk:
-            response = sdk.models.generate_content(model=handle["model"], config=config,
-                                                   contents=_image_prompt(handle["prompt"], handle["negative_prompt"]))
+        with self._calling(model=("GEMINI_IMAGE_MODEL", handle["model"])):
+            response = self._sdk(handle, paid=True).models.generate_content(
+                model=handle["model"], config=config, contents=_prompt(handle["prompt"], handle["negative_prompt"]))
         return image_result(response, _stem(handle), seconds=_elapsed(handle))
 
     def _poll_video(self, handle: dict):
-        with self._sdk(handle) as sdk:
-            operation = sdk.operations.get(types.GenerateVideosOperation(name=handle["operation"]))
-            if not operation.done:
-                if time.time() >= handle["give_up_at"]:
-                    minutes = (handle["give_up_at"] - handle["started_at"]) / 60
-                    return Failed(f"Veo did not finish within {minutes:.0f} minutes", retryable=True)
-                return Progress(percent=0, running=True, next_poll=self.options.video_poll_seconds)
-            outcome = video_outcome(operation)
-            if isinstance(outcome, Failed):
-                return outcome
-            data = self._video_bytes(sdk, outcome)
+        if not handle.get("interaction"):  # a Veo operation an earlier version started
+            return Failed("This video was started through an API this version no longer uses", retryable=True)
+        sdk = self._sdk(handle)
+        with self._calling():
+            interaction = sdk.interactions.get(handle["interaction"])
+        if interaction.status in RUNNING:
+            if time.time() >= handle["give_up_at"]:
+                minutes = (handle["give_up_at"] - handle["started_at"]) / 60
+                return Failed(f"Gemini did not finish the video within {minutes:.0f} minutes", retryable=True)
+            return Progress(percent=0, running=interaction.status == "in_progress",
+                            next_poll=self.options.video_poll_seconds)
+        outcome = video_outcome(interaction)
+        if isinstance(outcome, Failed):
+            return outcome
+        data = self._video_bytes(sdk, outcome)
         mime = outcome.mime_type or "video/mp4"
         output = RemoteOutput(filename=f"gemini-{_stem(handle)}{_extension(mime, '.mp4')}", mime=mime, data=data)
         return Done(outputs=[output], seconds=_elapsed(handle))
 
-    def _video_bytes(self, sdk, video: "types.Video") -> bytes:
-        if video.video_bytes:
-            return video.video_bytes  # Vertex: inline base64, already decoded by the SDK
-        if not (video.uri or "").startswith("https://"):
-            # A gs:// URI needs OAuth, and we never ask for one (no output_gcs_uri).
-            raise GeminiError(f"Veo returned a video we cannot fetch ({(video.uri or 'no URI')[:200]})",
-                              retryable=True)
-        try:
-            # Developer API: the SDK takes <id> out of https://…/files/<id>:download and fetches
-            # it from the configured base URL (with the key header), following Google's redirect.
-            return sdk.files.download(file=video)
-        except ValueError as error:  # a URI the SDK cannot read a file id from
-            raise GeminiError(f"Veo returned a video URI the SDK cannot download: {error}", retryable=True)
+    def _video_bytes(self, sdk, video) -> bytes:
+        if video.data:
+            try:
+                return base64.b64decode(video.data, validate=True)
+            except (binascii.Error, ValueError):
+                raise GeminiError("Gemini sent a video that is not base64", retryable=True)
+        uri = video.uri or ""
+        if not (uri.startswith("https://") and "/files/" in uri):
+            raise GeminiError(f"Gemini returned a video we cannot fetch ({(uri or 'no URI')[:200]})", retryable=True)
+        with self._calling():
+            # A Files API URI: the SDK takes <id> out of https://…/files/<id>… and fetches it from
+            # the configured base URL with the key header, following Google's redirect.
+            return sdk.files.download(file=types.Video(uri=uri))
 
     def _after_error(self, handle: dict, error: GeminiError):
-        """Permanent → Failed at once. Transient (429/5xx/timeout) → wait and poll again, with
+        """Misconfigured → fail over, marking the backend down. Permanent → Failed at once.
+        Transient (429/5xx/timeout; reads were already retried by the SDK) → poll again after
         a growing delay, until the attempt's deadline; then fail over. Other → fail over now."""
+        if error.misconfigured:
+            return Failed(error.message, retryable=True, outage=True, misconfigured=True)
         if not error.retryable:
             return Failed(error.message, retryable=False)
         # A timeout or a dropped connection during generateContent: Google may have made (and
         # billed) the image we never received.
-        billed = handle.get("kind") != "video" and error.transient and not getattr(error, "resend_safe", False)
+        billed = handle.get("kind") != "video" and error.transient and not error.resend_safe
         now = time.time()
         if not error.transient or now >= handle.get("give_up_at", 0):
             waited = now - handle.get("started_at", now)
@@ -249,141 +326,129 @@ class GeminiClient(Client):
 
     # --- cancel, health -------------------------------------------------------------------
     def cancel(self, handle: dict) -> None:
-        """Nothing to do remotely: an image call is one request, and Veo operations have no
-        cancel method in either API. The job is already cancelled in our database, and a
-        poll of a final job ends the chain, so the result is never fetched or charged."""
+        """Nothing to do remotely: an image call is one request. The job is already cancelled
+        in our database, and a poll of a final job ends the chain, so the result is never
+        fetched or charged."""
         return None
 
     def health(self) -> Health:
-        """countTokens on the image model: free, served by both transports (Vertex express
-        mode has no models.get), and it proves the key, the base URL and the model id."""
+        """Whether the configured models exist and can be used with this key: models.get for
+        each on the Gemini API (the image model must offer generateContent); countTokens on the
+        image model on Vertex express mode, which has no models.get. A setting that cannot work
+        (Veo with a Gemini API key, any video model on express mode) is down, with what to do."""
         if not self._api_key:
             return Health(ok=False, detail=ERR_NOT_CONFIGURED)
         started = time.monotonic()
         handle = {"transport": self.options.transport, "api_version": self._api_version()}
         try:
-            self._check_configured()
-            with self._sdk(handle, timeout=min(HEALTH_TIMEOUT, self.options.timeout)) as sdk:
-                sdk.models.count_tokens(model=self.options.image_model, contents="ping")
+            self._check_configured(video=bool(self.options.video_model))
+            sdk = self._sdk(handle, timeout=min(HEALTH_TIMEOUT, self.options.timeout))
+            if self.options.transport == "vertex":
+                with self._calling(model=("GEMINI_IMAGE_MODEL", self.options.image_model)):
+                    sdk.models.count_tokens(model=self.options.image_model, contents="ping")
+            else:
+                self._check_model(sdk, "GEMINI_IMAGE_MODEL", self.options.image_model, "generateContent")
+                if self.options.video_model:
+                    self._check_model(sdk, "GEMINI_VIDEO_MODEL", self.options.video_model, None)
         except GeminiError as error:
-            return Health(ok=False, detail=error.message)
+            return Health(ok=False, detail=error.message, misconfigured=error.misconfigured)
+        video = self.options.video_model or "no video"
         return Health(ok=True, latency_ms=round((time.monotonic() - started) * 1000, 1),
-                      detail=f"{TRANSPORTS[self.options.transport]}: {self.options.image_model}, "
-                             f"{self.options.video_model}")
+                      detail=f"{TRANSPORTS[self.options.transport]}: {self.options.image_model}, {video}")
+
+    def _check_model(self, sdk, setting: str, model: str, action: Optional[str]) -> None:
+        with self._calling(model=(setting, model)):
+            found = sdk.models.get(model=model)
+        actions = found.supported_actions or []
+        if action and action not in actions:
+            raise GeminiError(f"{setting} {model!r} cannot {action} on the {TRANSPORTS[self.options.transport]} "
+                              f"(it offers {', '.join(actions) or 'nothing'})", retryable=True, misconfigured=True)
 
     # --- the SDK, and turning its errors into ours ----------------------------------------
-    def _check_configured(self) -> None:
+    def _check_configured(self, *, video: bool = False) -> None:
+        """Settings that cannot work, found before anything is sent."""
         if not self._api_key:
             raise GeminiError("Gemini is not configured (GEMINI_API_KEY is not set)", retryable=True)
         if self.options.transport not in TRANSPORTS:
             raise GeminiError(f"GEMINI_TRANSPORT must be one of {', '.join(TRANSPORTS)}, "
-                              f"not {self.options.transport!r}", retryable=True)
+                              f"not {self.options.transport!r}", retryable=True, misconfigured=True)
+        if not video:
+            return
+        if not self.options.video_model:  # a video job routed to an images-only backend: not its fault
+            raise GeminiError(ERR_NO_VIDEO_MODEL, retryable=True)
+        if self.options.transport == "vertex":
+            raise GeminiError(ERR_NO_VIDEO_ON_EXPRESS, retryable=True, misconfigured=True)
+        if self.options.video_model.startswith("veo-"):
+            raise GeminiError(ERR_VEO_ON_GEMINI_API.format(model=self.options.video_model), retryable=True,
+                              misconfigured=True)
 
     def _api_version(self) -> str:
         return self.options.api_version or DEFAULT_API_VERSION.get(self.options.transport, "v1beta")
 
+    def _sdk(self, handle: dict, *, paid: bool = False, timeout: Optional[float] = None) -> "genai.Client":
+        """The cached SDK client for the handle's transport and API version (an interaction id
+        only makes sense on the API that started it). A paid call gets one attempt (see the
+        module docstring); reads get the SDK's retries."""
+        retry = (1, 0.0, 0.0) if paid else (max(1, self.options.retry_attempts), self.options.retry_seconds,
+                                            self.options.retry_max_seconds)
+        return _sdk_for(self._api_key, handle.get("transport") or self.options.transport, self.options.base_url,
+                        handle.get("api_version") or self._api_version(), timeout or self.options.timeout, retry)
+
     @contextmanager
-    def _sdk(self, handle: dict, timeout: Optional[float] = None):
-        """A google-genai client for the handle's transport (kept in the handle: an operation
-        name only makes sense on the API that started it), closed after use; every error it
-        raises comes out as a GeminiError with the key scrubbed from the message."""
-        transport = handle.get("transport") or self.options.transport
-        http_options = types.HttpOptions(
-            base_url=self.options.base_url or None, api_version=handle.get("api_version") or self._api_version(),
-            timeout=int((timeout or self.options.timeout) * 1000), retry_options=None,
-        )
+    def _calling(self, *, model: Optional[tuple] = None):
+        """Every error an SDK call raises comes out as a GeminiError with the key scrubbed from
+        its message. `model`: (setting, model id) of a call that names a model, so that a 404
+        says which setting names a model Google does not know."""
         try:
-            with genai.Client(api_key=self._api_key, vertexai=transport == "vertex", http_options=http_options) as sdk:
-                yield sdk
+            yield
         except GeminiError as error:
             error.message = self._scrub(error.message)
             error.args = (error.message,)
             raise
         except Exception as error:  # noqa: BLE001 — classed below; unknown ones are the backend's fault
-            classified = self._classify(error, timeout or self.options.timeout)
-            if not isinstance(error, (genai_errors.APIError, *HTTP_ERRORS)):
+            classified = self._classify(error, model)
+            if not (_status_of(error) or _caused_by(error, HTTP_ERRORS)):
                 log.warning("gemini: unexpected %s: %s", type(error).__name__, classified.message)
             raise classified from None
 
-    def _classify(self, error: Exception, timeout: float) -> GeminiError:
-        if isinstance(error, genai_errors.APIError):
-            return self._api_error(error)
-        if isinstance(error, CONNECT_ERRORS):  # no request left this machine: nothing can have run
-            refused = GeminiError(f"Gemini is not reachable: {self._scrub(str(error))[:300]}", retryable=True,
-                                  transient=True)
-            refused.resend_safe = True
-            return refused
-        if isinstance(error, TIMEOUT_ERRORS):
-            return GeminiError(f"Gemini did not answer within {timeout:g}s", retryable=True, transient=True)
-        if isinstance(error, HTTP_ERRORS):
+    def _classify(self, error: Exception, model: Optional[tuple]) -> GeminiError:
+        status = _status_of(error)
+        if status:
+            return self._api_error(*status, model=model)
+        if _caused_by(error, CONNECT_ERRORS):  # no request left this machine: nothing can have run
+            return GeminiError(f"Gemini is not reachable: {self._scrub(str(error))[:300]}", retryable=True,
+                               transient=True, resend_safe=True)
+        if _caused_by(error, TIMEOUT_ERRORS) or type(error).__name__ == "APITimeoutError":
+            return GeminiError(f"Gemini did not answer within {self.options.timeout:g}s", retryable=True,
+                               transient=True)
+        if _caused_by(error, HTTP_ERRORS):
             return GeminiError(f"Gemini is not reachable: {self._scrub(str(error))[:300]}", retryable=True,
                                transient=True)
         return GeminiError(f"Gemini sent an answer we could not read: {self._scrub(str(error))[:300]}",
                            retryable=True)
 
-    def _api_error(self, error: "genai_errors.APIError") -> GeminiError:
+    def _api_error(self, code: int, status: str, message: str, details, *, model: Optional[tuple]) -> GeminiError:
         """Google's own words reach the user: `{"error": {"code", "message", "status"}}`."""
-        code = int(error.code or 0)
-        status = error.status or ""
-        message = self._scrub(error.message or status or "no message")
+        message = self._scrub(message or status or "no message")
         text = f"Gemini: {message} (HTTP {code}{' ' + status if status else ''})"
         if code in (408, 429) or code >= 500:
-            classified = GeminiError(text, retryable=True, transient=True, retry_after=_retry_delay(error.details))
-            classified.resend_safe = code in (429, 503)  # Google did not start anything
-            return classified
-        # 400/401/403: the request or the key is wrong; trying again will not help.
-        # 404 (a retired model, an expired operation): another backend may still run the job.
+            return GeminiError(text, retryable=True, transient=True, retry_after=_retry_delay(details),
+                               resend_safe=code in (429, 503))  # Google did not start anything
+        if code in (401, 403) or _key_invalid(details, message):
+            # The Gemini API answers a wrong key with 400 API_KEY_INVALID, Vertex with 401.
+            where = TRANSPORTS.get(self.options.transport, "Gemini")
+            return GeminiError(f"The {where} refused GEMINI_API_KEY: {message} (HTTP {code} {status})".strip(),
+                               retryable=True, misconfigured=True)
+        if code == 404 and model:
+            setting, model_id = model
+            return GeminiError(f"{setting} {model_id!r} is not a model the {TRANSPORTS.get(self.options.transport)} "
+                               f"knows (retired?): {message} (HTTP 404)", retryable=True, misconfigured=True)
+        # 400: the request (the prompt) is wrong; trying again will not help. 404 on a poll (an
+        # expired interaction): another backend may still run the job.
         return GeminiError(text, retryable=code == 404)
 
     def _scrub(self, text: str) -> str:
         return text.replace(self._api_key, "[redacted]") if self._api_key else text
-
-
-# --- starting a Veo operation ------------------------------------------------------------
-def _start_video(sdk, handle: dict) -> str:
-    if handle["transport"] == "vertex":
-        config = types.GenerateVideosConfig(
-            number_of_videos=1, duration_seconds=handle["duration_seconds"], aspect_ratio=handle["aspect_ratio"],
-            negative_prompt=handle["negative_prompt"] or None, seed=handle["seed"],
-            generate_audio=True,  # Veo 3.x's price (GEMINI_PRICE_PER_VIDEO_SECOND) is with audio
-        )
-        operation = sdk.models.generate_videos(
-            model=handle["model"], source=types.GenerateVideosSource(prompt=handle["prompt"]), config=config)
-        return _operation_name(operation.name)
-    return _start_video_developer(sdk, handle)
-
-
-def _start_video_developer(sdk, handle: dict) -> str:
-    """POST models/{m}:predictLongRunning on the Gemini Developer API.
-
-    google-genai 3.x raises ValueError for `generate_videos` on this API before sending
-    anything, although the REST method exists (SDK ≤2.34 used it). We send that request through
-    the SDK's own API client rather than plain HTTP because then the one thing that differs is
-    the body: base URL, API version, key header, timeout and error classes (errors.APIError →
-    `_api_error`) are exactly those of every other call here. `_api_client` is private, so the
-    tests drive this line through the real SDK against the fake, and the SDK is pinned in
-    requirements.txt: an upgrade that moves it fails the tests, not production. Polling and
-    the download use the public `operations.get` and `files.download`, which 3.x keeps for
-    this API. The body is what SDK 2.34's `_GenerateVideosParameters_to_mldev` produced (it
-    sent no seed on this API, so neither do we).
-    """
-    parameters = {"sampleCount": 1, "durationSeconds": handle["duration_seconds"],
-                  "aspectRatio": handle["aspect_ratio"]}
-    if handle["negative_prompt"]:
-        parameters["negativePrompt"] = handle["negative_prompt"]
-    body = {"instances": [{"prompt": handle["prompt"]}], "parameters": parameters}
-    response = sdk._api_client.request("post", f"models/{handle['model']}:predictLongRunning", body)
-    try:
-        name = json.loads(response.body or "{}").get("name")
-    except ValueError:
-        name = None
-    return _operation_name(name)
-
-
-def _operation_name(name) -> str:
-    if not name or "/operations/" not in name:
-        raise GeminiError(f"Gemini started no operation (it answered with name {name!r})", retryable=True)
-    return name
 
 
 # --- reading results ----------------------------------------------------------------------
@@ -414,24 +479,60 @@ def image_result(response: "types.GenerateContentResponse", stem: str, seconds: 
     return Failed(f"Gemini returned no image ({reason}){detail}", retryable=True)
 
 
-def video_outcome(operation: "types.GenerateVideosOperation"):
-    """A done Veo operation → its first video, or Failed. No video at all (filtered count,
-    filter reasons, or simply no samples) is Google refusing this prompt: permanent."""
-    if operation.error:
-        code = operation.error.get("code")
-        message = operation.error.get("message") or "no message"
-        return Failed(f"Veo failed: {message} (code {code})", retryable=code not in PERMANENT_RPC_CODES)
-    result = operation.result or operation.response
-    reasons = "; ".join((result.rai_media_filtered_reasons or []) if result else [])
-    filtered = (result.rai_media_filtered_count or 0) if result else 0
-    videos = [v.video for v in ((result.generated_videos if result else None) or []) if v.video]
-    if filtered or not videos:
-        why = reasons or "no reason given"
-        return Failed(f"Veo's safety filters blocked the video ({filtered or 'no'} filtered): {why}", retryable=False)
-    return videos[0]
+def video_outcome(interaction):
+    """A finished interaction → its video content block, or Failed. Completed with no video
+    (the model answered in words: a refusal) is Google declining this prompt: permanent."""
+    if interaction.status == "failed":
+        problems = [(str(e.code or ""), e.message or "") for e in interaction.errors or []]
+        problems += [(str(s.error.code or ""), s.error.message or "")
+                     for s in interaction.steps or [] if getattr(s, "error", None)]
+        code, message = problems[0] if problems else ("", "no message")
+        text = f"Gemini could not make the video: {message} (code {code or 'none'})"
+        if code in KEY_CODES:
+            return Failed(text, retryable=True, outage=True, misconfigured=True)
+        return Failed(text, retryable=code not in PERMANENT_CODES)
+    if interaction.status != "completed":
+        return Failed(f"Gemini ended the video interaction as {interaction.status!r}", retryable=True)
+    video = interaction.output_video
+    if video is None or not (video.data or video.uri):
+        why = (interaction.output_text or "no reason given")[:500]
+        return Failed(f"Gemini returned no video: {why}", retryable=False)
+    return video
 
 
 # --- small pure helpers -------------------------------------------------------------------
+def _status_of(error: Exception) -> Optional[tuple]:
+    """(code, status, message, details) of an HTTP error answer from either SDK stack: the
+    models API's errors.APIError, or the interactions API's status errors (`status_code`,
+    `body`), whose body is Google's `{"error": {...}}`."""
+    if isinstance(error, genai_errors.APIError):
+        return int(error.code or 0), error.status or "", error.message or "", error.details
+    code = getattr(error, "status_code", None)
+    if not isinstance(code, int) or code < 400:
+        return None
+    body = getattr(error, "body", None)
+    inner = body.get("error") if isinstance(body, dict) else None
+    inner = inner if isinstance(inner, dict) else {}
+    return code, str(inner.get("status") or ""), str(inner.get("message") or ""), body
+
+
+def _caused_by(error: BaseException, classes: tuple) -> bool:
+    """The interactions API wraps httpx errors in its own; look down the chain."""
+    seen = 0
+    while error is not None and seen < 10:
+        if classes and isinstance(error, classes):
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
+
+
+def _key_invalid(details, message: str) -> bool:
+    """google.rpc.ErrorInfo reason API_KEY_INVALID (the Gemini API's 400 for a wrong key)."""
+    error = (details or {}).get("error", {}) if isinstance(details, dict) else {}
+    reasons = {str((item or {}).get("reason")) for item in error.get("details") or [] if isinstance(item, dict)}
+    return "API_KEY_INVALID" in reasons or "API key not valid" in (message or "")
+
+
 def closest_aspect(width: int, height: int, choices) -> str:
     """The allowed "w:h" ratio nearest to width/height (compared on a log scale, so 2:1 and
     1:2 are equally far from 1:1)."""
@@ -444,14 +545,15 @@ def closest_aspect(width: int, height: int, choices) -> str:
     return min(choices, key=distance)
 
 
-def veo_duration(seconds) -> int:
-    """The shortest length Veo accepts that covers the request (4/6/8 s; longer asks get 8)."""
-    wanted = max(1, int(seconds or 0))
-    return next((d for d in VEO_DURATIONS if d >= wanted), VEO_DURATIONS[-1])
+def video_duration(seconds) -> int:
+    """The length Gemini makes for the request: whole seconds within what it accepts."""
+    shortest, longest = VIDEO_SECONDS
+    return min(longest, max(shortest, math.ceil(float(seconds or 0))))
 
 
-def _image_prompt(prompt: str, negative: str) -> str:
-    # generateContent has no negative prompt field; image models follow it as an instruction.
+def _prompt(prompt: str, negative: str) -> str:
+    # Neither generateContent nor interactions has a negative prompt field; the models follow
+    # it as an instruction.
     return f"{prompt}\n\nAvoid: {negative}" if negative else prompt
 
 
