@@ -147,3 +147,13 @@ def test_the_shipped_manifest_and_the_cloud_image_pin_the_same_comfyui_commit():
     assert re.search(r"^ARG COMFYUI_COMMIT=(\S+)$", dockerfile, re.M).group(1) == release.commit
     assert release.tree and release.commit  # pinned by content (GitHub's tarball bytes are not stable)
 
+
+
+def test_extra_requirements_are_requirement_lines():
+    base = {"version": "1", "url": "https://example.invalid/x.tar.gz"}
+    assert parse_manifest({"format": 1, "comfyui": {**base, "extra_requirements": ["requests>=2.32"]}}) \
+        .comfyui.extra_requirements == ("requests>=2.32",)
+    for bad in ("requests", ["-r other.txt"], ["requests; rm -rf /"], [3]):
+        with pytest.raises(Failure, match="extra_requirements"):
+            parse_manifest({"format": 1, "comfyui": {**base, "extra_requirements": bad}})
+    assert "requests" in load_manifest(DEFAULT_MANIFEST).comfyui.extra_requirements  # 0.8.0 imports it unlisted

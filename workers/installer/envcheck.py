@@ -11,12 +11,16 @@ prints one JSON line:
      "device":     {"torch": "2.9.1+cu128", "cuda": "12.8", "hip": null, "gpu": true} or null,
      "missing":    ["av>=14.2.0"],
      "mismatched": [{"requirement": "numpy>=1.25.0", "installed": "1.24.4"}],
+     "damaged":    [{"requirement": "av>=14.2.0", "name": "av", "installed": "14.4.0",
+                     "file": "av/__init__.py"}],
      "unreadable": ["a line packaging cannot parse"]}
 
 torch and torchvision must import; torchaudio is optional (ComfyUI runs without it) and is
 checked only when installed. Each requirement of REQUIREMENTS (comments, option lines and
 the torch packages skipped, environment markers evaluated) must be installed at a version
-its specifier allows, and the packages its extras ask for must be installed too.
+its specifier allows, and the packages its extras ask for must be installed too. Installed
+means its files are there, not only its metadata: a package whose folder was deleted (its
+dist-info still claims it) is "damaged", and pip would call it "already satisfied".
 """
 import importlib
 import importlib.metadata as metadata
@@ -86,6 +90,18 @@ def problem_with(requirement, depth=0):
     return None
 
 
+def missing_file(name):
+    """The first file the distribution recorded at install time that is gone (byte-code and
+    caches aside), or None. One stat per file: cheap next to importing it."""
+    for recorded in metadata.files(name) or ():
+        path = str(recorded)
+        if path.endswith((".pyc", ".pyo")) or "__pycache__" in path or path.endswith(".dist-info/RECORD"):
+            continue
+        if not recorded.locate().exists():
+            return path
+    return None
+
+
 def extra_requirements(requirement):
     """What the requirement's extras add to its package's own requirements."""
     found = []
@@ -98,7 +114,7 @@ def extra_requirements(requirement):
 
 
 def requirements(path):
-    report = {"missing": [], "mismatched": [], "unreadable": []}
+    report = {"missing": [], "mismatched": [], "damaged": [], "unreadable": []}
     for text in requirement_lines(path):
         try:
             requirement = Requirement(text)
@@ -108,7 +124,11 @@ def requirements(path):
         if requirement.name.lower() in TORCH_PACKAGES or (requirement.marker and not requirement.marker.evaluate()):
             continue
         problem = problem_with(requirement)
-        if problem and problem[0] == "missing":
+        gone = None if problem else missing_file(requirement.name)
+        if gone:
+            report["damaged"].append({"requirement": text, "name": requirement.name,
+                                      "installed": installed(requirement.name), "file": gone})
+        elif problem and problem[0] == "missing":
             report["missing"].append(text)
         elif problem:
             report["mismatched"].append({"requirement": text, "installed": problem[1]})
@@ -118,7 +138,8 @@ def requirements(path):
 def main(argv):
     versions, broken = torch_packages()
     report = {"versions": versions, "broken": broken, "device": device()}
-    report.update(requirements(argv[1]) if len(argv) > 1 else {"missing": [], "mismatched": [], "unreadable": []})
+    report.update(requirements(argv[1]) if len(argv) > 1 else {"missing": [], "mismatched": [], "damaged": [],
+                                                               "unreadable": []})
     print(json.dumps(report))
 
 

@@ -74,8 +74,13 @@ class Health:
         return list(self.report.get("missing") or []) + mismatched
 
     @property
+    def damaged(self) -> list:
+        """name==version of requirements whose files are gone although pip thinks them installed."""
+        return [f"{entry['name']}=={entry['installed']}" for entry in self.report.get("damaged") or []]
+
+    @property
     def ready(self) -> bool:
-        return self.venv and not self.broken_torch and not self.to_install
+        return self.venv and not self.broken_torch and not self.to_install and not self.damaged
 
     def repairs(self) -> list:
         """What a repair will do, as phrases a person reads ("reinstall torchvision (...)")."""
@@ -85,6 +90,8 @@ class Health:
         found += [f"install {line}" for line in self.report.get("missing") or []]
         found += [f"install {entry['requirement']} ({entry['installed']} is installed)"
                   for entry in self.report.get("mismatched") or []]
+        found += [f"reinstall {entry['name']} {entry['installed']} ({entry['file']} is missing)"
+                  for entry in self.report.get("damaged") or []]
         return found
 
 
@@ -98,6 +105,9 @@ class Environment:
     tick: Callable[[], None]  # called while a command runs; may raise Cancelled
     checkpoint: Callable[[], None] = lambda: None  # between commands; may raise Paused/Cancelled
     environ: Mapping = field(default_factory=lambda: os.environ)
+    # Requirements the release needs but does not list (the manifest's `extra_requirements`:
+    # ComfyUI 0.8.0 imports `requests` at start-up without naming it).
+    extra: tuple = ()
     _source: Optional[TorchSource] = field(default=None, init=False, repr=False)
 
     @property
@@ -116,7 +126,7 @@ class Environment:
     def health(self, requirements: Path, known: Optional[Health] = None) -> Health:
         """The venv's state; `known` (found earlier in this run) stands while the requirements
         file is the same, so a run checks a whole venv once."""
-        digest = _sha256(requirements)
+        digest = hashlib.sha256((_sha256(requirements) + "\n".join(self.extra)).encode()).hexdigest()
         if known is not None and known.requirements_sha256 == digest:
             return known
         built_for = self._marker().get("build")
@@ -197,6 +207,10 @@ class Environment:
         elif health.to_install:
             self._pip(70, f"Installing {len(health.to_install)} missing or outdated requirement(s) of ComfyUI",
                       [python, "-m", "pip", "install", *health.to_install, "-c", str(constraints)])
+        if health.venv and health.damaged:  # metadata says installed, so only a forced reinstall puts files back
+            self._pip(80, f"Reinstalling {len(health.damaged)} damaged requirement(s) of ComfyUI",
+                      [python, "-m", "pip", "install", "--force-reinstall", "--no-deps", *health.damaged,
+                       "-c", str(constraints)])
         self.say(95, "Checking that PyTorch and ComfyUI's requirements work")
         return self._whole(self.health(requirements))
 
@@ -257,6 +271,9 @@ class Environment:
     def _filter(self, requirements: Path) -> Path:
         """ComfyUI's requirements without the torch packages (see the module doc)."""
         lines = [_filtered_line(line, requirements.parent) for line in requirements.read_text().splitlines()]
+        if self.extra:
+            lines += ["# needed by this release but not in its requirements (the manifest's extra_requirements)",
+                      *self.extra]
         write_if_changed(self.filtered_requirements, "".join(line + "\n" for line in lines))
         return self.filtered_requirements
 

@@ -5,6 +5,7 @@ Format (see deploy/INSTALLER.md):
     {"format": 1,
      "comfyui": {"version": "0.8.0", "url": ".../v{version}.tar.gz", "sha256": "<64 hex>" | null,
                  "commit": "<40 hex>" | null, "tree": "<40 hex>" | null,
+                 "extra_requirements": ["requests"],
                  "size": <bytes> | null, "approx_size": <bytes>, "strip_components": 1,
                  "requirements": "requirements.txt"},
      "models": [{"name": "...", "url": "...", "size": <bytes>, "sha256": "<64 hex>",
@@ -55,6 +56,7 @@ class Release:
     requirements: str
     commit: Optional[str] = None  # the git commit `git archive` records in the archive
     tree: Optional[str] = None  # that commit's tree id: what the unpacked files must hash to (gittree.py)
+    extra_requirements: tuple = ()  # requirement lines the release needs but its requirements file omits
 
     @property
     def archive_name(self) -> str:
@@ -101,7 +103,16 @@ def _release(entry: dict, where: str) -> Release:
         strip_components=int(entry.get("strip_components", 1)),
         requirements=_relative(entry.get("requirements", "requirements.txt"), "requirements", where),
         commit=_git_id(entry, "commit", where), tree=_git_id(entry, "tree", where),
+        extra_requirements=_requirement_lines(entry, where),
     )
+
+
+def _requirement_lines(entry: dict, where: str) -> tuple:
+    value = entry.get("extra_requirements") or []
+    if not isinstance(value, list) or not all(isinstance(line, str) and re.match(r"^[A-Za-z0-9][\w.\-\[\],<>=!~ ]*$",
+                                                                                   line) for line in value):
+        raise _invalid(where, "extra_requirements", "must be a list of requirement lines such as \"requests>=2.32\"")
+    return tuple(line.strip() for line in value)
 
 
 def _git_id(entry: dict, key: str, where: str) -> Optional[str]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from . import autostart, comfylog, identity, launch, legacy, supervise
 from .archive import extract_archive
-from .download import Item, file_sha256
+from .download import Item, file_sha256, partial_bytes
 from .environment import Environment
 from .errors import Cancelled, Failure
 from .gittree import archive_commit, archive_tree
@@ -124,7 +124,9 @@ def step_models(inst, r) -> None:
     for artifact in models:
         present = model_path(inst.layout, artifact).exists()
         if not _in_place(inst, artifact, r, tally):
-            r.skip_to(done, bytes_total=total, message=f"Downloading {artifact.name}")
+            kept = partial_bytes(model_path(inst.layout, artifact))
+            r.skip_to(done, bytes_total=total, message=f"Resuming {artifact.name} ({human_bytes(kept)} of "
+                      f"{human_bytes(artifact.size)} already downloaded)" if kept else f"Downloading {artifact.name}")
             inst.downloader(r, artifact.name, offset=done, total=total).fetch(
                 Item(url=artifact.url, dest=model_path(inst.layout, artifact), sha256=artifact.sha256,
                      size=artifact.size, label=artifact.name))
@@ -328,4 +330,5 @@ def environment_for(inst, r) -> Environment:
 
     return Environment(layout=inst.layout, build=inst.build, base_python=inst.options.python or sys.executable,
                        run=inst.hooks.run, say=lambda progress, message: r.update(progress=progress, message=message),
-                       tick=tick, checkpoint=lambda: check_control(inst.hooks.control))
+                       tick=tick, checkpoint=lambda: check_control(inst.hooks.control),
+                       extra=inst.manifest.comfyui.extra_requirements)
