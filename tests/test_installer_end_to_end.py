@@ -342,3 +342,32 @@ def test_a_rerun_repairs_a_deleted_module(installs, broken):
     assert "[5/8] Install PyTorch and requirements: done" in out  # repaired, not skipped
     assert (install.site_packages / "comfy_fake_dep" / "__init__.py").exists()
     assert str(Path(install.stats()["system"]["argv"][0]).resolve()) == install.main_py
+
+
+def test_two_installs_get_two_services(installs, tmp_path):
+    """Run as a user (the test's root is hidden) with a `systemctl` on PATH that has no user
+    session, as on a server without a login: each install writes its own unit, named from its
+    folder, whose ExecStart runs its own main.py; neither repoints the other."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    calls = tmp_path / "systemctl-calls"
+    for tool in ("systemctl", "journalctl"):
+        (tools / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> {calls}\n'
+                                  'echo "Failed to connect to bus: No medium found" >&2\nexit 1\n')
+        os.chmod(tools / tool, 0o755)
+    first, second = installs("first"), installs("second")
+    for install in (first, second):
+        env = {**install.env(), "PATH": f"{tools}{os.pathsep}{os.environ['PATH']}"}
+        as_user = ["-c", "import os, runpy, sys; os.geteuid = lambda: 1000; sys.argv[0] = 'installer'; "
+                         "runpy.run_module('workers.installer', run_name='__main__')"]
+        done = subprocess.run([sys.executable, *as_user, *install.command()[3:]], env=env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=600)
+        _ok(done)
+
+    units = sorted((tmp_path / "home" / ".config" / "systemd" / "user").glob("comfy-hybrid-comfyui-*.service"))
+    assert len(units) == 2 and units[0].name != units[1].name
+    for install in (first, second):
+        mine = [u for u in units if install.main_py in u.read_text()]
+        assert len(mine) == 1 and install.folder.name in mine[0].name
+        assert str(Path(install.stats()["system"]["argv"][0]).resolve()) == install.main_py
+    assert "show-environment" in calls.read_text()
