@@ -33,7 +33,7 @@ from django.utils import timezone
 from requests.certs import where as default_ca_bundle
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, ReadTimeoutError, SSLError
 
-from .api.serializers import job_dict
+from .serializers import job_dict
 from .models import Job
 
 log = logging.getLogger(__name__)

@@ -20,13 +20,15 @@ from ninja.security import HttpBearer, SessionAuth
 
 from billing import caps
 from billing.metrics import as_json, metrics, period
+from project.celery import app
 
 from .. import selectors, services
 from ..forms import MAX_SIDE, MAX_VIDEO_SECONDS, JobForm
-from ..models import Category, Job, JobKind, JobStatus, Priority
+from ..health import effective_health
+from ..models import Backend, Category, Job, JobKind, JobStatus, Priority
+from ..serializers import job_dict
 from ..tokens import token_user
 from ..webhooks import WebhookRefused, validate_webhook_url
-from .serializers import job_dict
 
 
 class TokenAuth(HttpBearer):
@@ -308,8 +310,6 @@ def cost_figures(request, days: int = 30, scope: Literal["me", "all"] = "me"):
 @api.get("/health", auth=None, tags=["health"])
 def health(request):
     """Liveness of the database and the broker, and each backend's stored health."""
-    from project.celery import app
-
     try:
         connection.ensure_connection()
         database = "ok"
@@ -321,9 +321,6 @@ def health(request):
         broker = "ok"
     except Exception as error:
         broker = f"error: {error.__class__.__name__}"
-    from ..health import effective_health
-    from ..models import Backend
-
     backends = {b.name: ("disabled" if not b.enabled else effective_health(b)) for b in Backend.objects.all()}
     ok = database == "ok" and broker == "ok"
     return api.create_response(request, {"ok": ok, "database": database, "broker": broker, "backends": backends},

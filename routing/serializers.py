@@ -3,9 +3,9 @@ of backends: only what the job's owner may see (errors and reasons as routing/er
 shows them to users)."""
 from django.urls import reverse
 
-from ..errors import for_users
-from ..models import Job
-from ..selectors import attempts_of, job_watch
+from .errors import for_users
+from .models import Job
+from .selectors import attempts_of, job_watch
 
 
 def _money(value) -> str:
