@@ -1,14 +1,18 @@
 """Reads: what the router and the pages need, built from the database."""
 from decimal import Decimal
 
+from django.conf import settings
 from django.db.models import Count, F, Q
+from django.utils import timezone
 
 from billing import caps
 from billing.prices import gemini_image_price
 from billing.pricing import gemini_video_price, metered_cost
+from workers.pods.selectors import pod_estimate
 from workers.workflows import build_workflow
 from workers.workflows.requirements import Inventory, requirements_of
 
+from . import previews
 from .backends import missing_settings
 from .health import effective_health, health_detail
 from .models import ACTIVE_ATTEMPT_STATES, Attempt, AttemptStatus, Backend, Category, Job, JobKind
@@ -56,8 +60,6 @@ def estimate(backend: Backend, job: Job) -> tuple[Decimal, float]:
             return gemini_video_price(backend, job.duration_seconds), seconds
         return gemini_image_price(backend), seconds
     if backend.kind == Backend.Kind.POD:  # nothing extra on a running pod with room, else a new pod
-        from workers.pods.selectors import pod_estimate
-
         return pod_estimate(backend, seconds)
     return metered_cost(backend, seconds), seconds
 
@@ -211,16 +213,19 @@ def _availability(backend: Backend, queue: int, limit: int, installing: bool) ->
     return Availability.AVAILABLE
 
 
+def admission_order(job: dict, in_flight: dict, now) -> tuple:
+    """Sort key of a waiting job: effective priority (its priority plus one level per
+    PRIORITY_AGING_SECONDS waited, so nothing starves), then the user's jobs in flight, then age."""
+    aged = (now - job["created_at"]).total_seconds() / settings.PRIORITY_AGING_SECONDS
+    return (-int(job["priority"] + aged), in_flight.get(job["user_id"], 0), job["created_at"])
+
+
 def queue_position(job: Job, active: Attempt | None = None) -> dict | None:
     """How many jobs are ahead of this one, and where: {"ahead": n, "backend": name}.
 
     A job waiting for the local GPU counts the waiting jobs admitted before it (same order as
     admission) plus the GPU's current queue; a job queued on a backend uses the position the
     backend last reported."""
-    from django.utils import timezone
-
-    from .services import admission_order
-
     if job.status == "queued" and job.waiting:
         local = Backend.objects.filter(category=Category.LOCAL, enabled=True).order_by("priority").first()
         waiting = list(Job.objects.filter(status="queued", waiting=True)
@@ -247,8 +252,6 @@ def running_attempt(job: Job) -> Attempt | None:
 def job_watch(job: Job, attempts: list) -> dict:
     """What the job page and the API show of a job in flight, from its attempts read once
     (`attempts_of`): jobs ahead, time left, and the running attempt's live preview version."""
-    from . import previews
-
     active = next((a for a in reversed(attempts) if a.status in ACTIVE_ATTEMPT_STATES), None)
     running = active if job.status == "running" and active and active.status == AttemptStatus.RUNNING else None
     return {"position": queue_position(job, active), "eta": job_eta(job, active) if active else None,
@@ -256,8 +259,6 @@ def job_watch(job: Job, attempts: list) -> dict:
 
 
 def job_preview(job: Job) -> tuple[str, bytes] | None:
-    from . import previews
-
     attempt = running_attempt(job)
     return previews.latest(attempt.id) if attempt else None
 
@@ -266,8 +267,6 @@ def job_eta(job: Job, attempt: Attempt, now=None) -> int | None:
     """Seconds until the job should be done, from what its backend has been learned to take for
     this kind of job: the time left of its `attempt`'s run (the active one), or, queued on a
     backend, the runs ahead too."""
-    from django.utils import timezone
-
     now = now or timezone.now()
     if attempt is None or job.is_final:
         return None
@@ -288,8 +287,6 @@ def unavailable_preferences() -> dict[str, str]:
     """Each "where to run" choice that nothing here can run, with why: no backend of that
     category is both enabled and configured. Such a choice is refused at submit and is never
     offered (or remembered) as a default."""
-    from .backends import missing_settings
-
     usable = set()
     for backend in Backend.objects.filter(enabled=True).only("kind", "category"):
         if not missing_settings(backend):

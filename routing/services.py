@@ -24,6 +24,7 @@ from billing.pods import pod_price_per_second
 from billing.pricing import actual_cost, cost_at, metered_cost, metered_price
 from project import queues
 from workers.clients import BackendError, Done, Failed, Progress
+from workers.pods.placement import pod_attempt_failed, pod_place
 from workers.workflows import WorkflowError, validate_workflow
 
 from . import dispatch, previews
@@ -43,7 +44,7 @@ from .models import (
     Priority,
 )
 from .policy import WAIT_GPU, decide
-from .selectors import candidates_for, in_flight_by_user, job_facts, job_workflow
+from .selectors import admission_order, candidates_for, in_flight_by_user, job_facts, job_workflow
 
 log = logging.getLogger(__name__)
 
@@ -187,13 +188,6 @@ def jobs_admit_waiting(*, limit: int = 500) -> int:
     return admitted
 
 
-def admission_order(job: dict, in_flight: dict, now) -> tuple:
-    """Sort key of a waiting job: effective priority (its priority plus one level per
-    PRIORITY_AGING_SECONDS waited, so nothing starves), then the user's jobs in flight, then age."""
-    aged = (now - job["created_at"]).total_seconds() / settings.PRIORITY_AGING_SECONDS
-    return (-int(job["priority"] + aged), in_flight.get(job["user_id"], 0), job["created_at"])
-
-
 def _no_backend_message(job: Job, summary: str, tried: int) -> str:
     last = job.attempts.order_by("-number").first()
     if last is None:
@@ -234,8 +228,6 @@ def attempt_submit(*, attempt_id):
         spec = job_spec(attempt)
         spec["resubmit"] = attempt.submit_tries > 0
         if attempt.backend.kind == Backend.Kind.POD:  # the pod services choose the pod, not the client
-            from workers.pods.services import pod_place
-
             spec["pod"] = pod_place(attempt=attempt)
             if spec["pod"] is None:
                 _release_submit(attempt)
@@ -601,8 +593,6 @@ def attempt_fail(*, attempt_id, error: str, retryable: bool, outage: bool = Fals
             _given_up_remotely(attempt, ran_seconds)
         job = attempt.job
         if retryable and outage and attempt.backend.kind == Backend.Kind.POD:  # that pod may be dead
-            from workers.pods.services import pod_attempt_failed
-
             pod_attempt_failed(attempt_id=attempt.id)
         if retryable:
             requeued = Job.objects.filter(id=job.id, status__in=ACTIVE_JOB_STATES).update(

@@ -15,7 +15,7 @@ from routing.models import Attempt, AttemptStatus, Backend, Job, JobStatus
 from routing.selectors import estimate
 from tests.conftest import wait_for
 from tests.fakes.runpod import FakeRunPod
-from workers.pods import services
+from workers.pods import placement, services
 from workers.pods.models import CloudPod, PodAssignment, PodStatus
 
 
@@ -83,7 +83,7 @@ def test_the_autoscaler_spawns_pods_for_waiting_jobs_up_to_the_maximum(
 def test_the_autoscaler_spawns_nothing_without_waiting_jobs_or_without_budget(pods, alice, monkeypatch):
     assert services.autoscale()["spawned"] == []
     waiting_jobs(alice, pods, 2)
-    monkeypatch.setattr("billing.caps.cloud_budget_left", lambda now=None: Decimal("0.01"))
+    monkeypatch.setattr("workers.pods.services.cloud_budget_left", lambda now=None: Decimal("0.01"))
 
     assert services.autoscale()["spawned"] == []
 
@@ -160,12 +160,12 @@ def test_placing_a_job_picks_the_least_loaded_pod_with_room_and_is_idempotent(po
     one, two = ready_pod(fake, pods), ready_pod(fake, pods)
     attempts = waiting_jobs(alice, pods, 5)
 
-    placed = [services.pod_place(attempt=a) for a in attempts]
+    placed = [placement.pod_place(attempt=a) for a in attempts]
 
     assert [p["id"] if p else None for p in placed[:4]].count(one.runpod_id) == 2
     assert [p["id"] for p in placed[:4]].count(two.runpod_id) == 2
     assert placed[4] is None  # both full: it waits
-    assert services.pod_place(attempt=attempts[0]) == placed[0]
+    assert placement.pod_place(attempt=attempts[0]) == placed[0]
     assert PodAssignment.objects.count() == 4
     assert set(CloudPod.objects.values_list("status", flat=True)) == {"busy"}
 
@@ -173,7 +173,7 @@ def test_placing_a_job_picks_the_least_loaded_pod_with_room_and_is_idempotent(po
 def test_the_reaper_terminates_a_pod_idle_for_three_minutes_after_its_last_job(pods, fake, alice):
     pod = ready_pod(fake, pods)
     attempt = waiting_jobs(alice, pods, 1)[0]
-    services.pod_place(attempt=attempt)
+    placement.pod_place(attempt=attempt)
     ended = timezone.now()
     finish(attempt, ended)
 
@@ -191,7 +191,7 @@ def test_an_expensive_pod_is_reaped_after_two_minutes(pods, fake):
 
 def test_a_busy_pod_is_never_reaped(pods, fake, alice):
     pod = ready_pod(fake, pods)
-    services.pod_place(attempt=waiting_jobs(alice, pods, 1)[0])
+    placement.pod_place(attempt=waiting_jobs(alice, pods, 1)[0])
 
     assert services.pod_reap_idle(now=timezone.now() + timedelta(hours=5)) == []
     assert CloudPod.objects.get(id=pod.id).status == PodStatus.BUSY
@@ -203,7 +203,7 @@ def test_terminating_records_uptime_and_as_idle_what_the_jobs_were_not_charged(p
     CloudPod.objects.filter(id=pod.id).update(created_at=now - timedelta(seconds=600), cost_per_hour=Decimal("0.72"))
     done, failed = waiting_jobs(alice, pods, 2)
     for attempt in (done, failed):
-        services.pod_place(attempt=attempt)
+        placement.pod_place(attempt=attempt)
     # the done job was charged its 60 s of execution at $0.72/h when it ended; the failed one nothing
     Attempt.objects.filter(id=done.id).update(status=AttemptStatus.SUCCEEDED, started_at=now - timedelta(seconds=300),
                                               finished_at=now - timedelta(seconds=240), cost=Decimal("0.012"))
@@ -240,7 +240,7 @@ def test_a_pods_uptime_is_held_against_the_installations_cap_as_it_accrues(pods,
     CloudPod.objects.filter(id=pod.id).update(created_at=now - timedelta(seconds=600), cost_per_hour=Decimal("0.72"))
     installation = lambda: SpendCounter.objects.get(scope=SpendCounter.Scope.GLOBAL_MONTH).amount  # noqa: E731
     done = waiting_jobs(alice, pods, 1)[0]
-    services.pod_place(attempt=done)
+    placement.pod_place(attempt=done)
     Attempt.objects.filter(id=done.id).update(status=AttemptStatus.SUCCEEDED, cost=Decimal("0.012"),
                                               started_at=now - timedelta(seconds=100), finished_at=now)
 
@@ -273,7 +273,7 @@ def test_a_pod_the_installations_cap_refuses_is_ended_once_no_job_runs_on_it(
     now = timezone.now()
     CloudPod.objects.filter(id=pod.id).update(created_at=now - timedelta(seconds=600), cost_per_hour=Decimal("0.72"))
     running = waiting_jobs(alice, pods, 1)[0]
-    services.pod_place(attempt=running)
+    placement.pod_place(attempt=running)
     Attempt.objects.filter(id=running.id).update(status=AttemptStatus.RUNNING, started_at=now)
 
     services.autoscale(now=now)  # $0.126 of uptime against $0.05 left: refused, but a job runs on it

@@ -9,7 +9,7 @@ beat decisions (autoscale, reap) only read and write rows and send those tasks.
 How a job gets onto a pod without clients touching the database:
 1. The router sends the job to the "pods" backend (routing/selectors.py prices it: nothing
    extra on a pod with room, else a new pod's spin-up + run time).
-2. attempt_submit (routing/services.py) asks `pod_place` for a pod before submitting. It
+2. attempt_submit (routing/services.py) asks `pod_place` (placement.py) for a pod before submitting. It
    picks the least loaded usable pod with room, under a row lock, and records a
    PodAssignment; the spec gets `{"pod": {"id", "url"}}`. No pod has room → the attempt
    stays pending ("waiting"), and nothing is sent anywhere.
@@ -26,17 +26,19 @@ from decimal import Decimal
 from typing import Optional
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.db.models import F, Sum
 from django.utils import timezone
 
-from billing.caps import held_by, meter_pod, pod_held, record_idle, release_pod
+from billing.caps import cloud_budget_left, held_by, meter_pod, pod_held, record_idle, release_pod
 from billing.pods import pod_cost, pod_price_per_second
 from billing.pricing import cost_at
 from routing import dispatch
 from routing.backends import client_for_backend, missing_settings
+from routing.health import health_record
 from routing.inventory import inventory_due, inventory_store
-from routing.models import ACTIVE_ATTEMPT_STATES, Attempt, AttemptStatus, Backend
+from routing.models import ACTIVE_ATTEMPT_STATES, AttemptStatus, Backend
+from routing.services import attempt_fail
 from workers.clients import BackendError
 
 from .models import LIVE, RUNNING_REMOTELY, USABLE, CloudPod, PodAssignment, PodStatus
@@ -70,40 +72,6 @@ def pod_runtime_up(remote: Optional[dict]) -> bool:
 
 def _pod_backends():
     return [b for b in Backend.objects.filter(kind=Backend.Kind.POD, enabled=True) if not missing_settings(b)]
-
-
-# --- placing a job ------------------------------------------------------------------------
-def pod_place(*, attempt: Attempt) -> Optional[dict]:
-    """The pod this attempt runs on, as `{"id", "url"}`; None when no pod has room (it waits).
-    Idempotent: a redelivered submit gets the pod chosen the first time."""
-    with transaction.atomic():
-        existing = PodAssignment.objects.filter(attempt_id=attempt.id).select_related("pod").first()
-        if existing is None:
-            pods = list(CloudPod.objects.select_for_update()  # a pod that just failed a probe gets nothing new
-                        .filter(backend_id=attempt.backend_id, status__in=USABLE, probe_failures=0)
-                        .order_by("ready_at", "id"))
-            counts = active_counts(p.id for p in pods)
-            free = [p for p in pods if counts.get(p.id, 0) < settings.RUNPOD_POD_MAX_JOBS]
-            if not free:
-                return None
-            pod = min(free, key=lambda p: counts.get(p.id, 0))  # least loaded; oldest on ties
-            try:
-                with transaction.atomic():
-                    existing = PodAssignment.objects.create(attempt_id=attempt.id, pod=pod)
-            except IntegrityError:  # a concurrent delivery placed it first
-                existing = PodAssignment.objects.select_related("pod").get(attempt_id=attempt.id)
-            CloudPod.objects.filter(id=existing.pod_id, status__in=(PodStatus.READY, PodStatus.IDLE)).update(
-                status=PodStatus.BUSY)
-    return {"id": existing.pod.runpod_id, "url": existing.pod.url}
-
-
-def pod_attempt_failed(*, attempt_id) -> None:
-    """A job failed on its pod for a reason that was not its own: give that pod no new job until
-    a probe says it answers again (the autoscaler probes it every RUNPOD_AUTOSCALE_SECONDS)."""
-    assignment = PodAssignment.objects.filter(attempt_id=attempt_id).first()
-    if assignment is not None:
-        CloudPod.objects.filter(id=assignment.pod_id, status__in=USABLE).update(
-            probe_failures=F("probe_failures") + 1)
 
 
 def pods_dispatch_waiting(*, backend_id: int) -> int:
@@ -194,8 +162,6 @@ def _spawn_for_backlog(backend: Backend) -> list[int]:
 def _affordable_pods() -> int:
     """How many new pods the installation's remaining monthly budget allows: each commits at
     least its spin-up plus the idle limit before the reaper can stop it."""
-    from billing.caps import cloud_budget_left
-
     left = cloud_budget_left()
     rate = expected_pod_rate()
     commitment = rate * Decimal(settings.RUNPOD_POD_SPINUP_SECONDS + idle_limit(rate)) / Decimal(3600)
@@ -203,8 +169,6 @@ def _affordable_pods() -> int:
 
 
 def _fail_long_waits(backend: Backend, now) -> int:
-    from routing.services import attempt_fail
-
     cutoff = now - timedelta(seconds=settings.RUNPOD_POD_WAIT_SECONDS)
     message = NO_POD_IN_TIME.format(minutes=settings.RUNPOD_POD_WAIT_SECONDS // 60)
     old = list(waiting_attempts(backend.id).filter(created_at__lt=cutoff).values_list("id", flat=True))
@@ -376,9 +340,6 @@ def _pod_end_now(pod: CloudPod, error: str, now) -> None:
 def _no_pods_left(backend: Backend, error: str) -> None:
     """RunPod cannot give us a pod and none is coming: the jobs waiting fail over now rather
     than at RUNPOD_POD_WAIT_SECONDS."""
-    from routing.health import health_record
-    from routing.services import attempt_fail
-
     health_record(backend_id=backend.id, ok=False, detail=error)
     if CloudPod.objects.filter(backend=backend, status__in=LIVE).exists():
         return
