@@ -13,6 +13,7 @@ from django.db.models import Count, DurationField, ExpressionWrapper, F, Sum
 from django.utils import timezone
 
 from routing.models import Attempt, AttemptStatus, Job, JobStatus
+from workers.pods.selectors import pod_figures
 
 from .models import LedgerEntry
 from .pricing import money
@@ -105,8 +106,6 @@ def _pod_figures(ledger, start, end, include: bool) -> dict:
                "wasted_idle_cost": money(ledger.filter(kind=LedgerEntry.Kind.IDLE).aggregate(
                    t=Sum("amount"))["t"] or 0)}
     if include:
-        from workers.pods.selectors import pod_figures  # (in the function: pods import billing)
-
         figures.update(pod_figures(start=start, end=end))
     return figures
 

@@ -8,6 +8,8 @@
 """
 from decimal import ROUND_HALF_UP, Decimal
 
+from workers.clients.gemini_video import video_duration
+
 from .prices import gemini_image_price, serverless_price_per_second, veo_price_per_second
 
 PLACES = Decimal("0.000001")
@@ -19,8 +21,6 @@ def money(value) -> Decimal:
 
 def gemini_video_price(backend, duration_seconds: int) -> Decimal:
     """Google bills the length it makes (whole seconds, 3 to 10), not the length asked for."""
-    from workers.clients.gemini import video_duration
-
     return money(veo_price_per_second(backend) * video_duration(duration_seconds))
 
 

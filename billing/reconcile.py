@@ -19,6 +19,7 @@
 Differences within TOLERANCE per pod or endpoint-day are clean; RunPod writes its records up
 to an hour after the usage, so the current hour may show RunPod below the ledger.
 """
+import logging
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from datetime import timezone as dt_timezone
@@ -26,6 +27,11 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db.models import Q, Sum
+
+from routing.models import Backend
+from workers.clients.base import BackendError
+from workers.clients.runpod_billing import RunPodBilling
+from workers.pods.models import LIVE, CloudPod
 
 from . import caps
 from .models import LedgerEntry
@@ -69,13 +75,9 @@ class Report:
 
 def reconcile(*, start: datetime, end: datetime, billing=None, record: bool = False, now=None) -> Report:
     """`billing`: a RunPodBilling (built from the settings when RUNPOD_API_KEY is set)."""
-    from workers.clients.base import BackendError
-
     now = now or datetime.now(dt_timezone.utc)
     report = Report(start=start, end=end)
     if billing is None and settings.RUNPOD_API_KEY:
-        from workers.clients.runpod_billing import RunPodBilling
-
         billing = RunPodBilling(api_key=settings.RUNPOD_API_KEY, base_url=settings.RUNPOD_REST_BASE_URL,
                                 timeout=settings.RUNPOD_HTTP_TIMEOUT)
     if billing is not None:
@@ -100,8 +102,6 @@ def _ever(where: Q) -> Decimal:
 
 
 def _pods(report: Report, billing) -> None:
-    from workers.pods.models import LIVE, CloudPod
-
     billed = billing.pods(report.start, report.end)
     rows = {row.runpod_id: row for row in CloudPod.objects.filter(runpod_id__in=list(billed))}
     for pod_id, amount in sorted(billed.items()):
@@ -151,8 +151,6 @@ def _serverless_day(report, billing, endpoint, day: date, start, end, *, record:
     whole_day = start == _midnight(day) and end == _midnight(day + timedelta(days=1)) and end + RECORD_LAG <= now
     note = "worker time beyond the jobs' executionTime (cold starts, idle timeout)"
     if record and whole_day and not settled and gap:
-        from routing.models import Backend
-
         backend = Backend.objects.filter(kind=Backend.Kind.RUNPOD).order_by("id").first()
         unmatched = _ledger(runs & Q(kind=LedgerEntry.Kind.UNMATCHED), start, end)
         if gap > 0 and caps.record_idle(key=overhead_key, amount=gap, backend=backend, day=day,
@@ -178,8 +176,6 @@ def _midnight(day: date) -> datetime:
 def reconcile_yesterday(*, now=None) -> Report:
     """What beat runs: yesterday (UTC), recording its serverless overhead once RunPod's records
     are complete, and a warning for every line that does not agree."""
-    import logging
-
     now = now or datetime.now(dt_timezone.utc)
     today = _midnight(now.astimezone(dt_timezone.utc).date())
     report = reconcile(start=today - timedelta(days=1), end=today, record=True, now=now)

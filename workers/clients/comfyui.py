@@ -16,6 +16,7 @@ from typing import Optional
 from urllib.parse import urlencode
 
 import websocket
+from django.conf import settings
 
 from workers.workflows.requirements import inventory_from_object_info, model_input_folder
 
@@ -41,8 +42,6 @@ class ComfyUIClient(Client):
 
     @classmethod
     def for_backend(cls, backend, url: str) -> "ComfyUIClient":
-        from django.conf import settings
-
         return cls(url, timeout=settings.COMFYUI_HTTP_TIMEOUT, health_timeout=settings.COMFYUI_HEALTH_TIMEOUT,
                    watch_seconds=settings.COMFYUI_WATCH_SECONDS, poll_interval=settings.COMFYUI_POLL_INTERVAL)
 

@@ -40,11 +40,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional
 
+from django.conf import settings
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
 from .base import BackendError, Client, Done, Failed, Health, Progress, ProgressCallback, RemoteOutput
+from .gemini_video import video_duration
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +73,6 @@ DEFAULT_API_VERSION = {"gemini": "v1beta", "vertex": "v1"}
 # Aspect ratios the Gemini image models accept, and the two the video model accepts.
 IMAGE_ASPECTS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
 VIDEO_ASPECTS = ("16:9", "9:16")
-VIDEO_SECONDS = (3, 10)  # Gemini Omni Flash: 3 to 10 s in 1 s steps
 HEALTH_TIMEOUT = 5.0
 RETRY_STATUSES = (408, 429, 500, 502, 503, 504)  # what the SDK retries on reads (its own default set)
 # A candidate that ended for one of these reasons was blocked by Google's filters: the
@@ -165,8 +166,6 @@ class GeminiClient(Client):
 
     @classmethod
     def for_backend(cls, backend, url: str) -> "GeminiClient":
-        from django.conf import settings
-
         config = backend.config or {}
         return cls(settings.GEMINI_API_KEY, GeminiOptions(
             transport=settings.GEMINI_TRANSPORT, api_version=settings.GEMINI_API_VERSION,
@@ -543,12 +542,6 @@ def closest_aspect(width: int, height: int, choices) -> str:
         return abs(math.log(w / h) - target)
 
     return min(choices, key=distance)
-
-
-def video_duration(seconds) -> int:
-    """The length Gemini makes for the request: whole seconds within what it accepts."""
-    shortest, longest = VIDEO_SECONDS
-    return min(longest, max(shortest, math.ceil(float(seconds or 0))))
 
 
 def _prompt(prompt: str, negative: str) -> str:

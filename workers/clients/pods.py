@@ -20,6 +20,7 @@ from decimal import Decimal
 from typing import Optional
 
 import requests
+from django.conf import settings
 from runpod import error as runpod_error
 from runpod.api import ctl_commands
 from runpod.api.graphql import run_graphql_query
@@ -120,8 +121,6 @@ class PodClient(Client):
 
     @classmethod
     def for_backend(cls, backend, url: str) -> "PodClient":
-        from django.conf import settings
-
         api = PodApi(api_key=settings.RUNPOD_API_KEY, api_base=url or settings.RUNPOD_API_BASE_URL,
                      cloud_type=settings.RUNPOD_POD_CLOUD_TYPE) if settings.RUNPOD_API_KEY else None
         # Through RunPod's proxy: Cloudflare cuts a response at 100 s, so stay well below it.

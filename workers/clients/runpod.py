@@ -27,6 +27,7 @@ from typing import Optional
 
 import requests
 import runpod
+from django.conf import settings
 from requests.adapters import HTTPAdapter
 from runpod.endpoint.runner import Job
 
@@ -89,8 +90,6 @@ class RunPodClient(Client):
 
     @classmethod
     def for_backend(cls, backend, url: str) -> "RunPodClient":
-        from django.conf import settings
-
         return cls(api_key=settings.RUNPOD_API_KEY,
                    endpoint_id=backend.config.get("endpoint_id") or settings.RUNPOD_ENDPOINT_ID,
                    base_url=url or settings.RUNPOD_ENDPOINT_BASE_URL, timeout=settings.RUNPOD_HTTP_TIMEOUT,
