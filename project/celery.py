@@ -3,7 +3,9 @@ import os
 import sys
 from pathlib import Path
 
+import redis
 from celery import Celery
+from kombu.transport import redis as kombu_redis
 
 from project.env import load_dotenv
 
@@ -30,9 +32,6 @@ def _survive_redis_restarts():
     messages stay in Redis's unacked hash, come back after the visibility timeout, and the
     sweeper re-sends what a job needs anyway.
     """
-    import redis
-    from kombu.transport import redis as kombu_redis
-
     original = kombu_redis.Channel._connparams
 
     def _connparams(self, *args, **kwargs):

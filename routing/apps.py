@@ -1,5 +1,8 @@
 from django.apps import AppConfig
+from django.core.checks import Tags, register
 from django.db.models.signals import post_migrate
+
+from project.checks import secret_keys
 
 
 class RoutingConfig(AppConfig):
@@ -7,10 +10,6 @@ class RoutingConfig(AppConfig):
     verbose_name = "Routing"
 
     def ready(self):
-        from django.core.checks import Tags, register
-
-        from project.checks import secret_keys
-
         from .defaults import ensure_default_backends
 
         register(secret_keys, Tags.security, deploy=True)

@@ -5,6 +5,7 @@ one in the admin. Paid backends exist from the start but stay "not configured" (
 until their API keys are set; their prices come from billing/prices.py until staff set one in the
 admin.
 """
+from .models import Backend
 
 
 def default_backends() -> list[dict]:
@@ -22,7 +23,5 @@ def default_backends() -> list[dict]:
 
 
 def ensure_default_backends(**kwargs):
-    from .models import Backend
-
     for spec in default_backends():
         Backend.objects.get_or_create(name=spec["name"], defaults={k: v for k, v in spec.items() if k != "name"})

@@ -7,6 +7,7 @@ from django.conf import settings
 from workers.workflows import WorkflowError, validate_workflow
 
 from .models import JobKind, PreferenceChoice, Priority
+from .selectors import unavailable_preferences
 
 MAX_SIDE = 4096
 MAX_VIDEO_SECONDS = 30
@@ -104,8 +105,6 @@ class JobForm(forms.Form):
 
     def clean(self):
         data = super().clean()
-        from .selectors import unavailable_preferences  # (selectors import the workflow builder)
-
         refused = unavailable_preferences().get(data.get("preference") or "")
         if refused:
             self.add_error("preference", refused)

@@ -22,6 +22,7 @@ class InstallStatus(models.TextChoices):
 
 FINAL_INSTALL_STATES = (InstallStatus.SUCCEEDED, InstallStatus.FAILED, InstallStatus.CANCELLED)
 ACTIVE_INSTALL_STATES = (InstallStatus.PENDING, InstallStatus.RUNNING, InstallStatus.PAUSED)
+HEARTBEAT_STALE_SECONDS = 120  # a running install silent this long is presumed dead (services.py)
 
 
 class InstallControl(models.TextChoices):

@@ -4,6 +4,7 @@ They live in the database so the admin can change or pause them; every one carri
 expiry so a backlog after downtime does not fire a burst of stale runs.
 """
 from django.conf import settings
+from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from project import queues
 
@@ -19,8 +20,6 @@ SCHEDULES = [
 
 
 def ensure_schedules(**kwargs):
-    from django_celery_beat.models import IntervalSchedule, PeriodicTask
-
     for name, task, every_setting, queue, expires in SCHEDULES:
         every = getattr(settings, every_setting)
         interval, _ = IntervalSchedule.objects.get_or_create(every=every, period=IntervalSchedule.SECONDS)

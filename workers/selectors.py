@@ -1,5 +1,7 @@
 """Reads for the local installer: runs for the page, the control flag for the task, and a
 preview of the system check for the page before any install exists."""
+import hashlib
+import json
 from datetime import timedelta
 from pathlib import Path
 from typing import Optional
@@ -7,14 +9,22 @@ from typing import Optional
 from django.core.cache import cache
 from django.utils import timezone
 
+from routing.health import effective_health
+from routing.models import Backend, Category
+
 from .installer.detect.probe import current_os
 from .installer.errors import InstallError
 from .installer.layout import Layout, lock_held
 from .installer.pipeline import Installer, Options
-from .models import ACTIVE_INSTALL_STATES, InstallRun, InstallStatus
-from .services import HEARTBEAT_STALE_SECONDS, preview_key
+from .models import ACTIVE_INSTALL_STATES, HEARTBEAT_STALE_SECONDS, InstallRun, InstallStatus
 
 PREVIEW_CACHE_SECONDS = 60
+
+
+def preview_key(options: Optional[dict]) -> str:
+    """The cache key of install_preview for these options (services drop it when a run ends)."""
+    digest = hashlib.sha256(json.dumps(options or {}, sort_keys=True, default=str).encode()).hexdigest()
+    return f"workers:install-preview:{digest[:32]}"
 
 
 def run_get(*, run_id: int) -> InstallRun:
@@ -92,9 +102,6 @@ def install_preview(options: Optional[dict] = None) -> dict:
 def comfyui_answering(now=None) -> Optional[dict]:
     """The local ComfyUI, when its last probe (recent enough to trust) found it up: what it is,
     for the install page to say so instead of offering a 5 GB install it does not need."""
-    from routing.health import effective_health
-    from routing.models import Backend, Category
-
     local = Backend.objects.filter(category=Category.LOCAL, enabled=True).order_by("priority").first()
     if local is None or effective_health(local, now) != "up":
         return None

@@ -7,8 +7,6 @@ newest message may claim the run. A running install writes `heartbeat_at` with i
 one silent for HEARTBEAT_STALE_SECONDS is presumed dead (its worker was killed) and may be
 taken over by a redelivered message or resumed from the page.
 """
-import hashlib
-import json
 from datetime import timedelta
 from typing import Optional
 
@@ -25,10 +23,10 @@ from routing.health import health_record
 from routing.models import Backend, HealthState
 
 from .installer.pipeline import Options
-from .models import ACTIVE_INSTALL_STATES, InstallControl, InstallRun, InstallStatus
+from .models import ACTIVE_INSTALL_STATES, HEARTBEAT_STALE_SECONDS, InstallControl, InstallRun, InstallStatus
+from .selectors import preview_key
 
 INSTALL_TASK = "workers.install_tasks.run_install"
-HEARTBEAT_STALE_SECONDS = 120
 
 ALREADY_ACTIVE = "An install is already in progress: resume, pause or cancel it instead of starting another."
 WAITING = "Waiting for the local worker (celery -Q local) to pick it up."
@@ -164,12 +162,6 @@ def install_finish(*, run_id: int, generation: int, status: str, error: str = ""
     if finished:  # the page's "what an install would do" changed with it
         cache.delete(preview_key(InstallRun.objects.values_list("options", flat=True).get(id=run_id)))
     return finished
-
-
-def preview_key(options: Optional[dict]) -> str:
-    """The cache key of selectors.install_preview for these options."""
-    digest = hashlib.sha256(json.dumps(options or {}, sort_keys=True, default=str).encode()).hexdigest()
-    return f"workers:install-preview:{digest[:32]}"
 
 
 def install_give_up(*, run_id: int, generation: int) -> bool:
