@@ -63,11 +63,17 @@ def test_a_stale_poll_cannot_fork_a_second_poll_chain(alice, local):
     job = _job(alice)
     attempt = services.job_route(job_id=job.id)
     services.attempt_submit(attempt_id=attempt.id)
-    services.attempt_poll(attempt_id=attempt.id, seq=0)  # the chain's poll 0: it claimed seq 0
-    claimed = Attempt.objects.get(id=attempt.id).poll_seq
-    assert claimed == 1
-    assert services.attempt_poll(attempt_id=attempt.id, seq=0) is None  # poll 0 again: stale, does nothing
-    assert Attempt.objects.get(id=attempt.id).poll_seq == claimed  # and claimed nothing: no second chain
+    # Poll 0 has run and claimed seq 0, and the job still runs. (Polling the fake for real may end
+    # the job in poll 0; a stale poll would then be refused for the wrong reason, the job's end.)
+    Attempt.objects.filter(id=attempt.id).update(poll_seq=1)
+    before = Attempt.objects.get(id=attempt.id)
+
+    assert services.attempt_poll(attempt_id=attempt.id, seq=0) is None  # poll 0 again: stale
+
+    after = Attempt.objects.get(id=attempt.id)
+    assert (after.status, after.poll_seq, after.polled_at) == (AttemptStatus.SUBMITTED, 1, before.polled_at)
+    services.attempt_poll(attempt_id=attempt.id, seq=1)  # the chain's own poll 1 is not refused: it claims
+    assert Attempt.objects.get(id=attempt.id).poll_seq == 2
 
 
 def test_an_unreachable_local_comfyui_makes_the_job_wait_then_fail_with_one_clear_reason_per_backend(
