@@ -1,6 +1,7 @@
 """The shape between the files: the import contracts in .importlinter hold, and no import hides
 inside a function to dodge a cycle (issue 21). Neither needs Django, Redis or a worker."""
 import ast
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -55,11 +56,27 @@ def project_function_level_imports() -> set[tuple[str, str, str]]:
     return found
 
 
-def test_the_import_contracts_are_kept():
+def lint_imports(root: Path) -> subprocess.CompletedProcess:
     lint = Path(sys.executable).with_name("lint-imports")
-    result = subprocess.run([str(lint), "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return subprocess.run([str(lint), "--no-cache"], cwd=root, capture_output=True, text=True, timeout=120)
+
+
+def test_the_import_contracts_are_kept():
+    result = lint_imports(ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "0 broken" in result.stdout
+
+
+def test_the_contracts_catch_a_back_edge_even_inside_a_function(tmp_path):
+    shutil.copy(ROOT / ".importlinter", tmp_path)
+    for package in PACKAGES:
+        shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    selectors = tmp_path / "routing" / "selectors.py"
+    selectors.write_text(selectors.read_text() + "\n\ndef _dodge():\n    from .services import job_fail\n")
+
+    result = lint_imports(tmp_path)
+
+    assert result.returncode != 0 and "routing.selectors is not allowed to import routing.services" in result.stdout
 
 
 def test_no_import_hides_inside_a_function():
