@@ -380,22 +380,35 @@ def test_when_runpod_has_no_gpu_the_waiting_jobs_fail_over_at_once(pods, fake, a
 
 
 @pytest.mark.django_db
-def test_the_pod_tasks_are_on_beat_with_an_expiry_after_a_migrate(settings):
-    """What beat will really run: the rows migrate leaves in django-celery-beat's tables."""
+def test_beat_sends_each_periodic_task_to_the_queue_its_worker_consumes_with_an_expiry(settings):
+    """What beat really sends, from the rows migrate leaves in django-celery-beat's tables: each
+    message lands on the queue its task is declared on (the queue of the worker that runs it),
+    carries an expiry, and a singleton's once-per-interval window is beat's interval."""
     from django.core.management import call_command
     from django_celery_beat.models import PeriodicTask
+    from django_celery_beat.schedulers import DatabaseScheduler
 
+    from project.celery import app
+
+    app.loader.import_default_modules()  # the tasks, found as a worker finds them
     PeriodicTask.objects.all().delete()
     call_command("migrate", verbosity=0)  # post_migrate creates them again, once
     call_command("migrate", verbosity=0)
-    rows = {row.task: row for row in PeriodicTask.objects.select_related("interval")}
-    for task, every, queue in (("workers.pod_tasks.autoscale_pods", settings.RUNPOD_AUTOSCALE_SECONDS, "control"),
-                               ("workers.pod_tasks.reap_idle_pods", settings.RUNPOD_REAP_SECONDS, "control"),
-                               ("workers.pod_tasks.reconcile_pods", settings.RUNPOD_RECONCILE_SECONDS, "cloud")):
-        row = rows[task]
-        assert (row.interval.every, row.interval.period, row.queue) == (every, "seconds", queue), task
-        assert row.expire_seconds and row.enabled, task
-    assert PeriodicTask.objects.filter(task="workers.pod_tasks.autoscale_pods").count() == 1
+    entries = [entry for entry in DatabaseScheduler(app=app, lazy=True).all_as_schedule().values()
+               if entry.task != "celery.backend_cleanup"]
+    assert len({entry.task for entry in entries}) == len(entries) >= 6  # migrating twice added no second row
+    with app.connection_for_write() as connection:
+        for entry in entries:
+            task = app.tasks[entry.task]
+            inbox = connection.SimpleQueue(task.queue)
+            inbox.clear()
+            DatabaseScheduler(app=app, lazy=True).apply_async(entry, advance=False)
+            message = inbox.get(timeout=5)
+            assert message.headers["task"] == entry.task and message.headers["expires"], entry.task
+            message.ack()
+            inbox.close()
+            if task.once_every:  # a shorter window would let a second beat double it; longer, skip runs
+                assert getattr(settings, task.once_every) == entry.schedule.run_every.total_seconds(), entry.task
 
 
 def test_busy_time_is_the_union_of_the_jobs_on_the_pod_clipped_to_its_life():
