@@ -2,8 +2,10 @@
 from decimal import Decimal
 
 import pytest
+from django.test import override_settings
 from django.utils import timezone
 
+from billing.prices import VEO
 from routing.models import Backend, Job, JobStatus, Preference
 
 pytestmark = pytest.mark.django_db
@@ -47,7 +49,10 @@ def test_a_busy_local_gpu_says_busy(alice_client, backends, settings):
 
 def test_video_costs_use_the_video_price(alice_client, backends):
     page = alice_client.get("/backends/?kind=video").content.decode()
-    assert "$1.6000" in _card(page, "gemini")  # 4 s × $0.40
+    for model in ("gemini-omni-1.1-flash", "veo-3.1-generate-001"):  # the default, and a Vertex one
+        with override_settings(GEMINI_VIDEO_MODEL=model):
+            page = alice_client.get("/backends/?kind=video").content.decode()
+        assert f"${4 * VEO[model]:.4f}" in _card(page, "gemini")  # 4 s at the model's price per second
 
 
 def test_choosing_a_preference_saves_it_without_a_reload(alice_client, alice, backends):
