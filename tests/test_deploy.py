@@ -307,5 +307,8 @@ def test_a_typo_in_a_yes_no_setting_stops_the_start_instead_of_reading_false(tmp
 def test_every_setting_read_from_the_environment_is_in_the_readme():
     read = set(re.findall(r'env_(?:str|bool|int|float|decimal|list)\(\s*"([A-Z0-9_]+)"',
                           (ROOT / "project" / "settings.py").read_text()))
-    documented = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", (ROOT / "README.md").read_text()))
+    # In the Configuration table's first column, which claims to list them all; a mention in
+    # prose elsewhere is not enough.
+    table = [line.split("|")[1] for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| `")]
+    documented = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", "".join(table)))
     assert read and sorted(read - documented) == []
