@@ -1,4 +1,5 @@
-# Comfy Hybrid — `make run` starts everything, `make test` runs every test.
+# Comfy Hybrid — `make run` starts everything, `make test` runs every test, `make test-fast` the
+# ones that need no Redis, worker, browser or PostgreSQL and take under a second (under a minute in all).
 # Both set up what they need first: a virtualenv from requirements.txt, the database,
 # and a Redis server if none answers on REDIS_URL.
 SHELL := /bin/bash
@@ -6,13 +7,16 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 
-.PHONY: run test bench chaos setup venv redis browser clean
+.PHONY: run test test-fast bench chaos setup venv redis browser clean
 
 run: setup redis
 	@deploy/run.sh
 
 test: venv browser
 	@deploy/test.sh $(ARGS)
+
+test-fast: venv
+	@deploy/test.sh -m "not slow" $(ARGS)
 
 bench: setup
 	@$(PY) -m bench $(ARGS)

@@ -89,25 +89,75 @@ def _pings(client) -> bool:
         return False
 
 
-@pytest.fixture(scope="session", autouse=True)
-def redis_server():
-    """Every test session talks to its own Redis, never to a developer's."""
-    # AOF on, like deploy/redis.conf, so fault tests can restart it with its messages kept.
-    server = RedisServer(appendonly=True).start()
+# What makes a test slow: a fixture that starts Redis, Celery workers or a browser, or a marker
+# for a service outside this process. `make test-fast` runs the rest (`-m "not slow"`).
+SLOW_FIXTURES = {"redis_server", "workers"}
+SLOW_MARKERS = {"integration", "browser", "postgres"}
+
+
+def needs_services(item) -> bool:
+    return bool(SLOW_FIXTURES & set(getattr(item, "fixturenames", ()))) or any(
+        item.get_closest_marker(name) for name in SLOW_MARKERS)
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects, so `-m "not slow"` sees the marks
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if needs_services(item):
+            item.add_marker(pytest.mark.slow)
+    # Tests that take a second or more (the program in subprocesses, real waits) carry `slow`
+    # themselves: the fast tier stays under a minute.
+
+
+def point_broker_at(redis_url: str, broker_url: str = "", backend_url: str = ""):
+    """This process, and every process it starts, uses these as its Redis, broker and results."""
     from django.conf import settings
 
     from project.celery import app
 
-    settings.CELERY_BROKER_URL = settings.CELERY_RESULT_BACKEND = server.url
-    app.conf.broker_url = app.conf.result_backend = server.url
+    broker_url, backend_url = broker_url or redis_url, backend_url or redis_url
+    settings.CELERY_BROKER_URL = settings.CELERY_RESULT_BACKEND = redis_url  # workers.base.redis_client
+    app.conf.broker_url, app.conf.result_backend = broker_url, backend_url
     # Celery reads CELERY_BROKER_URL from the environment before its configuration: on a machine
     # that exports one (any Celery host), this process would send to that broker while the
     # workers listen here, and no job would ever finish.
-    for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "REDIS_URL"):
-        os.environ[name] = server.url
+    os.environ.update(CELERY_BROKER_URL=broker_url, CELERY_RESULT_BACKEND=backend_url, REDIS_URL=redis_url)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_broker(request):
+    """Every test session talks to its own Redis, never to a developer's. A session without a
+    slow test (the fast tier, one pure file) starts none: it gets a Redis that refuses, and an
+    in-memory broker."""
+    if any(item.get_closest_marker("slow") for item in request.session.items):
+        yield request.getfixturevalue("redis_server")
+        return
+    # A port held but never listened on refuses at once: Redis calls fail fast (previews and
+    # delivery counts already treat RedisError as "no Redis"), and sent tasks stay in memory.
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        point_broker_at(f"redis://127.0.0.1:{held.getsockname()[1]}/0", "memory://", "cache+memory://")
+        yield None
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """A private Redis for the session, the broker of this process and of its workers."""
+    # AOF on, like deploy/redis.conf, so fault tests can restart it with its messages kept.
+    server = RedisServer(appendonly=True).start()
+    point_broker_at(server.url)
     yield server
     server.stop()
     shutil.rmtree(server.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fast_password_hashing():
+    """Django's default hasher takes a tenth of a second by design; three users per test made it
+    most of the fast tier's time. No test depends on which hasher stores a password."""
+    from django.conf import settings
+
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture(autouse=True)

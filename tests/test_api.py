@@ -147,7 +147,7 @@ def test_costs_are_mine_and_staff_can_see_all(api, admin_user):
     assert api.get("/api/costs?scope=all").json()["scope"] == "me"
 
 
-def test_health_is_public_and_reports_database_broker_and_backends(client, local_backend):
+def test_health_is_public_and_reports_database_broker_and_backends(client, local_backend, redis_server):
     body = client.get("/api/health").json()
     assert body["database"] == "ok" and body["broker"] == "ok" and body["backends"]["local"] == "unknown"
 

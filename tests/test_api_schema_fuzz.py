@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, settings
 
 from routing import tokens
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]  # 100 examples per operation: minutes
 
 
 @pytest.fixture

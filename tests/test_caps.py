@@ -41,6 +41,7 @@ def _counter(scope, user=None, period=None):
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.slow
 def test_twenty_concurrent_one_dollar_jobs_against_a_five_dollar_cap_accept_exactly_five_on_sqlite():
     result = cap_race.race(cap_race.seed(20, Decimal("5")))
     assert result["errors"] == []

@@ -153,6 +153,7 @@ def test_garbage_json_is_retryable(fake):
     assert caught.value.retryable and "not JSON" in caught.value.message
 
 
+@pytest.mark.slow
 def test_a_hanging_server_times_out(fake):
     fake.fail_mode = "hang"
     started = time.monotonic()
@@ -263,6 +264,7 @@ def _capture_frames():
 
 
 @needs_capture
+@pytest.mark.slow
 def test_preview_frames_are_decoded_in_both_layouts_of_the_capture():
     png = b"\x89PNG\r\n\x1a\n" + b"rest-of-image"
     frames = _capture_frames()

@@ -158,6 +158,7 @@ def test_there_is_a_unit_for_every_process_of_the_procfile():
         assert f"comfy-hybrid-worker@{queue}.service" in target
 
 
+@pytest.mark.slow
 def test_the_units_run_commands_that_exist_in_a_checkout():
     calls = set()
     for path in _unit_files():
@@ -228,6 +229,7 @@ def test_the_guide_documents_every_setting_production_needs():
         assert topic in guide, topic
 
 
+@pytest.mark.slow
 def test_check_deploy_is_clean_with_the_documented_environment(tmp_path):
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), **_documented_environment(),
            "VAR_DIR": str(tmp_path / "var"), "MEDIA_ROOT": str(tmp_path / "media")}
@@ -251,6 +253,7 @@ def _manage(tmp_path, *args, **env):
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_without_debug_the_project_refuses_to_start_with_no_secret_key(tmp_path):
     done = _manage(tmp_path, "check", SECRET_KEY="", DEBUG="false")
 
@@ -258,6 +261,7 @@ def test_without_debug_the_project_refuses_to_start_with_no_secret_key(tmp_path)
     assert "SECRET_KEY is not set" in done.stderr and "`make run` writes a generated one" in done.stderr
 
 
+@pytest.mark.slow
 def test_with_debug_on_a_development_key_is_used_and_the_deploy_check_flags_it(tmp_path):
     done = _manage(tmp_path, "check", "--deploy", SECRET_KEY="", DEBUG="true")
 
@@ -270,12 +274,14 @@ def test_with_debug_on_a_development_key_is_used_and_the_deploy_check_flags_it(t
     ("s3cr3t-but-short", "has 16 characters"),
     ("ab" * 40, "uses 2 distinct characters"),
 ])
+@pytest.mark.slow
 def test_the_deploy_check_flags_a_weak_secret_key(tmp_path, key, why):
     done = _manage(tmp_path, "check", "--deploy", SECRET_KEY=key)
 
     assert done.returncode != 0 and "comfy.E001" in done.stderr and why in done.stderr, done.stderr
 
 
+@pytest.mark.slow
 def test_the_webhook_signing_key_is_not_the_secret_key(tmp_path):
     key = secrets.token_urlsafe(50)
     show = ["shell", "-c", "from django.conf import settings; print(settings.WEBHOOK_SECRET)"]
@@ -298,6 +304,7 @@ def test_a_yes_no_setting_reads_every_spelling(monkeypatch, value, expected):
     assert env_bool("SOME_FLAG", default=None) is expected
 
 
+@pytest.mark.slow
 def test_a_typo_in_a_yes_no_setting_stops_the_start_instead_of_reading_false(tmp_path):
     done = _manage(tmp_path, "check", HTTPS="ture")
 

@@ -521,6 +521,7 @@ def test_stop_is_quick_with_an_open_websocket_and_a_running_prompt():
     ws.close()
 
 
+@pytest.mark.slow
 def test_it_runs_as_a_subprocess_that_can_be_killed(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

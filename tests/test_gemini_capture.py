@@ -39,6 +39,7 @@ def _normal(capture: dict) -> dict:
     return json.loads(re.sub(r"gl-python/[0-9.]+", "gl-python/X", text))
 
 
+@pytest.mark.slow
 def test_the_capture_is_what_the_installed_sdk_sends():
     assert CAPTURE["sdk"] == "google-genai 3.4.0"
     assert _normal(record()) == _normal(CAPTURE), "the SDK's wire changed: re-record and read the diff"
@@ -131,6 +132,7 @@ def _template(path: str) -> str:
 
 
 @pytest.mark.parametrize("transport", ["gemini", "vertex"])
+@pytest.mark.slow
 def test_our_client_sends_exactly_the_requests_the_capture_shows(fake, transport):
     client = GeminiClient(fake.api_key, GeminiOptions(
         transport=transport, base_url=fake.url, timeout=50.0, video_poll_seconds=0.01,

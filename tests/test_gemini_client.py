@@ -91,6 +91,7 @@ def test_an_image_poll_reports_running_before_the_call(fake):
 
 
 @pytest.mark.parametrize("filtered, reason", [(True, "IMAGE_SAFETY"), ("prompt", "PROHIBITED_CONTENT")])
+@pytest.mark.slow
 def test_a_safety_filtered_image_fails_with_googles_reason_and_is_not_retryable(fake, filtered, reason):
     fake.filtered = filtered
     client = make_client(fake)
@@ -102,6 +103,7 @@ def test_a_safety_filtered_image_fails_with_googles_reason_and_is_not_retryable(
 
 
 # --- video --------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_video_job_starts_an_interaction_polls_it_and_returns_the_mp4(fake):
     client = make_client(fake)
 
@@ -125,6 +127,7 @@ def test_a_video_job_starts_an_interaction_polls_it_and_returns_the_mp4(fake):
     assert len(polls) >= 2 and {p["path"] for p in polls} == {f"/v1beta/interactions/{handle['interaction']}"}
 
 
+@pytest.mark.slow
 def test_a_video_delivered_as_a_files_uri_is_downloaded_with_the_key(fake):
     fake.video_delivery = "uri"
     client = make_client(fake)
@@ -137,6 +140,7 @@ def test_a_video_delivered_as_a_files_uri_is_downloaded_with_the_key(fake):
     assert len(fake.calls("blob")) == 1  # Google's redirect to storage was followed
 
 
+@pytest.mark.slow
 def test_a_video_gemini_declines_fails_with_its_words_and_is_not_retryable(fake):
     fake.filtered = True
     client = make_client(fake)
@@ -147,6 +151,7 @@ def test_a_video_gemini_declines_fails_with_its_words_and_is_not_retryable(fake)
     assert "usage guidelines" in result.error
 
 
+@pytest.mark.slow
 def test_a_video_that_never_finishes_fails_over_after_its_deadline(fake):
     fake.op_seconds = 60
     client = make_client(fake, video_give_up_seconds=0.2)
@@ -192,6 +197,7 @@ def test_a_video_job_on_an_images_only_backend_fails_over_without_marking_it_dow
 
 # --- errors -------------------------------------------------------------------------------
 @pytest.mark.parametrize("switch", ["fail_429", "fail_500"])
+@pytest.mark.slow
 def test_a_429_or_500_when_starting_a_video_is_retryable_and_sent_once(fake, switch):
     setattr(fake, switch, 1)
 
@@ -205,6 +211,7 @@ def test_a_429_or_500_when_starting_a_video_is_retryable_and_sent_once(fake, swi
 
 
 @pytest.mark.parametrize("switch", ["fail_429", "fail_500"])
+@pytest.mark.slow
 def test_a_429_or_500_on_an_image_call_waits_and_tries_again(fake, switch):
     client = make_client(fake)
     handle = client.submit(spec())
@@ -218,6 +225,7 @@ def test_a_429_or_500_on_an_image_call_waits_and_tries_again(fake, switch):
     assert len(fake.calls("generateContent")) == 2  # one per poll: the SDK never re-sends a paid call
 
 
+@pytest.mark.slow
 def test_500s_while_polling_a_video_are_retried_by_the_sdk_within_one_poll(fake):
     fake.op_seconds = 0
     client = make_client(fake, retry_attempts=3)
@@ -230,6 +238,7 @@ def test_500s_while_polling_a_video_are_retried_by_the_sdk_within_one_poll(fake)
     assert len(fake.calls("getInteraction")) == 3 and len(fake.calls("createInteraction")) == 1
 
 
+@pytest.mark.slow
 def test_500s_past_the_sdks_attempts_keep_the_interaction_and_poll_again_later(fake):
     client = make_client(fake, retry_attempts=2)
     handle = client.submit(spec("video"))
@@ -260,6 +269,7 @@ def test_googles_retry_delay_is_used_when_it_sends_one(fake):
     assert isinstance(result, Progress) and result.next_poll == 7.0
 
 
+@pytest.mark.slow
 def test_429s_past_the_attempts_deadline_fail_over(fake):
     client = make_client(fake, image_give_up_seconds=0.1)
     handle = client.submit(spec())
@@ -271,6 +281,7 @@ def test_429s_past_the_attempts_deadline_fail_over(fake):
     assert isinstance(result, Failed) and result.retryable and "gave up after" in result.error
 
 
+@pytest.mark.slow
 def test_a_400_is_permanent_and_shows_googles_message(fake):
     fake.bad_request = "Request contains an invalid argument: the prompt is too long."
     client = make_client(fake)
@@ -285,6 +296,7 @@ def test_a_400_is_permanent_and_shows_googles_message(fake):
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.slow
 def test_a_403_is_a_misconfiguration_that_fails_over_with_googles_message(fake, transport):
     fake.forbidden = "Your project has been denied access. Please contact support."
     client = make_client(fake, transport)
@@ -297,6 +309,7 @@ def test_a_403_is_a_misconfiguration_that_fails_over_with_googles_message(fake, 
 
 
 @pytest.mark.parametrize("transport, words", [("gemini", "API key not valid"), ("vertex", "UNAUTHENTICATED")])
+@pytest.mark.slow
 def test_a_wrong_key_is_a_misconfiguration_and_never_appears_in_the_handle_or_the_error(fake, transport, words):
     client = make_client(fake, transport, key=WRONG_KEY)
 
@@ -380,6 +393,7 @@ def test_an_image_call_that_times_out_may_have_been_billed(fake):
     assert len(fake.calls("generateContent")) == 1
 
 
+@pytest.mark.slow
 def test_a_paid_answer_held_by_the_fake_leaves_the_other_calls_answering(fake):
     fake.paid_answer_delay = 1.0  # the chaos run holds paid answers to kill a worker inside one
     client = make_client(fake, timeout=0.2)
@@ -391,6 +405,7 @@ def test_a_paid_answer_held_by_the_fake_leaves_the_other_calls_answering(fake):
     assert health.ok, health.detail  # probes still answer: the backend is not made to look down
 
 
+@pytest.mark.slow
 def test_a_slow_gemini_times_out_and_is_retryable(fake):
     fake.latency = 1.0
     client = make_client(fake, timeout=0.2)
@@ -515,6 +530,7 @@ def test_video_length_is_clamped_to_what_gemini_makes():
     assert [video_duration(s) for s in (0, 1, 3, 4, 5.2, 8, 10, 30)] == [3, 3, 3, 4, 6, 8, 10, 10]
 
 
+@pytest.mark.slow
 def test_the_fake_runs_as_a_process_for_subprocess_use():
     process = subprocess.Popen([sys.executable, "-m", "tests.fakes.gemini", "--port", "0"], cwd=ROOT,
                                stdout=subprocess.PIPE, text=True)

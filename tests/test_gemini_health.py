@@ -94,6 +94,7 @@ def test_a_job_whose_attempt_is_refused_for_the_key_waits_instead_of_failing(gem
     assert len(fake.calls("generateContent")) == 1 and not attempt.call_open
 
 
+@pytest.mark.slow
 def test_a_wrong_key_at_video_submit_is_not_resent_to_the_same_backend(gemini, settings, alice, fake):
     settings.GEMINI_API_KEY = WRONG_KEY
     job = services.job_submit(user=alice, kind="video", preference="gemini", prompt="a lighthouse", seed=3,

@@ -84,6 +84,7 @@ def messages(states: list) -> list:
     return [m for n, m in enumerate(shown) if n == 0 or m != shown[n - 1]]
 
 
+@pytest.mark.slow
 def test_it_resumes_after_the_process_is_killed(artifact_server, tmp_path):
     data = payload(SIZE)
     stall_at = SIZE // 2 + 20_000  # mid-chunk: the chunk in flight is the only thing fetched twice
@@ -107,6 +108,7 @@ def test_it_resumes_after_the_process_is_killed(artifact_server, tmp_path):
     assert artifact_server.sent["/model.bin"] <= SIZE + TEST_CHUNK
 
 
+@pytest.mark.slow
 def test_a_download_killed_at_a_random_moment_resumes_and_is_exact(tmp_path):
     server = ArtifactServer(rate=4_000_000).start()  # throttled: the kill lands mid-stream
     try:

@@ -33,6 +33,8 @@ import requests
 
 from tests.installer_support import ArtifactServer, Fault, free_port, payload, sha256
 
+pytestmark = pytest.mark.slow  # each test runs the installer CLI end to end: 13 to 36 s
+
 ROOT = Path(__file__).resolve().parents[1]
 VERSION = "9.9.9"
 TORCH, VISION, DEP = ("torch", "2.9.1+cpu"), ("torchvision", "0.24.1+cpu"), ("comfy-fake-dep", "1.0")

@@ -56,6 +56,7 @@ def check(venv: Path, requirements: str = "") -> dict:
     return json.loads(done.stdout.splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_a_whole_torch_reports_its_versions_and_device(venv):
     install(venv, "torch", "2.9.1+cpu", TORCH)
     install(venv, "torchvision", "0.24.1+cpu", "import torch\n")
@@ -65,18 +66,21 @@ def test_a_whole_torch_reports_its_versions_and_device(venv):
     assert report["device"] == {"torch": "2.9.1+cpu", "cuda": None, "hip": None, "gpu": False}
 
 
+@pytest.mark.slow
 def test_a_torchvision_built_for_another_torch_is_reported_with_its_error(venv):
     install(venv, "torch", "2.9.1+cpu", TORCH)
     install(venv, "torchvision", "0.23.0+cpu", MISMATCHED_TORCHVISION)
     assert check(venv)["broken"] == {"torchvision": "RuntimeError: operator torchvision::nms does not exist"}
 
 
+@pytest.mark.slow
 def test_torch_and_torchvision_must_be_there_and_torchaudio_only_when_installed(venv):
     assert check(venv)["broken"] == {"torch": "not installed", "torchvision": "not installed"}
     install(venv, "torchaudio", "2.9.1+cpu", "raise ImportError('libtorchaudio.so: undefined symbol')\n")
     assert check(venv)["broken"]["torchaudio"] == "ImportError: libtorchaudio.so: undefined symbol"
 
 
+@pytest.mark.slow
 def test_each_requirement_is_compared_with_the_version_installed(venv):
     import packaging
     import requests
@@ -100,6 +104,7 @@ def test_each_requirement_is_compared_with_the_version_installed(venv):
     assert report["unreadable"] == ["this is not a requirement"]
 
 
+@pytest.mark.slow
 def test_a_requirement_with_an_extra_needs_what_the_extra_brings(venv):
     install(venv, "comfy_hybrid_base", "1.0", "", requires=["comfy-hybrid-extra-dep>=2; extra == 'video'",
                                                            "packaging"])

@@ -42,6 +42,7 @@ def statuses(installer) -> dict:
     return {state.name: state.status for state in installer.states}
 
 
+@pytest.mark.slow
 def test_a_full_install_into_a_temp_dir_ends_with_the_verify_step_green(artifact_server, tmp_path, installers):
     site = make_site(artifact_server, tmp_path)
     registered = []
@@ -72,6 +73,7 @@ def test_every_step_reports_progress_bytes_and_speed(artifact_server, tmp_path, 
                                             "verify", "register"}
 
 
+@pytest.mark.slow
 def test_running_it_again_is_idempotent_and_fast(artifact_server, tmp_path, installers):
     site = make_site(artifact_server, tmp_path)
     first = installer_for(installers, site, tmp_path)
@@ -174,6 +176,7 @@ def test_a_venv_made_for_another_pytorch_build_is_rebuilt(artifact_server, tmp_p
     assert json.loads((tmp_path / "install" / "venv" / "comfy-hybrid-env.json").read_text())["build"] == "cu124"
 
 
+@pytest.mark.slow
 def test_a_port_taken_by_another_program_moves_comfyui_to_the_next_free_port(artifact_server, tmp_path, installers):
     site = make_site(artifact_server, tmp_path)
     with socket.socket() as squatter:
@@ -189,6 +192,7 @@ def test_a_port_taken_by_another_program_moves_comfyui_to_the_next_free_port(art
     assert installer.layout.read_state()["port"] == {"asked": taken, "chosen": installer.port}
 
 
+@pytest.mark.slow
 def test_a_comfyui_that_crashes_on_start_fails_verify_with_its_log(artifact_server, tmp_path, installers):
     site = make_site(artifact_server, tmp_path)
     installer = installer_for(installers, site, tmp_path, start=False)
@@ -233,6 +237,7 @@ def test_a_model_already_in_place_is_verified_once_and_not_downloaded(artifact_s
     assert installer.layout.read_state()["verified"]["models/checkpoints/tiny.safetensors"]["sha256"]
 
 
+@pytest.mark.slow
 def test_the_core_runs_as_a_script_without_django(artifact_server, tmp_path):
     import subprocess
     import sys
@@ -256,6 +261,7 @@ def test_the_core_runs_as_a_script_without_django(artifact_server, tmp_path):
     assert refused.returncode == 1 and "--yes" in refused.stderr
 
 
+@pytest.mark.slow
 def test_running_again_on_another_port_replaces_the_comfyui_it_started(artifact_server, tmp_path, installers):
     site = make_site(artifact_server, tmp_path)
     first = installer_for(installers, site, tmp_path)

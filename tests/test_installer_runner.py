@@ -76,6 +76,7 @@ def test_a_command_runs_in_a_session_and_process_group_of_its_own():
 
 @POSIX
 @pytest.mark.parametrize("stop", ["cancel", "timeout", "a failing callback"])
+@pytest.mark.slow
 def test_a_command_stopped_early_ends_with_everything_it_started(stop):
     lines = []
 

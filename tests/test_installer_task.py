@@ -95,6 +95,7 @@ def command_site(artifact_server, tmp_path, monkeypatch, local_backend):
     launch.stop(Launch(Layout(tmp_path / "install", "linux"), "127.0.0.1", port, cpu_only=True))
 
 
+@pytest.mark.slow
 def test_the_management_command_installs_with_progress_lines_and_registers_the_backend(
         command_site, tmp_path, capsys):
     site, port = command_site

@@ -100,6 +100,7 @@ def test_without_a_traceback_the_last_lines_are_quoted():
 
 
 # Ports -----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_second_install_on_a_taken_port_gets_the_next_free_one_and_registers_its_own_url(
         site, tmp_path, installers):
     first = installer_in(installers, site, tmp_path, folder="first")
@@ -118,6 +119,7 @@ def test_a_second_install_on_a_taken_port_gets_the_next_free_one_and_registers_i
     assert second.layout.read_state()["port"] == {"asked": first.port, "chosen": second.port}
 
 
+@pytest.mark.slow
 def test_a_rerun_keeps_the_port_chosen_before_even_once_the_asked_one_is_free(site, tmp_path, installers):
     first = installer_in(installers, site, tmp_path, folder="first")
     first.run()
@@ -131,6 +133,7 @@ def test_a_rerun_keeps_the_port_chosen_before_even_once_the_asked_one_is_free(si
     assert f"chosen by an earlier run when port {first.port} was taken" in again.outcome()
 
 
+@pytest.mark.slow
 def test_an_old_comfyui_of_this_install_with_other_settings_is_restarted(site, tmp_path, installers):
     cpu = installer_in(installers, site, tmp_path)
     cpu.run()
@@ -145,6 +148,7 @@ def test_an_old_comfyui_of_this_install_with_other_settings_is_restarted(site, t
 
 
 # ComfyUI's own start-up check ------------------------------------------------------------
+@pytest.mark.slow
 def test_the_start_up_check_runs_with_the_servers_own_arguments_before_it(site, tmp_path, installers):
     installer = installer_in(installers, site, tmp_path)
     installer.run()
@@ -165,6 +169,7 @@ def verify_failure_with(main_py: str, installers, site, tmp_path) -> tuple:
     return error, again
 
 
+@pytest.mark.slow
 def test_a_missing_module_fails_the_start_up_check_with_its_error_and_the_log(site, tmp_path, installers):
     error, again = verify_failure_with(MISSING_MODULE_MAIN, installers, site, tmp_path)
     assert error.value.cause == f"ComfyUI's start-up check (main.py --quick-test-for-ci) failed with exit code 1: {MISSING}"
@@ -173,6 +178,7 @@ def test_a_missing_module_fails_the_start_up_check_with_its_error_and_the_log(si
     assert not again.layout.pid_file.exists()  # the server was never started
 
 
+@pytest.mark.slow
 def test_a_comfyui_that_exits_before_answering_quotes_its_first_error_not_the_tail(site, tmp_path, installers):
     error, again = verify_failure_with(CRASHES_WHEN_SERVING_MAIN, installers, site, tmp_path)
     assert error.value.cause == f"ComfyUI exited with code 3 before answering: {MISSING}"
@@ -221,6 +227,7 @@ def test_a_system_service_asked_without_root_fails_the_service_step(site, tmp_pa
     assert error.value.step == "service" and "sudo" in error.value.fix
 
 
+@pytest.mark.slow
 def test_a_crash_looping_service_fails_verify_within_a_few_polls_with_its_log(site, tmp_path, installers):
     journal = f"Traceback (most recent call last):\n  File \"main.py\", line 1\n{MISSING}\nFailed with result 'exit-code'.\n"
     restarting = Completed(0, "ActiveState=activating\nSubState=auto-restart\nNRestarts=1\nExecMainStatus=1\n"

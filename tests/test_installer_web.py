@@ -98,6 +98,7 @@ def test_starting_from_the_page_dispatches_the_task_on_the_local_queue(started, 
     assert started.status == InstallStatus.PENDING and started.created_by.username == "alice"
 
 
+@pytest.mark.slow
 def test_pause_and_resume_through_the_page_continue_the_download_from_where_it_stopped(
         staff_client, started, site, tmp_path, sent, django_capture_on_commit_callbacks):
     on_report, clicked = click_when_downloading(staff_client, started, "pause")
@@ -121,6 +122,7 @@ def test_pause_and_resume_through_the_page_continue_the_download_from_where_it_s
     assert {s["name"]: s["status"] for s in run.steps}["verify"] == "done"
 
 
+@pytest.mark.slow
 def test_a_verified_install_switches_the_local_backend_on_for_routing(started, tmp_path, local_backend):
     Backend.objects.filter(id=local_backend.id).update(enabled=False, health=HealthState.DOWN, consecutive_failures=5)
     assert run_task(started, 1, tmp_path) == InstallStatus.SUCCEEDED
@@ -201,6 +203,7 @@ def test_the_page_shows_the_system_check_before_any_install(staff_client, tmp_pa
     assert 'action="/install/start/"' in page
 
 
+@pytest.mark.slow
 def test_the_live_partial_shows_each_step_and_says_when_it_is_final(staff_client, started, tmp_path):
     live = staff_client.get(f"/install/runs/{started.id}/live/").content.decode()
     assert "data-final" not in live and 'data-step="models"' in live and "data-pause" in live
@@ -234,6 +237,7 @@ def test_the_page_says_when_comfyui_already_answers_instead_of_offering_an_insta
     assert "ComfyUI already answers" in client.get("/install/").content.decode()
 
 
+@pytest.mark.slow
 def test_a_killed_install_shows_at_once_and_resumes_from_the_page(staff_client, started, tmp_path, sent,
                                                                   django_capture_on_commit_callbacks):
     """Its row still says running with a fresh heartbeat; the free folder lock says its
@@ -255,6 +259,7 @@ def test_a_killed_install_shows_at_once_and_resumes_from_the_page(staff_client, 
     assert run_task(started, 2, tmp_path) == InstallStatus.SUCCEEDED
 
 
+@pytest.mark.slow
 def test_after_an_install_the_page_shows_what_an_install_would_do_now_not_the_old_plan(
         staff_client, started, tmp_path, monkeypatch):
     monkeypatch.setattr(selectors, "Installer", lambda options: Installer(options, hooks_for(tmp_path, FakeRunner())))

@@ -19,7 +19,7 @@ def _readme_commands() -> list[str]:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_every_curl_example_in_the_readme_works(live_server, alice, local_backend):
+def test_every_curl_example_in_the_readme_works(live_server, alice, local_backend, redis_server):
     _, key = tokens.token_create(user=alice, name="readme")
     env = {"BASE": live_server.url, "TOKEN": key, "PATH": "/usr/bin:/bin"}
     commands = _readme_commands()

@@ -95,6 +95,7 @@ def test_a_running_job_reports_the_percent_its_worker_last_sent_then_finishes(fa
     (None, 0), ({}, 0), ({"percent": None}, 0), ({"percent": [1, 2]}, 0), ({"progress": "4/0"}, 0),
     ("Update 1/3", 0), ("NaN", 0), ({"percent": "inf"}, 0), (True, 0), ([42], 0),
 ])
+@pytest.mark.slow
 def test_progress_in_any_shape_gives_a_percent_within_0_to_99_and_never_fails_the_poll(fake, sent, percent):
     fake.script({"status": "COMPLETED", "hold": True, "progress": sent})
     client = client_for(fake)
@@ -157,6 +158,7 @@ def test_a_workflow_comfyui_rejects_fails_the_job_at_once_with_comfyuis_words(fa
     assert "Value 0 smaller than min of 1" in failed.error
 
 
+@pytest.mark.slow
 def test_our_handlers_error_kind_decides_over_the_wording(fake):
     kinds = {"validation": False, "execution": False, "model_missing": True, "runtime": True}
     fake.script(*({"status": "FAILED", "error": f"ComfyUI rejected the workflow: {kind}",

@@ -164,6 +164,7 @@ def test_flower_refuses_to_start_without_a_password(redis_server):
 
 
 @pytest.mark.django_db
+@pytest.mark.slow
 def test_no_secret_appears_in_any_page_or_api_response(secret_settings, alice, admin_user, local_backend):
     job = services.job_submit(user=alice, kind="image", preference="auto", prompt="x")
     services.job_route(job_id=job.id)

@@ -382,6 +382,7 @@ def test_tls_is_verified_for_the_host_name_though_the_connection_goes_to_the_che
     assert Job.objects.get(id=job.id).webhook_state == "delivered"
 
 
+@pytest.mark.slow
 def test_a_certificate_for_another_name_is_refused(alice, local_backend, settings, monkeypatch, tls, caplog):
     settings.WEBHOOK_ALLOWED_HOSTS = []
     Rebinding(monkeypatch, "hooks.example.com")
@@ -396,6 +397,7 @@ def test_a_certificate_for_another_name_is_refused(alice, local_backend, setting
 
 
 # --- a slow receiver, and what the log says --------------------------------------------------
+@pytest.mark.slow
 def test_a_receiver_that_never_answers_is_given_up_on_after_the_timeout(alice, receiver, local_backend, settings,
                                                                          caplog):
     settings.WEBHOOK_TIMEOUT = 0.5
