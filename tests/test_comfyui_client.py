@@ -38,18 +38,20 @@ def _run_to_end(client, handle, timeout=10):
     raise AssertionError("the job never finished")
 
 
-def _watch_whole_run(fake, client, handle):
-    """One poll watches the run from before its first node (the fake holds it until the watch's
-    socket is registered), so every event reaches it however busy the machine: (result, seen)."""
-    fake.node_budget = 0
-    seen, ended = [], []
-    watcher = threading.Thread(target=lambda: ended.append(client.poll(handle, on_progress=seen.append)))
-    watcher.start()
+def _watch_whole_run(fake, client, spec):
+    """Submit and watch the run from before its first node with one poll: the fake holds the
+    prompt until the watch's socket is registered, so every event reaches it however busy the
+    machine. Returns (result, every Progress seen)."""
+    fake.node_budget = 0  # before the submit: not even the first node may run unwatched
     try:
+        handle = client.submit(spec)
+        seen, ended = [], []
+        watcher = threading.Thread(target=lambda: ended.append(client.poll(handle, on_progress=seen.append)))
+        watcher.start()
         _until(lambda: fake.listening(handle["client_id"]), "the watch's socket is registered")
     finally:
         fake.node_budget = None
-        watcher.join(30)
+    watcher.join(30)
     return ended[0], seen
 
 
@@ -77,8 +79,7 @@ def test_it_reports_progress_from_the_websocket_and_finishes_there(fake):
     template = build_workflow(kind="image", prompt="p", negative_prompt="", width=512, height=512, seed=1,
                               duration_seconds=0)
     client = _client(fake, watch_seconds=120)  # one watch sees the whole run; the run's end ends it
-    handle = client.submit(_spec(template))
-    result, seen = _watch_whole_run(fake, client, handle)
+    result, seen = _watch_whole_run(fake, client, _spec(template))
     assert isinstance(result, Done)
     assert seen[0].running and seen[0].percent == 0  # "running" is said at once, before any step
     percents = [p.percent for p in seen if p.preview is None]
@@ -288,8 +289,7 @@ def test_a_sampler_run_streams_previews_that_the_client_hands_on(fake):
     template = build_workflow(kind="image", prompt="p", negative_prompt="", width=512, height=512, seed=9,
                               duration_seconds=0)
     client = _client(fake, watch_seconds=120)
-    handle = client.submit(_spec(template, "with-previews"))
-    result, seen = _watch_whole_run(fake, client, handle)
+    result, seen = _watch_whole_run(fake, client, _spec(template, "with-previews"))
 
     assert isinstance(result, Done)
     previews = [p for p in seen if p.preview]
