@@ -108,7 +108,11 @@ def test_a_video_job_starts_an_interaction_polls_it_and_returns_the_mp4(fake):
     client = make_client(fake)
 
     handle = client.submit(spec("video", width=576, height=1024, duration_seconds=5, negative_prompt="rain"))
-    first = client.poll(handle)
+    fake.held = True  # still generating at the first poll, however long the machine took to get there
+    try:
+        first = client.poll(handle)
+    finally:
+        fake.held = False
     result = poll_until_final(client, handle)
 
     assert handle["interaction"] and handle["transport"] == "gemini"
