@@ -142,7 +142,9 @@ def test_registering_on_linux_writes_and_enables_the_user_unit_and_a_shortcut(tm
     assert runner.commands == [["systemctl", "--user", "show-environment"], ["systemctl", "--user", "daemon-reload"],
                                ["systemctl", "--user", "enable", name]]
     assert registration.record() == {"manager": "systemd", "start_command": ["systemctl", "--user", "restart", name],
-                                     "name": name, "scope": "user"}
+                                     "name": name, "scope": "user",
+                                     "files": [str(unit), str(home / ".local/share/applications" / launch.names.desktop),
+                                               str(home / "Desktop" / launch.names.desktop)]}
     desktop = (home / "Desktop" / launch.names.desktop).read_text()
     assert "Exec=xdg-open http://127.0.0.1:8188/" in desktop and "Type=Application" in desktop
     assert f"Name=ComfyUI ({launch.names.install_id})" in desktop
@@ -174,8 +176,10 @@ def test_a_system_unit_is_written_to_the_system_folder_and_managed_without_user(
     assert unit["Service"]["User"] == autostart.owner_of(root) and unit["Install"]["WantedBy"] == "multi-user.target"
     assert runner.commands == [["systemctl", "show-environment"], ["systemctl", "daemon-reload"],
                                ["systemctl", "enable", name]]
-    assert registration.record() == {"manager": "systemd", "start_command": ["systemctl", "restart", name],
-                                     "name": name, "scope": "system"}
+    record = registration.record()
+    assert {k: record[k] for k in ("manager", "start_command", "name", "scope")} == {
+        "manager": "systemd", "start_command": ["systemctl", "restart", name], "name": name, "scope": "system"}
+    assert record["files"][0] == str(tmp_path / "system" / name)  # the unit, then the shortcuts
     assert not (tmp_path / "home/.config/systemd").exists()
 
 

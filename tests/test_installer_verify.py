@@ -243,3 +243,34 @@ def test_a_crash_looping_service_fails_verify_within_a_few_polls_with_its_log(si
     assert runner.asked(f"systemctl --user restart {unit}") == 1
     assert error.value.cause.startswith(f"the service {unit} keeps restarting ComfyUI")
     assert MISSING in error.value.cause and "journalctl --user -u" in error.value.fix
+
+
+def test_a_rerun_with_no_service_removes_the_service_an_earlier_run_registered(site, tmp_path, installers):
+    runner = FakeRunner()
+    first = installer_in(installers, site, tmp_path, runner=runner, service=True, start=False)
+    first.run()
+    name = first.layout.read_state()["service"]["name"]
+    unit = tmp_path / "home/.config/systemd/user" / name
+    desktop = tmp_path / "home/.local/share/applications" / f"{name.removesuffix('.service')}.desktop"
+    assert unit.exists() and any(p.exists() for p in desktop.parent.glob("*.desktop"))
+
+    again = installer_in(installers, site, tmp_path, runner=runner, service=False, start=False)
+    again.run()
+    assert ["systemctl", "--user", "disable", "--now", name] in runner.commands  # stopped, not at boot any more
+    assert not unit.exists() and not list(desktop.parent.glob("*.desktop"))
+    assert again.layout.read_state()["service"] == {}
+    assert f"removed the service an earlier run registered ({name}" in again.state("service").message
+
+    third = installer_in(installers, site, tmp_path, runner=runner, service=False, start=False)
+    third.run()  # nothing left to remove: says nothing about it
+    assert "removed" not in third.state("service").message
+
+
+def test_a_unit_written_without_a_user_session_is_recorded_and_removed_later(site, tmp_path, installers):
+    first = installer_in(installers, site, tmp_path, runner=FakeRunner(fail="show-environment"), service=True,
+                         start=False)
+    first.run()
+    unit = tmp_path / "home/.config/systemd/user" / first.launch.names.unit
+    assert unit.exists() and str(unit) in first.layout.read_state()["service"]["files"]
+    installer_in(installers, site, tmp_path, service=False, start=False).run()
+    assert not unit.exists()

@@ -167,7 +167,7 @@ class Registration:
     def record(self) -> dict:
         """What the install's state keeps (verify starts and watches the service with it)."""
         return {"manager": self.manager, "start_command": self.start_command, "name": self.name,
-                "scope": self.scope}
+                "scope": self.scope, "files": self.files}
 
 
 def render_start_sh(launch: Launch) -> str:
@@ -289,10 +289,31 @@ def register(launch: Launch, home: Path, run: CommandRunner, scope: Optional[Sco
         registration = _register_systemd(launch, run, scope or user_scope(home))
     else:
         registration = (_register_launchd if os_name == "darwin" else _register_windows)(launch, home, run)
-    shortcut = _write_shortcut(launch, home)
-    if shortcut:
-        registration.files.append(str(shortcut))
+    registration.files += [str(path) for path in _write_shortcuts(launch, home)]
     return registration
+
+
+def unregister(record: dict, run: CommandRunner) -> list:
+    """Undo what an earlier run registered for this install (`record`: its state's "service"),
+    for a re-run with --no-service: the service is stopped and no longer starts at boot or
+    logon, and its unit/plist and shortcuts are deleted. Best effort (what is already gone is
+    fine). Returns the names and files removed, for the step's message."""
+    manager, name = record.get("manager") or "", record.get("name") or ""
+    flags = [] if record.get("scope") == "system" else ["--user"]
+    commands = {"systemd": [["systemctl", *flags, "disable", "--now", name]],
+                "launchd": [["launchctl", "bootout", f"{launchd_domain()}/{name}"]],
+                "nssm": [["nssm", "stop", name], ["nssm", "remove", name, "confirm"]],
+                "schtasks": [["schtasks", "/Delete", "/F", "/TN", name]]}.get(manager, []) if name else []
+    for command in commands:
+        run(command, timeout=60)
+    removed = [name] if commands else []
+    for path in map(Path, record.get("files") or []):
+        if path.exists() or path.is_symlink():
+            path.unlink()
+            removed.append(str(path))
+    if manager == "systemd" and name:
+        run(["systemctl", *flags, "daemon-reload"], timeout=60)
+    return removed
 
 
 def _register_systemd(launch: Launch, run: CommandRunner, scope: Scope) -> Registration:
@@ -343,24 +364,26 @@ def _register_windows(launch: Launch, home: Path, run: CommandRunner) -> Registr
                         f"created scheduled task {name} (runs at logon)", name)
 
 
-def _write_shortcut(launch: Launch, home: Path):
+def _write_shortcuts(launch: Launch, home: Path) -> list:
+    """The shortcuts written (all of them are recorded, so --no-service can take them away)."""
     desktop, names = home / "Desktop", launch.names
     os_name = launch.layout.os_name
     if os_name == "linux":
-        entry = home / ".local" / "share" / "applications" / names.desktop
-        write_if_changed(entry, render_desktop_entry(launch), mode=0o755)
+        entries = [home / ".local" / "share" / "applications" / names.desktop]
         if desktop.is_dir():
-            write_if_changed(desktop / names.desktop, render_desktop_entry(launch), mode=0o755)
-        return entry
+            entries.append(desktop / names.desktop)
+        for entry in entries:
+            write_if_changed(entry, render_desktop_entry(launch), mode=0o755)
+        return entries
     if not desktop.is_dir():
-        return None
+        return []
     if os_name == "darwin":
         path = desktop / f"{names.title}.webloc"
         path.write_bytes(render_webloc(launch))
-        return path
+        return [path]
     path = desktop / f"{names.title}.url"
     write_if_changed(path, render_url_shortcut(launch))
-    return path
+    return [path]
 
 
 def _must(done, command: list) -> None:

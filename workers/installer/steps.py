@@ -230,9 +230,11 @@ def _choose_port(inst) -> None:
 def step_service(inst, r) -> None:
     inst.layout.update_state(port={"asked": inst.options.port, "chosen": inst.port})
     script = autostart.write_start_script(inst.launch)
-    if not inst.options.service:
+    if not inst.options.service:  # and none left from an earlier run: nothing starts it at boot
+        removed = autostart.unregister(inst.layout.read_state().get("service") or {}, inst.hooks.run)
         inst.layout.update_state(service={})
-        return r.finish(DONE, f"wrote {script}; no service registered (--no-service)")
+        gone = f"; removed the service an earlier run registered ({', '.join(removed)})" if removed else ""
+        return r.finish(DONE, f"wrote {script}; no service registered (--no-service){gone}")
     r.update(progress=30, message="Registering the service")
     retired = legacy.retire(inst.launch, inst.hooks.home, inst.hooks.run)
     registration = autostart.register(inst.launch, inst.hooks.home, inst.hooks.run, scope=_scope(inst))
