@@ -19,8 +19,10 @@ PROPOSAL = "ours-before"  # the pod estimate before it counted the idle tail, fo
 
 def config_from_settings() -> costsim.Config:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+    import django
     from django.conf import settings
 
+    django.setup()  # routing.defaults reads Backend's choices: the app registry must be ready
     from routing.defaults import default_backends
 
     backends = {b["name"]: b for b in default_backends()}
