@@ -356,6 +356,10 @@ POLL_INTERVAL_SECONDS = env_float("POLL_INTERVAL_SECONDS", 1.0)
 LOCAL_QUEUE_LIMIT = env_int("LOCAL_QUEUE_LIMIT", 5)
 HEALTH_PROBE_SECONDS = env_int("HEALTH_PROBE_SECONDS", 15)
 HEALTH_STALE_SECONDS = env_int("HEALTH_STALE_SECONDS", 120)
+# A ComfyUI backend none of whose probes a worker took for this long is lost: down at once, its
+# jobs in flight moved to other backends (routing/fleet.py). Several probe rounds, so one probe
+# lost with a Redis restart, or a worker busy for a moment, is not a lost machine.
+WORKER_LOST_SECONDS = env_int("WORKER_LOST_SECONDS", 60)
 # A job that only a backend in an outage could run waits this long for it to answer again
 # before it fails (the backend is down, or lost the job's attempt and has not answered since).
 OUTAGE_WAIT_SECONDS = env_int("OUTAGE_WAIT_SECONDS", 900)

@@ -4,13 +4,13 @@ from django.utils.html import format_html, format_html_join
 
 from project import queues
 
-from . import dispatch, selectors, services, tokens
+from . import dispatch, fleet, selectors, services, tokens
 from .models import ApiToken, Attempt, Backend, Job, JobStatus, Output, Preference
 
 
 @admin.register(Backend)
 class BackendAdmin(admin.ModelAdmin):
-    list_display = ("name", "kind", "category", "enabled", "health", "queue_depth", "gpu_name",
+    list_display = ("name", "kind", "category", "enabled", "health", "queue_depth", "gpu_name", "celery_queue",
                     "latency_ms", "last_probe_at", "price_per_second", "price_per_image")
     list_filter = ("kind", "category", "enabled", "health")
     search_fields = ("name", "url", "gpu_name")
@@ -18,7 +18,17 @@ class BackendAdmin(admin.ModelAdmin):
     readonly_fields = ("health", "consecutive_failures", "consecutive_successes", "last_probe_at", "last_ok_at",
                        "down_since", "last_error", "latency_ms", "queue_depth", "gpu_name", "vram_total",
                        "inventory_table", "inventory_at")
-    exclude = ("inventory",)
+    exclude = ("inventory", "probe_sent_at")
+    actions = ["remove_from_fleet"]
+
+    @admin.display(description="Celery queue")
+    def celery_queue(self, backend):
+        return backend.queue
+
+    @admin.action(description="Remove from the fleet (its jobs move to other backends)")
+    def remove_from_fleet(self, request, queryset):
+        outcomes = [fleet.backend_remove(backend_id=backend.id) for backend in queryset]
+        self.message_user(request, "; ".join(outcomes), messages.SUCCESS)
 
     @admin.display(description="Inventory (what it can run)")
     def inventory_table(self, backend):
@@ -36,7 +46,8 @@ class AttemptInline(admin.TabularInline):
     model = Attempt
     extra = 0
     can_delete = False
-    fields = ("number", "backend", "status", "outage", "started_at", "finished_at", "seconds", "cost", "error")
+    fields = ("number", "backend", "status", "outage", "worker", "gpu", "started_at", "finished_at", "seconds", "cost",
+              "error")
     readonly_fields = fields
     show_change_link = True
 

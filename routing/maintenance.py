@@ -14,7 +14,8 @@ from workers.clients import BackendError
 from project import queues
 
 from . import dispatch
-from .backends import client_for_backend, missing_settings
+from .backends import client_for_backend
+from .fleet import probe_answered, probes_to_send
 from .health import health_record
 from .inventory import inventory_due, inventory_store
 from .models import ACTIVE_ATTEMPT_STATES, ACTIVE_JOB_STATES, Attempt, AttemptStatus, Backend, Job, JobStatus
@@ -25,11 +26,14 @@ log = logging.getLogger(__name__)
 
 
 def backends_to_probe() -> list[tuple[int, str]]:
-    return [(b.id, b.queue) for b in Backend.objects.filter(enabled=True) if not missing_settings(b)]
+    return probes_to_send()
 
 
 def backend_probe(*, backend_id: int) -> None:
-    backend = Backend.objects.get(id=backend_id)
+    backend = Backend.objects.filter(id=backend_id).first()
+    if backend is None:  # removed by the administrator while its probe was queued
+        return
+    probe_answered(backend_id=backend.id)  # a worker took it: the machine is there
     client = client_for_backend(backend)
     health = client.health()
     if not health.ok:  # one lost request is not an outage: look again before counting a failure

@@ -119,6 +119,10 @@ class Backend(models.Model):
     last_ok_at = models.DateTimeField(null=True, blank=True)
     down_since = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
+    # The oldest probe sent to its queue that no worker has taken yet (cleared by the worker that
+    # runs it). A ComfyUI backend's probe unanswered for WORKER_LOST_SECONDS: its machine or
+    # worker is gone (routing/fleet.py).
+    probe_sent_at = models.DateTimeField(null=True, blank=True)
     latency_ms = models.FloatField(null=True, blank=True)
     queue_depth = models.PositiveIntegerField(default=0, help_text="Remote queue_remaining")
     gpu_name = models.CharField(max_length=200, blank=True)
@@ -138,6 +142,8 @@ class Backend(models.Model):
 
     @property
     def queue(self) -> str:
+        if self.kind == self.Kind.COMFYUI:  # its own queue: only the worker beside that ComfyUI takes it
+            return queues.for_comfyui(self.name)
         return QUEUE_FOR_CATEGORY[self.category]
 
 
@@ -233,6 +239,10 @@ class Attempt(models.Model):
     polled_at = models.DateTimeField(null=True, blank=True)
     poll_errors = models.PositiveSmallIntegerField(default=0, help_text="Failed polls in a row")
     submit_tries = models.PositiveSmallIntegerField(default=0, help_text="Times a submit was started")
+    # Where it ran, as it was when submitted (a fleet's machines change): the Celery worker that
+    # submitted it and the backend's GPU.
+    worker = models.CharField(max_length=200, blank=True, help_text="Celery worker that submitted it")
+    gpu = models.CharField(max_length=200, blank=True, help_text="The backend's GPU when it was submitted")
     queue_position = models.PositiveIntegerField(null=True, blank=True, help_text="Jobs ahead on the backend")
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)

@@ -13,7 +13,9 @@ Rules, in order (DESIGN.md, Routing):
   to wait, not a failure.
 - A forced preference (local / cloud / gemini) keeps only that category.
 - Local wins when it is usable and its queue (remote queue + our in-flight jobs) is below
-  the limit.
+  the limit. Among several local GPUs with room (a fleet), the one that would finish the job
+  first: (its queue + 1) × the run time learned on it, so a GPU twice as fast takes twice the
+  work, and each backend's queue stays under the limit.
 - Otherwise the cheapest option by marginal cost wins (an idle running pod costs nothing
   extra, then serverless, then a new pod), compared with Gemini's price; ties go to the
   faster expected time, then to a healthy (not just unknown) backend, then to priority.
@@ -156,19 +158,32 @@ def _permanent_refusal(job: JobFacts, c: Candidate) -> str:
 
 
 def _choose(usable: list[Candidate], limit: int) -> tuple[Optional[Candidate], str]:
-    local = sorted((c for c in usable if c.category == "local"), key=_local_order)
-    if local and local[0].queue < limit:
-        return local[0], f"local GPU is free (queue {local[0].queue} of {limit}), costs nothing"
+    local = [c for c in usable if c.category == "local"]
+    free = sorted((c for c in local if c.queue < limit), key=_local_order)
+    if free:
+        best = free[0]
+        if len(local) == 1:
+            return best, f"local GPU is free (queue {best.queue} of {limit}), costs nothing"
+        return best, (f"finishes it first among the local GPUs (queue {best.queue} of {limit}, done in about "
+                      f"{finish_seconds(best):.0f}s), costs nothing")
     paid = sorted((c for c in usable if c.category != "local"), key=_paid_order)
+    shortest = min(local, key=lambda c: c.queue) if local else None
     if paid:
         best = paid[0]
-        note = f", local queue full ({local[0].queue} of {limit})" if local else ""
+        note = f", local queue full ({shortest.queue} of {limit})" if local else ""
         return best, f"cheapest available at ${best.cost:.4f}, about {best.seconds:.0f}s{note}"
-    return None, f"its queue is full ({local[0].queue} of {limit}) and nothing else can run this job"
+    full = "its queue is full" if len(local) == 1 else "every local GPU's queue is full"
+    return None, f"{full} ({shortest.queue} of {limit}) and nothing else can run this job"
+
+
+def finish_seconds(c: Candidate) -> float:
+    """When a local GPU would finish one more job: the jobs ahead of it and itself, at the run
+    time learned on that backend. A GPU twice as fast takes twice the queue."""
+    return (c.queue + 1) * max(c.seconds, 0.0)
 
 
 def _local_order(c: Candidate):
-    return (c.queue, c.health != "up", c.priority)
+    return (finish_seconds(c), c.queue, c.health != "up", c.priority)
 
 
 def _paid_order(c: Candidate):
@@ -177,5 +192,7 @@ def _paid_order(c: Candidate):
 
 def _runner_up(c: Candidate, chosen: Candidate, limit: int) -> str:
     if c.category == "local":
-        return f"usable, but its queue is full ({c.queue} of {limit})"
+        if c.queue >= limit:
+            return f"usable, but its queue is full ({c.queue} of {limit})"
+        return f"usable, but would finish later (queue {c.queue}, done in about {finish_seconds(c):.0f}s)"
     return f"usable at ${c.cost:.4f}, about {c.seconds:.0f}s; {chosen.name} was preferred"

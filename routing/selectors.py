@@ -45,6 +45,14 @@ def in_flight_by_backend(backend_ids=None) -> dict[int, int]:
     return {row["backend"]: row["n"] for row in rows}
 
 
+def local_room(*, limit: int) -> bool:
+    """Whether any local GPU that is enabled and not down has its queue below `limit`."""
+    local = list(Backend.objects.filter(category=Category.LOCAL, enabled=True).exclude(health="down")
+                 .values_list("id", "queue_depth"))
+    in_flight = in_flight_by_backend([backend_id for backend_id, _ in local])
+    return any(depth + in_flight.get(backend_id, 0) < limit for backend_id, depth in local)
+
+
 def in_flight_by_user() -> dict[int, int]:
     rows = Attempt.objects.filter(status__in=ACTIVE_ATTEMPT_STATES).values("job__user").annotate(n=Count("id"))
     return {row["job__user"]: row["n"] for row in rows}

@@ -35,7 +35,7 @@ def job_dict(job: Job, base_url: str) -> dict:
         "attempts": [{
             "number": a.number, "backend": a.backend.name, "status": a.status, "error": for_users(a.error),
             "started_at": _time(a.started_at), "finished_at": _time(a.finished_at), "seconds": a.seconds,
-            "cost": _money(a.cost), "outage": a.outage,
+            "cost": _money(a.cost), "outage": a.outage, "gpu": a.gpu,
         } for a in attempts],
         "outputs": [{
             "url": base_url.rstrip("/") + reverse("output-file", args=[o.id]), "mime": o.mime, "size": o.size,

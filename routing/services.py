@@ -44,7 +44,7 @@ from .models import (
     Priority,
 )
 from .policy import WAIT_GPU, decide
-from .selectors import admission_order, candidates_for, in_flight_by_user, job_facts, job_workflow
+from .selectors import admission_order, candidates_for, in_flight_by_user, job_facts, job_workflow, local_room
 
 log = logging.getLogger(__name__)
 
@@ -175,17 +175,25 @@ def jobs_admit_waiting(*, limit: int = 500) -> int:
     waiting = list(Job.objects.filter(status=JobStatus.QUEUED, waiting=True)
                    .order_by("-priority", "created_at").values("id", "user_id", "priority", "created_at")[:limit])
     in_flight = in_flight_by_user()
-    admitted, now = 0, timezone.now()
+    admitted, passed_over, now = 0, 0, timezone.now()
     while waiting:
         waiting.sort(key=lambda j: admission_order(j, in_flight, now))
         job = waiting.pop(0)
         if job_route(job_id=job["id"]) is None:
             if Job.objects.filter(id=job["id"], status=JobStatus.QUEUED, waiting=True, waiting_for=WAIT_GPU).exists():
-                break  # still no room on the GPU: later jobs would wait too
+                # No room on any GPU that can run it. With room on none at all, later jobs would
+                # wait too; with room on a GPU this one cannot use (it lacks the job's models), a
+                # later job may fit there, so the look goes on, for a bounded number of jobs.
+                passed_over += 1
+                if passed_over >= ADMIT_PASS_OVER or not local_room(limit=settings.LOCAL_QUEUE_LIMIT):
+                    break
             continue  # routed elsewhere, failed, or still waiting for its own backend to answer
         in_flight[job["user_id"]] = in_flight.get(job["user_id"], 0) + 1
         admitted += 1
     return admitted
+
+
+ADMIT_PASS_OVER = 20  # waiting jobs passed over in one admission pass before it stops looking
 
 
 def _no_backend_message(job: Job, summary: str, tried: int) -> str:
@@ -203,9 +211,10 @@ def _sentence(text: str) -> str:
 
 
 # --- submit to the backend ----------------------------------------------------------------
-def attempt_submit(*, attempt_id):
+def attempt_submit(*, attempt_id, worker: str = ""):
     """Send the attempt to its backend. True when a poll chain should start; a number: send the
-    submit again after that many seconds (a transient error, safe to resend); else False."""
+    submit again after that many seconds (a transient error, safe to resend); else False.
+    `worker`: the Celery worker doing it, recorded with the backend's GPU (where it ran)."""
     attempt = Attempt.objects.select_related("job", "backend").get(id=attempt_id)
     if attempt.status != AttemptStatus.PENDING:
         return False
@@ -254,11 +263,19 @@ def attempt_submit(*, attempt_id):
         lock_job(attempt.job_id)
         updated = Attempt.objects.filter(id=attempt.id, status=AttemptStatus.PENDING).update(
             status=AttemptStatus.SUBMITTED, handle=handle, started_at=now, polled_at=now, poll_errors=0,
-            call_open=False,
+            call_open=False, worker=worker[:200], gpu=gpu_label(attempt.backend),
         )
         Job.objects.filter(id=attempt.job_id, status=JobStatus.ROUTED).update(status=JobStatus.SUBMITTED)
         Job.objects.filter(id=attempt.job_id, started_at__isnull=True).update(started_at=now)
     return bool(updated)
+
+
+def gpu_label(backend: Backend) -> str:
+    """The backend's GPU as people name it: "NVIDIA GeForce RTX 4090, 24 GB"."""
+    if not backend.gpu_name:
+        return ""
+    size = f", {backend.vram_total / 2**30:.0f} GB" if backend.vram_total else ""
+    return f"{backend.gpu_name}{size}"[:200]
 
 
 def _open_call(attempt: Attempt, paid: bool, key: str) -> bool:

@@ -238,7 +238,25 @@ class Workers:
         self.processes: list[subprocess.Popen] = []
         self.logs: list[Path] = []
 
-    def start(self, queues: str = ",".join(project_queues.ALL), concurrency: int = 2, name: str = "w"):
+    def start(self, queues: str | None = None, concurrency: int = 2, name: str = "w"):
+        """A worker on `queues`; by default every fixed queue and the queue of every ComfyUI
+        backend in the database when it starts (each has its own, project/queues.py)."""
+        if queues is None:
+            from routing.models import Backend
+
+            own = [b.queue for b in Backend.objects.filter(kind=Backend.Kind.COMFYUI)]
+            queues = ",".join(dict.fromkeys([*project_queues.ALL, *own]))
+        return self._launch(["-m", "celery", "-A", "project", "worker", "-Q", queues, "-c", str(concurrency),
+                             "-n", f"{name}{len(self.processes)}@%h", "--loglevel", "INFO", "--without-mingle",
+                             "--without-gossip"], name)
+
+    def start_gpu_worker(self, comfyui_url: str, name: str, concurrency: int = 2):
+        """`manage.py gpu_worker`: a GPU machine joining with its ComfyUI (workers/management)."""
+        return self._launch(["manage.py", "gpu_worker", "--comfyui-url", comfyui_url, "--name", name,
+                             "--concurrency", str(concurrency), "--", "--without-mingle", "--without-gossip"],
+                            f"gpu-{name}")
+
+    def _launch(self, argv: list, name: str):
         from django.conf import settings
 
         db_name = settings.DATABASES["default"]["NAME"]
@@ -248,11 +266,8 @@ class Workers:
         OUTPUT_DIR.mkdir(exist_ok=True)
         log = OUTPUT_DIR / f"worker-{name}-{os.getpid()}-{next(_worker_numbers)}.log"
         handle = open(log, "w")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "project", "worker", "-Q", queues, "-c", str(concurrency),
-             "-n", f"{name}{len(self.processes)}@%h", "--loglevel", "INFO", "--without-mingle", "--without-gossip"],
-            cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        process = subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=env, stdout=handle,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
         self.processes.append(process)
         self.logs.append(log)
         wait_for(lambda: "ready" in log.read_text() or process.poll() is not None, 60, 0.1, "worker to be ready")

@@ -39,7 +39,7 @@ def route_job(job_id):
 
 @shared_task(**{**SLOW, "base": AttemptTask})
 def submit_attempt(attempt_id):
-    result = services.attempt_submit(attempt_id=attempt_id)
+    result = services.attempt_submit(attempt_id=attempt_id, worker=submit_attempt.request.hostname or "")
     if result is True:
         poll_attempt.apply_async([attempt_id, 0], queue=_same_queue(submit_attempt),
                                  priority=_same_priority(submit_attempt))

@@ -122,6 +122,7 @@ class AttemptOut(Schema):
     seconds: Optional[float]
     cost: str
     outage: bool  # lost to an outage of its backend (unreachable, timeout, 5xx)
+    gpu: str  # the backend's GPU when the attempt was submitted ("" if it does not say)
 
 
 class OutputOut(Schema):
