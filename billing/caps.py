@@ -32,7 +32,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Sum
 from django.utils import timezone
 
-from .models import LedgerEntry, SpendCap, SpendCounter, to_micros
+from .models import SPENT_KINDS, LedgerEntry, SpendCap, SpendCounter, to_micros
 from .pricing import money
 
 Scope = SpendCounter.Scope
@@ -273,6 +273,13 @@ def record_idle(*, key: str, amount: Decimal, backend=None, pod_id: str = "", no
                                            category="cloud", note=note or "idle pod time"), amount, day, now)
 
 
+def record_upkeep(*, key: str, amount: Decimal, pod_id: str, note: str, now=None) -> bool:
+    """Cloud time spent keeping the installation working (a network volume sync pod): the
+    installation's spend, not waste, once per key."""
+    return _installation_entry(LedgerEntry(kind=LedgerEntry.Kind.UPKEEP, key=key, pod_id=pod_id, category="cloud",
+                                           note=note[:300]), amount, None, now)
+
+
 def record_adjustment(*, key: str, amount: Decimal, backend, day: date, note: str) -> bool:
     """A correction of the installation's spend from the provider's own records (reconciliation),
     signed, once per key: against the installation's cap only."""
@@ -381,6 +388,5 @@ def _insert(entry: LedgerEntry) -> bool:
 
 def ledger_total(**filters) -> Decimal:
     """Money actually spent (charges and idle time) for the given filters."""
-    spent = LedgerEntry.objects.filter(kind__in=(LedgerEntry.Kind.CHARGE, LedgerEntry.Kind.IDLE,
-                                                 LedgerEntry.Kind.UNMATCHED, LedgerEntry.Kind.ADJUSTMENT), **filters)
+    spent = LedgerEntry.objects.filter(kind__in=SPENT_KINDS, **filters)
     return spent.aggregate(total=Sum("amount"))["total"] or Decimal("0")

@@ -15,11 +15,11 @@ from django.utils import timezone
 from routing.models import Attempt, AttemptStatus, Job, JobStatus
 from workers.pods.selectors import pod_figures
 
-from .models import LedgerEntry
+from .models import SPENT_KINDS, LedgerEntry
 from .pricing import money
 from .selectors import month_start, savings_for
 
-SPENT = (LedgerEntry.Kind.CHARGE, LedgerEntry.Kind.IDLE, LedgerEntry.Kind.UNMATCHED, LedgerEntry.Kind.ADJUSTMENT)
+SPENT = SPENT_KINDS
 CATEGORIES = ("local", "cloud", "gemini")
 
 

@@ -25,6 +25,7 @@ class LedgerEntry(models.Model):
         IDLE = "idle", "Idle pod time (wasted)"
         UNMATCHED = "unmatched", "Paid run no job received (wasted)"
         ADJUSTMENT = "adjustment", "Correction"
+        UPKEEP = "upkeep", "Upkeep (a network volume sync pod)"
 
     kind = models.CharField(max_length=12, choices=Kind.choices)
     amount = models.DecimalField(**MONEY, help_text="USD; a release is negative")
@@ -103,3 +104,8 @@ class SpendCap(models.Model):
 
     def __str__(self):
         return f"caps of {self.user}"
+
+
+# The kinds that are money spent (a hold and its release only reserve it).
+SPENT_KINDS = (LedgerEntry.Kind.CHARGE, LedgerEntry.Kind.IDLE, LedgerEntry.Kind.UNMATCHED,
+               LedgerEntry.Kind.ADJUSTMENT, LedgerEntry.Kind.UPKEEP)

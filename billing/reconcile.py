@@ -34,12 +34,12 @@ from workers.clients.runpod_billing import RunPodBilling
 from workers.pods.models import LIVE, CloudPod
 
 from . import caps
-from .models import LedgerEntry
+from .models import SPENT_KINDS, LedgerEntry
 from .pricing import money
 
 TOLERANCE = Decimal("0.01")
 RECORD_LAG = timedelta(hours=2)  # a day's RunPod records are complete this long after it ended
-SPENT = (LedgerEntry.Kind.CHARGE, LedgerEntry.Kind.IDLE, LedgerEntry.Kind.UNMATCHED, LedgerEntry.Kind.ADJUSTMENT)
+SPENT = SPENT_KINDS
 
 
 @dataclass

@@ -276,6 +276,13 @@ RUNPOD_POD_GPU_TYPES = env_list("RUNPOD_POD_GPU_TYPES", "NVIDIA GeForce RTX 4090
 RUNPOD_POD_CLOUD_TYPE = env_str("RUNPOD_POD_CLOUD_TYPE", "SECURE")  # SECURE | COMMUNITY | ALL
 RUNPOD_POD_DISK_GB = env_int("RUNPOD_POD_DISK_GB", 40)
 RUNPOD_POD_NAME_PREFIX = env_str("RUNPOD_POD_NAME_PREFIX", "comfy-hybrid")  # reconcile only touches these
+# The network volume that holds the manifest's models (`manage.py sync_volume` fills it). Pods
+# mount it at /workspace and run in its data center; empty: pods have only their image's models.
+RUNPOD_NETWORK_VOLUME_ID = env_str("RUNPOD_NETWORK_VOLUME_ID")
+# Registry credentials saved on RunPod (Settings → Container Registry Auth) for a private image.
+RUNPOD_POD_REGISTRY_AUTH_ID = env_str("RUNPOD_POD_REGISTRY_AUTH_ID")
+# A volume sync pod that has not finished after this long is stopped (its downloads resume).
+RUNPOD_VOLUME_SYNC_TIMEOUT = env_int("RUNPOD_VOLUME_SYNC_TIMEOUT", 7200)
 # ComfyUI of a pod through RunPod's HTTPS proxy; tests point it at the fake RunPod's proxy.
 RUNPOD_POD_URL_TEMPLATE = env_str("RUNPOD_POD_URL_TEMPLATE", "https://{pod_id}-8188.proxy.runpod.net")
 RUNPOD_MAX_PODS = env_int("RUNPOD_MAX_PODS", 2)

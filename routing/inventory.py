@@ -22,10 +22,12 @@ def inventory_due(backend: Backend, now=None) -> bool:
     return now - backend.inventory_at > timedelta(seconds=settings.INVENTORY_MAX_AGE_SECONDS)
 
 
-def inventory_store(*, backend_id: int, inventory: dict, source: str, now=None) -> None:
+def inventory_store(*, backend_id: int, inventory: dict, source: str, now=None) -> dict:
+    """Store it as the backend's; returns what was stored (with where and when it was read)."""
     now = now or timezone.now()
-    Backend.objects.filter(id=backend_id).update(
-        inventory={**inventory, "source": source, "read_at": now.isoformat()}, inventory_at=now)
+    stored = {**inventory, "source": source, "read_at": now.isoformat()}
+    Backend.objects.filter(id=backend_id).update(inventory=stored, inventory_at=now)
+    return stored
 
 
 @transaction.atomic

@@ -7,7 +7,7 @@ spawn / check / terminate by name (workers/pods/services.py), after their rows c
 from celery import shared_task
 
 from project import queues
-from workers.pods import services
+from workers.pods import services, volume
 
 from .base import CappedTask, SingletonTask
 
@@ -45,3 +45,13 @@ def check_pod(pod_id):
 @shared_task(queue=queues.CLOUD, **SLOW)
 def terminate_pod(pod_id):
     services.pod_terminate(pod_id=pod_id)
+
+
+@shared_task(queue=queues.CLOUD, **SLOW)
+def spawn_volume_sync(sync_id):
+    volume.volume_sync_spawn(sync_id=sync_id)
+
+
+@shared_task(queue=queues.CLOUD, expires=60, **SLOW)
+def check_volume_sync(sync_id):
+    return volume.volume_sync_check(sync_id=sync_id)

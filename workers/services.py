@@ -17,7 +17,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from project import queues
-from routing import dispatch
+from routing import dispatch, fleet
 from routing.defaults import default_backends
 from routing.health import health_record
 from routing.models import Backend, HealthState
@@ -182,3 +182,19 @@ def local_backend_register(*, url: str, gpu: str = "", vram_total=None) -> str:
                                                  consecutive_failures=0, consecutive_successes=0, down_since=None)
     health_record(backend_id=backend.id, ok=True, detail="verified by the installer", gpu=gpu, vram_total=vram_total)
     return f"the 'local' backend now points at {url} and is enabled: jobs can be routed to it right away"
+
+
+@transaction.atomic
+def gpu_backends_register(*, backends: list, retired: list) -> str:
+    """One ComfyUI per GPU: each other GPU's backend ({name, url, gpu, vram_total}) joins the fleet
+    as a local ComfyUI with its verified URL (the worker service the installer set up for it
+    consumes its queue); `retired`, the backends of GPUs this install no longer serves, leave it
+    (removed, or disabled when jobs ran there, routing/fleet.py)."""
+    for spec in backends:
+        backend = fleet.backend_join(name=spec["name"], url=spec["url"])
+        health_record(backend_id=backend.id, ok=True, detail="verified by the installer", gpu=spec.get("gpu", ""),
+                      vram_total=spec.get("vram_total"))
+    gone = [fleet.backend_remove(backend_id=backend_id) for backend_id in
+            Backend.objects.filter(name__in=retired, kind=Backend.Kind.COMFYUI).values_list("id", flat=True)]
+    joined = f"backends {', '.join(spec['name'] for spec in backends)} point at their GPU's ComfyUI" if backends else ""
+    return "; ".join(part for part in (joined, *gone) if part)

@@ -21,6 +21,14 @@ Shapes follow /work/shared/reference/external-apis.md §2 ("the reference" below
 * GraphQL `/graphql` (§2.3): gpuTypes (list and by id), podFindAndDeployOnDemand, pod,
   myself { pods }, podTerminate, podStop. Each pod is backed by its own FakeComfyUI, and its
   `runtime` is null for `pod_start_delay` seconds, like a container still starting.
+* Network volumes (`add_volume`): listed by `myself { networkVolumes }`, each a folder here in a
+  data center. A pod created with `networkVolumeId` must be in the volume's data center and a
+  GPU type that data center offers (`data_center_gpus`); its ComfyUI holds the models found
+  under the volume's `models/` (what extra_model_paths.yaml makes a real pod's ComfyUI read).
+  A pod created with env COMFY_HYBRID_MODE=sync runs the real volume sync program
+  (workers/installer/volume.py) on that folder instead of a ComfyUI, behind the same proxy.
+* A private image (`private_images[image] = auth id`) is pulled only with that
+  `containerRegistryAuthId`; otherwise the pod never gets a runtime, as when a pull fails.
 * A stand-in for RunPod's HTTPS proxy: `/proxy/{podId}-8188/...` forwards HTTP and WebSocket
   to that pod's ComfyUI, and answers 502 (as Cloudflare does) while it is not up. Point
   RUNPOD_POD_URL_TEMPLATE at `pod_url_template`.
@@ -37,13 +45,20 @@ import asyncio
 import base64
 import collections
 import json
+import os
 import random
 import re
+import shutil
+import socket
 import string
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 import uuid
 from datetime import datetime
+from pathlib import Path
 
 import aiohttp
 from aiohttp import WSMsgType, web
@@ -103,10 +118,33 @@ class FakeJob:
         return body
 
 
+class FakeVolume:
+    """A network volume: a folder, in one data center."""
+
+    def __init__(self, volume_id, name, data_center, size):
+        self.id, self.name, self.data_center, self.size = volume_id, name, data_center, size
+        self.path = Path(tempfile.mkdtemp(prefix=f"fake-volume-{volume_id}-"))
+
+    def as_graphql(self):
+        return {"id": self.id, "name": self.name, "size": self.size, "dataCenterId": self.data_center}
+
+    def models(self):
+        """{folder: [files]} under models/, finished files only (no download parts)."""
+        found = {}
+        for file in sorted((self.path / "models").glob("*/*")):
+            if file.is_file() and not file.name.endswith((".part", ".part.json")):
+                found.setdefault(file.parent.name, []).append(file.name)
+        return found
+
+
 class FakePod:
     def __init__(self, *, pod_id, name, image, gpu, env, ports, start_delay, cloud_type):
         self.id, self.name, self.image, self.gpu, self.env, self.ports = pod_id, name, image, gpu, env, ports
         self.cloud_type = cloud_type
+        self.volume = None  # FakeVolume mounted at /workspace
+        self.data_center = None
+        self.registry_auth = None
+        self.sync = None  # (process, port) of a volume sync pod
         self.desired = "RUNNING"
         self.created = time.monotonic()
         self.ended = None  # when it was terminated (RunPod bills created → terminated)
@@ -168,6 +206,10 @@ class FakeRunPod:
         self.serverless_price, self.worker_overhead_seconds = 0.00031, 0.0
         self.workers_seen = {}  # worker id -> last job-take time
         self.bucket = {}  # name -> bytes, served at /bucket/{name} (a stand-in for presigned URLs)
+        self.volumes: dict[str, FakeVolume] = {}
+        self.data_center_gpus = {}  # data center -> GPU type ids it offers (absent: all of them)
+        self.private_images = {}  # image -> the containerRegistryAuthId that may pull it
+        self.sync_env = {}  # extra environment of sync processes (e.g. the test's HF_TOKEN)
         self.host, self.port = "127.0.0.1", 0
         self._thread = self._loop = None
 
@@ -207,6 +249,9 @@ class FakeRunPod:
         for pod in list(self.pods.values()):
             if pod.comfy:
                 pod.comfy.stop()
+            self._stop_sync(pod)
+        for volume in self.volumes.values():
+            shutil.rmtree(volume.path, ignore_errors=True)
 
     def __enter__(self):
         return self.start()
@@ -561,7 +606,10 @@ class FakeRunPod:
             gpus = [self._gpu_json(g) for g in GPU_TYPES if wanted is None or g[0] == wanted]
             return "gpuTypes", {"gpuTypes": gpus}
         if "myself" in query:
-            return "myself", {"myself": {"pods": [pod.as_graphql() for pod in self.pods.values()]}}
+            myself = {"pods": [pod.as_graphql() for pod in self.pods.values()]}
+            if "networkVolumes" in query:
+                myself.update(id="user-1", pubKey="", networkVolumes=[v.as_graphql() for v in self.volumes.values()])
+            return "myself", {"myself": myself}
         if re.search(r"\bpod\s*\(", query):
             pod = self.pods.get(_arg(query, "podId"))
             return "pod", {"pod": pod.as_graphql() if pod else None}
@@ -578,16 +626,75 @@ class FakeRunPod:
 
     async def _create_pod(self, query):
         gpu_id = _arg(query, "gpuTypeId")
-        if gpu_id in self.unavailable_gpus:
+        volume_id, data_center = _arg(query, "networkVolumeId"), _arg(query, "dataCenterId")
+        volume = self.volumes.get(volume_id) if volume_id else None
+        if volume_id and volume is None:
+            raise GraphQLError("Network volume not found")
+        if volume and data_center != volume.data_center:
+            raise GraphQLError(f"The network volume is in {volume.data_center}; a pod using it must be "
+                               f"deployed there")
+        offered = self.data_center_gpus.get(data_center)
+        if gpu_id in self.unavailable_gpus or (offered is not None and gpu_id not in offered):
             raise GraphQLError(NO_CAPACITY)
         env = [f"{k}={v}" for k, v in re.findall(r'\{\s*key:\s*"([^"]*)",\s*value:\s*"([^"]*)"\s*\}', query)]
         cloud = re.search(r"cloudType:\s*(\w+)", query)
         pod = self._new_pod(name=_arg(query, "name") or "", image=_arg(query, "imageName") or "", gpu_id=gpu_id,
                             env=env, ports=_arg(query, "ports") or "", cloud_type=cloud.group(1) if cloud else "ALL")
-        pod.comfy = FakeComfyUI(**self.pod_comfy_kwargs)
-        await asyncio.get_running_loop().run_in_executor(None, pod.comfy.start)
+        pod.volume, pod.data_center = volume, data_center
+        pod.registry_auth = _arg(query, "containerRegistryAuthId")
+        if pod.image in self.private_images and pod.registry_auth != self.private_images[pod.image]:
+            pod.runtime_at = float("inf")  # the image cannot be pulled: the container never starts
+        elif "COMFY_HYBRID_MODE=sync" in env:
+            pod.sync = await asyncio.get_running_loop().run_in_executor(None, self._start_sync, pod)
+        else:
+            kwargs = dict(self.pod_comfy_kwargs)
+            if volume is not None:
+                kwargs["models"] = volume.models()
+            pod.comfy = FakeComfyUI(**kwargs)
+            await asyncio.get_running_loop().run_in_executor(None, pod.comfy.start)
         return {"id": pod.id, "imageName": pod.image, "env": pod.env, "machineId": "m" + pod.id[:11],
                 "machine": {"podHostId": f"{pod.id}-64410065"}}
+
+    def _start_sync(self, pod):
+        """The real sync program on the volume's folder, as the cloud image runs it."""
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        env = {**os.environ, **dict(item.split("=", 1) for item in pod.env), **self.sync_env}
+        root = str(pod.volume.path) if pod.volume else tempfile.mkdtemp(prefix="fake-pod-disk-")
+        log = open(Path(tempfile.gettempdir()) / f"fake-sync-{pod.id}.log", "w")
+        process = subprocess.Popen([sys.executable, "-m", "workers.installer.volume", "--root", root,
+                                    "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   cwd=Path(__file__).resolve().parents[2])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        return process, port
+
+    def add_volume(self, *, name="models", data_center="EU-RO-1", size=100) -> FakeVolume:
+        volume = FakeVolume(f"vol{len(self.volumes) + 1:03d}" + uuid.uuid4().hex[:6], name, data_center, size)
+        self.volumes[volume.id] = volume
+        return volume
+
+    def crash_pod(self, pod_id):
+        """The pod's machine fails: its container stops (EXITED), mid-whatever it was doing."""
+        pod = self.pods[pod_id]
+        pod.desired = "EXITED"
+        self._stop_sync(pod)
+        if pod.comfy:
+            pod.comfy.stop()
+            pod.comfy = None
+
+    @staticmethod
+    def _stop_sync(pod):
+        if pod.sync:
+            process, pod.sync = pod.sync[0], None
+            process.kill()
+            process.wait(10)
 
     def _new_pod(self, *, name, image, gpu_id, env, ports, cloud_type):
         gpu = next((g for g in GPU_TYPES if g[0] == gpu_id), None)
@@ -608,6 +715,7 @@ class FakeRunPod:
     async def _terminate(self, pod_id):
         pod = self._pod(pod_id)
         await self._stop_comfy(pod)
+        await asyncio.get_running_loop().run_in_executor(None, self._stop_sync, pod)
         pod.ended = time.monotonic()
         del self.pods[pod_id]  # terminated pods vanish from myself { pods }
         self.terminated.append(pod_id)
@@ -621,9 +729,10 @@ class FakeRunPod:
 
     async def _proxy(self, request):
         pod = self.pods.get(request.match_info["pod_id"])
-        if pod is None or not pod.runtime_up or pod.comfy is None:
+        if pod is None or not pod.runtime_up or (pod.comfy is None and pod.sync is None):
             return web.Response(status=502, text="Bad Gateway")  # Cloudflare: origin not answering
-        target = f"{pod.comfy.url}/{request.match_info['tail']}"
+        origin = pod.comfy.url if pod.comfy else f"http://127.0.0.1:{pod.sync[1]}"
+        target = f"{origin}/{request.match_info['tail']}"
         if request.query_string:
             target += "?" + request.query_string
         if request.headers.get("Upgrade", "").lower() == "websocket":

@@ -15,6 +15,7 @@ GraphQL facts used here (shared/reference/external-apis.md §2.3):
   so readiness is `runtime` present AND `GET /system_stats` answering through the proxy.
 """
 import os
+import re
 import threading
 from decimal import Decimal
 from typing import Optional
@@ -28,9 +29,22 @@ from runpod.api.mutations import pods as pod_mutations
 
 from .base import BackendError, Client, Done, Health, ProgressCallback, RemoteOutput
 from .comfyui import ComfyUIClient
+from .http import Http
 
 NO_POD = "No pod was chosen for this job"
 _GRAPHQL_LOCK = threading.Lock()
+
+
+REGISTRY_AUTH_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def with_registry_auth(mutation: str, registry_auth_id: str) -> str:
+    """The SDK's pod mutation with `containerRegistryAuthId` (a field of RunPod's deploy input the
+    SDK's generator does not emit). The id is checked first: it goes into GraphQL text."""
+    if not REGISTRY_AUTH_ID.match(registry_auth_id):
+        raise BackendError(f"RUNPOD_POD_REGISTRY_AUTH_ID {registry_auth_id!r} is not a RunPod id", retryable=False,
+                           misconfigured=True)
+    return mutation.replace("input: {", f'input: {{\n          containerRegistryAuthId: "{registry_auth_id}",', 1)
 
 
 class PodApi:
@@ -52,8 +66,13 @@ class PodApi:
             (gpu.get("lowestPrice") or {}).get("uninterruptablePrice") or 0
         return Decimal(str(price))
 
-    def create(self, *, name: str, image: str, gpu_types: list[str], env: dict, disk_gb: int) -> dict:
-        """Try each GPU type in order; the first that RunPod can place wins."""
+    def create(self, *, name: str, image: str, gpu_types: list[str], env: dict, disk_gb: int,
+               volume_id: str = "", registry_auth_id: str = "") -> dict:
+        """Try each GPU type in order; the first that RunPod can place wins. With a network
+        volume the pod must run in the volume's data center (RunPod's own create_pod looks it up
+        the same way), mounted at /workspace where the image's ComfyUI reads models. A private
+        image is pulled with the registry credentials saved on RunPod under `registry_auth_id`."""
+        data_center = self.volume(volume_id)["dataCenterId"] if volume_id else None
         errors = []
         for gpu_id in gpu_types:
             try:
@@ -62,7 +81,10 @@ class PodApi:
                     name=name, image_name=image, gpu_type_id=gpu_id, cloud_type=self.cloud_type,
                     support_public_ip=True, start_ssh=False, gpu_count=1, volume_in_gb=0,
                     container_disk_in_gb=disk_gb, min_vcpu_count=1, min_memory_in_gb=1, docker_args="",
-                    ports="8188/http", volume_mount_path="/workspace", env=env)
+                    ports="8188/http", volume_mount_path="/workspace", env=env,
+                    network_volume_id=volume_id or None, data_center_id=data_center)
+                if registry_auth_id:
+                    mutation = with_registry_auth(mutation, registry_auth_id)
                 data = self._call("create a pod", run_graphql_query, mutation, api_key=self.api_key)
             except BackendError as error:
                 if not error.retryable and "rejected" in error.message:
@@ -73,7 +95,17 @@ class PodApi:
             if pod.get("id"):
                 return {"id": pod["id"], "gpu_type": gpu_id, "cost_per_hour": self.price_per_hour(gpu)}
             errors.append(f"{gpu_id}: RunPod answered without a pod id")
-        raise BackendError("RunPod could not start a pod — " + "; ".join(errors), retryable=True)
+        where = f" in data center {data_center} (where network volume {volume_id} is)" if data_center else ""
+        raise BackendError(f"RunPod could not start a pod{where} — " + "; ".join(errors), retryable=True)
+
+    def volume(self, volume_id: str) -> dict:
+        """The network volume `volume_id` as RunPod lists it: {id, name, size, dataCenterId}."""
+        user = self._call("list the network volumes", ctl_commands.get_user, api_key=self.api_key) or {}
+        for volume in user.get("networkVolumes") or []:
+            if volume.get("id") == volume_id:
+                return volume
+        raise BackendError(f"RunPod has no network volume {volume_id} on this account (RUNPOD_NETWORK_VOLUME_ID)",
+                           retryable=False, misconfigured=True)
 
     def get(self, pod_id: str) -> Optional[dict]:
         return self._call("read the pod", ctl_commands.get_pod, pod_id, api_key=self.api_key)
@@ -134,6 +166,14 @@ class PodClient(Client):
 
     def comfy(self, url: str) -> ComfyUIClient:
         return ComfyUIClient(url, **self.comfy_options)
+
+    def sync_status(self, url: str) -> dict:
+        """A volume sync pod's `GET /sync` (workers/installer/volume.py): {state, message, files,
+        bytes_done, bytes_total}. BackendError while it does not answer (still starting)."""
+        status = Http(url, "The volume sync pod", timeout=self.comfy_options["health_timeout"]).json("GET", "/sync")
+        if not isinstance(status, dict) or status.get("state") not in ("running", "done", "failed"):
+            raise BackendError("The volume sync pod answered something other than its status", retryable=True)
+        return status
 
     # --- jobs -----------------------------------------------------------------------------
     def submit(self, spec: dict) -> dict:

@@ -1,7 +1,8 @@
 """The installer's only Django-aware module: runs the pure installer for an InstallRun row.
 
 Progress goes to the row (throttled), pause/cancel come from the row (polled, throttled),
-and the verified ComfyUI is registered as the "local" backend. Used by the Celery task
+and the verified ComfyUI is registered as the "local" backend (with one ComfyUI per GPU, each
+other GPU's as `local-gpu<N>`). Used by the Celery task
 (workers/install_tasks.py) and by `manage.py install_comfyui`. All database writes happen in
 the calling thread, between chunks.
 """
@@ -82,6 +83,10 @@ def register_backend(info: dict) -> str:
                                            vram_total=info.get("vram_total"))
 
 
+def register_gpu_backends(backends: list, retired: list) -> str:
+    return services.gpu_backends_register(backends=backends, retired=retired)
+
+
 def execute(*, run_id: int, generation: int, report: Optional[Callable] = None,
             extra_control: Optional[Callable] = None, **hook_overrides) -> str:
     """Run the install of this run/generation to its end, a pause or a cancel. Returns the
@@ -92,7 +97,8 @@ def execute(*, run_id: int, generation: int, report: Optional[Callable] = None,
         return "not claimed"
     progress = DbProgress(run_id, generation)
     hooks = Hooks(report=_tee(progress, report), control=_either(DbControl(run_id, generation), extra_control),
-                  register=register_backend, on_plan=progress.plan, **hook_overrides)
+                  register=register_backend, register_gpus=register_gpu_backends, on_plan=progress.plan,
+                  **hook_overrides)
     installer = Installer(Options.from_dict(run.options), hooks)
     try:
         # The folder lock first, then the claim: a running row's folder lock is always held,

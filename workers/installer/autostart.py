@@ -46,17 +46,18 @@ class ServiceNames:
 
     slug: str
     digest: str
+    instance: str = ""  # "" for the install's own ComfyUI; "gpu1", "gpu1-worker": one more service of it
 
     @classmethod
-    def of(cls, layout: Layout) -> "ServiceNames":
+    def of(cls, layout: Layout, instance: str = "") -> "ServiceNames":
         folder = _resolved(layout.root)
         key = str(folder).lower() if layout.os_name == "windows" else str(folder)  # NTFS ignores case
         slug = re.sub(r"[^a-z0-9]+", "-", folder.name.lower()).strip("-")[:24].strip("-") or "comfyui"
-        return cls(slug, hashlib.sha256(key.encode()).hexdigest()[:6])
+        return cls(slug, hashlib.sha256(key.encode()).hexdigest()[:6], instance)
 
     @property
     def install_id(self) -> str:
-        return f"{self.slug}-{self.digest}"
+        return f"{self.slug}-{self.digest}" + (f"-{self.instance}" if self.instance else "")
 
     @property
     def unit(self) -> str:
@@ -79,14 +80,24 @@ class ServiceNames:
         return f"ComfyUI ({self.install_id})"
 
 
+def instance_path(path: Path, instance: str) -> Path:
+    """logs/comfyui.log -> logs/comfyui-gpu1.log: each service of an install keeps its own files."""
+    return path.with_name(f"{path.stem}-{instance}{path.suffix}") if instance else path
+
+
 @dataclass(frozen=True)
 class Launch:
-    """How to run ComfyUI: the same command in every script, unit and plist."""
+    """How to run ComfyUI: the same command in every script, unit and plist. One ComfyUI per
+    GPU (gpus.py) is one Launch each: `instance` ("gpu1") names its service, log, pid file and
+    start script ("" keeps the install's own names), `env` pins it to its GPU."""
 
     layout: Layout
     host: str
     port: int
     cpu_only: bool  # ComfyUI assumes CUDA unless told --cpu
+    instance: str = ""
+    env: tuple = ()  # (name, value) pairs: the vendor's visible-devices variable, set before Python starts
+    shortcuts: bool = True  # the install's own ComfyUI gets the desktop shortcut, not each GPU's
 
     @property
     def url(self) -> str:
@@ -110,7 +121,34 @@ class Launch:
 
     @property
     def names(self) -> ServiceNames:
-        return ServiceNames.of(self.layout)
+        return ServiceNames.of(self.layout, self.instance)
+
+    @property
+    def workdir(self) -> Path:
+        return self.layout.comfy_dir
+
+    @property
+    def log_file(self) -> Path:
+        return instance_path(self.layout.log_file, self.instance)
+
+    @property
+    def pid_file(self) -> Path:
+        return instance_path(self.layout.pid_file, self.instance)
+
+    @property
+    def start_script(self) -> Path:
+        return instance_path(self.layout.start_script, self.instance)
+
+    @property
+    def description(self) -> str:
+        return f"ComfyUI {self.names.install_id} (installed by Comfy Hybrid)"
+
+    @property
+    def script_header(self) -> tuple:
+        """The start script's comment lines."""
+        here = ".\\" if self.layout.os_name == "windows" else "./"
+        return ("Starts ComfyUI as installed by Comfy Hybrid (deploy/INSTALLER.md).",
+                f"Extra arguments are passed to ComfyUI, e.g. {here}{self.start_script.name} --lowvram")
 
 
 @dataclass(frozen=True)
@@ -171,13 +209,12 @@ class Registration:
 
 
 def render_start_sh(launch: Launch) -> str:
-    layout = launch.layout
+    """`launch`: a ComfyUI's Launch or a GPU worker's (gpus.Worker); both carry argv, workdir, env."""
     return ("#!/bin/sh\n"
-            "# Starts ComfyUI as installed by Comfy Hybrid (deploy/INSTALLER.md).\n"
-            "# Extra arguments are passed to ComfyUI, e.g. ./start-comfyui.sh --lowvram\n"
-            f"cd {shlex.quote(str(layout.comfy_dir))} || exit 1\n"
-            f"exec {shlex.quote(str(layout.python))} {shlex.quote(launch.main)} "
-            f"{' '.join(map(shlex.quote, launch.comfy_args))} \"$@\"\n")
+            + "".join(f"# {line}\n" for line in launch.script_header)
+            + f"cd {shlex.quote(str(launch.workdir))} || exit 1\n"
+            + "".join(f"export {name}={shlex.quote(value)}\n" for name, value in launch.env)
+            + f"exec {' '.join(map(shlex.quote, launch.argv))} \"$@\"\n")
 
 
 def _ps_quote(text: str) -> str:
@@ -185,13 +222,11 @@ def _ps_quote(text: str) -> str:
 
 
 def render_start_ps1(launch: Launch) -> str:
-    layout = launch.layout
-    return ("# Starts ComfyUI as installed by Comfy Hybrid (deploy/INSTALLER.md).\n"
-            "# Extra arguments are passed to ComfyUI, e.g. .\\start-comfyui.ps1 --lowvram\n"
-            "$ErrorActionPreference = 'Stop'\n"
-            f"Set-Location -LiteralPath {_ps_quote(str(layout.comfy_dir))}\n"
-            f"& {_ps_quote(str(layout.python))} {_ps_quote(launch.main)} "
-            f"{' '.join(map(_ps_quote, launch.comfy_args))} @args\n"
+    return ("".join(f"# {line}\n" for line in launch.script_header)
+            + "$ErrorActionPreference = 'Stop'\n"
+            f"Set-Location -LiteralPath {_ps_quote(str(launch.workdir))}\n"
+            + "".join(f"$env:{name} = {_ps_quote(value)}\n" for name, value in launch.env)
+            + f"& {' '.join(map(_ps_quote, launch.argv))} @args\n"
             "exit $LASTEXITCODE\n")
 
 
@@ -202,16 +237,18 @@ def _systemd_quote(text: str) -> str:
 
 def render_systemd_unit(launch: Launch, scope: Optional[Scope] = None) -> str:
     """A user unit unless `scope` says system."""
-    layout, system = launch.layout, bool(scope and scope.system)
+    system = bool(scope and scope.system)
     return ("[Unit]\n"
-            f"Description=ComfyUI {launch.names.install_id} (installed by Comfy Hybrid)\n"
+            f"Description={launch.description}\n"
             + ("Wants=network-online.target\nAfter=network-online.target\n" if system else "")
             + "\n[Service]\n"
             "Type=simple\n"
             + (f"User={scope.user}\n" if system else "")
-            + f"WorkingDirectory={systemd_path(layout.comfy_dir)}\n"
+            + f"WorkingDirectory={systemd_path(launch.workdir)}\n"
             f"ExecStart={' '.join(map(_systemd_quote, launch.argv))}\n"
             "Environment=PYTHONUNBUFFERED=1\n"
+            + "".join(f"Environment={_systemd_quote(f'{name}={value}')}\n" for name, value in launch.env)
+            + 
             "Restart=on-failure\n"
             "RestartSec=5\n\n"
             "[Install]\n"
@@ -223,16 +260,16 @@ def systemd_path(path) -> str:
 
 
 def render_launchd_plist(launch: Launch) -> bytes:
-    log = str(launch.layout.log_file)
+    log = str(launch.log_file)
     return plistlib.dumps({
         "Label": launch.names.launchd_label,
         "ProgramArguments": launch.argv,
-        "WorkingDirectory": str(launch.layout.comfy_dir),
+        "WorkingDirectory": str(launch.workdir),
         "RunAtLoad": True,
         "KeepAlive": {"SuccessfulExit": False},  # restart after a crash, not after a clean stop
         "StandardOutPath": log,
         "StandardErrorPath": log,
-        "EnvironmentVariables": {"PYTHONUNBUFFERED": "1"},
+        "EnvironmentVariables": {"PYTHONUNBUFFERED": "1", **dict(launch.env)},
     })
 
 
@@ -256,23 +293,25 @@ def render_webloc(launch: Launch) -> bytes:
 
 
 def schtasks_command(launch: Launch) -> list:
-    script = str(launch.layout.start_script)
+    script = str(launch.start_script)
     action = f'powershell.exe -NoProfile -ExecutionPolicy Bypass -WindowStyle Hidden -File "{script}"'
     return ["schtasks", "/Create", "/F", "/TN", launch.names.windows, "/SC", "ONLOGON", "/RL", "LIMITED", "/TR", action]
 
 
 def nssm_commands(launch: Launch) -> list:
     python, *arguments = launch.argv
-    name, log = launch.names.windows, str(launch.layout.log_file)
+    name, log = launch.names.windows, str(launch.log_file)
+    pinned = [["nssm", "set", name, "AppEnvironmentExtra", *(f"{key}={value}" for key, value in launch.env)]]
     return [["nssm", "install", name, python, *arguments],
-            ["nssm", "set", name, "AppDirectory", str(launch.layout.comfy_dir)],
+            ["nssm", "set", name, "AppDirectory", str(launch.workdir)],
             ["nssm", "set", name, "AppStdout", log],
             ["nssm", "set", name, "AppStderr", log],
+            *(pinned if launch.env else []),
             ["nssm", "set", name, "Start", "SERVICE_AUTO_START"]]
 
 
 def write_start_script(launch: Launch) -> Path:
-    path = launch.layout.start_script
+    path = launch.start_script
     if launch.layout.os_name == "windows":
         write_if_changed(path, render_start_ps1(launch))
     else:
@@ -283,13 +322,14 @@ def write_start_script(launch: Launch) -> Path:
 def register(launch: Launch, home: Path, run: CommandRunner, scope: Optional[Scope] = None) -> Registration:
     """Register the service and create the shortcut for this platform (`scope`: systemd's,
     a user unit under `home` unless told otherwise)."""
-    launch.layout.log_file.parent.mkdir(parents=True, exist_ok=True)
+    launch.log_file.parent.mkdir(parents=True, exist_ok=True)
     os_name = launch.layout.os_name
     if os_name == "linux":
         registration = _register_systemd(launch, run, scope or user_scope(home))
     else:
         registration = (_register_launchd if os_name == "darwin" else _register_windows)(launch, home, run)
-    registration.files += [str(path) for path in _write_shortcuts(launch, home)]
+    if launch.shortcuts:
+        registration.files += [str(path) for path in _write_shortcuts(launch, home)]
     return registration
 
 
@@ -322,8 +362,8 @@ def _register_systemd(launch: Launch, run: CommandRunner, scope: Scope) -> Regis
     write_if_changed(unit, render_systemd_unit(launch, scope))
     if run([*systemctl, "show-environment"], timeout=30).code != 0:
         manager = "systemd is not running here" if scope.system else "no systemd user session is available here"
-        return Registration(files=[str(unit)], message=f"wrote {unit}, but {manager}: start ComfyUI with "
-                                                       f"{launch.layout.start_script}")
+        return Registration(files=[str(unit)], message=f"wrote {unit}, but {manager}: start it with "
+                                                       f"{launch.start_script}")
     for command in ([*systemctl, "daemon-reload"], [*systemctl, "enable", name]):
         _must(run(command, timeout=60), command)
     started = (f"the system service {name} (starts at boot as {scope.user})" if scope.system else

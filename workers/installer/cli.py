@@ -8,8 +8,7 @@ import argparse
 import json
 import sys
 
-from . import launch
-from .autostart import Launch
+from . import gpusteps
 from .console import ConsoleReporter, CtrlCPauses, confirm_on_terminal, describe_plan
 from .errors import Cancelled, InstallError, Paused
 from .pipeline import Hooks, Installer, Options, default_path
@@ -34,6 +33,9 @@ def add_install_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8188, help="port ComfyUI listens on")
     parser.add_argument("--torch", default="", help="force a PyTorch build: cu128, cu126, rocm7.2, xpu, mps, cpu")
     parser.add_argument("--python", default="", help="Python 3.10+ for ComfyUI's venv (default: this one)")
+    parser.add_argument("--gpus", default="",
+                        help="one ComfyUI per GPU, each pinned to its GPU, with its own port, service and backend: "
+                             "'all' or GPU numbers such as 0,2 (default: one ComfyUI for the whole machine)")
 
 
 def options_from_args(args) -> Options:
@@ -41,7 +43,7 @@ def options_from_args(args) -> Options:
                    with_optional=args.with_optional, service=not args.no_service,
                    system_service=args.system_service, start=not args.no_start,
                    host=args.host, port=args.port, torch=args.torch, python=args.python,
-                   verify_all=args.verify_all)
+                   verify_all=args.verify_all, gpus=args.gpus)
 
 
 def main(argv=None) -> int:
@@ -101,7 +103,6 @@ def _check(args) -> int:
 
 
 def _stop(args) -> int:
-    installer = Installer(Options(path=args.path))
-    stopped = launch.stop(Launch(installer.layout, "127.0.0.1", 8188, cpu_only=False))
-    print("Stopped ComfyUI." if stopped else "No ComfyUI started by the installer is running.")
+    stopped = gpusteps.stop_all(Installer(Options(path=args.path)).layout)
+    print(f"Stopped {stopped} ComfyUI." if stopped else "No ComfyUI started by the installer is running.")
     return EXIT_OK

@@ -84,6 +84,10 @@ def describe_plan(plan: dict) -> str:
     for item in plan["items"]:
         status = "already there" if item["present"] else f"{human_bytes(item['to_download'])} to download"
         lines.append(f"  - {item['name']}: {human_bytes(item['size'])} ({status})")
+    if plan.get("gpus"):
+        lines.append("One ComfyUI per GPU:")
+        lines += [f"  - GPU {item['index']} ({item['name']}): port {item['port']}, backend {item['backend']}, "
+                  + " ".join(f"{name}={value}" for name, value in item["env"].items()) for item in plan["gpus"]]
     lines.append(f"Disk: {human_bytes(plan['disk_needed'])} needed, {human_bytes(plan['disk_free'])} free; "
                  f"estimated time about {human_seconds(plan['estimate_seconds'])}")
     lines += [f"Note: {warning}" for warning in plan["warnings"]]

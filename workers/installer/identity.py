@@ -91,13 +91,14 @@ def holder(host: str, port: int, layout: Layout) -> str:
     return f"the ComfyUI of {started}" if os.path.isabs(started) else "another ComfyUI (not this install's)"
 
 
-def choose_port(host: str, asked: int, layout: Layout, remembered: Optional[int] = None) -> tuple:
+def choose_port(host: str, asked: int, layout: Layout, remembered: Optional[int] = None, avoid=()) -> tuple:
     """(port, notes): `remembered` (an earlier run's choice) if it is still ours to take, else
     the first of asked, asked+1, ... that is free or already this install's. `notes` say which
-    ports were passed over and why."""
+    ports were passed over and why. `avoid`: ports given to this install's other GPUs, whose
+    ComfyUI may answer there already (and so looks free to take)."""
     candidates = dict.fromkeys(([remembered] if remembered else []) + list(range(asked, asked + PORT_TRIES)))
     notes = []
-    for port in candidates:
+    for port in (port for port in candidates if port not in avoid):
         taken_by = holder(host, port, layout)
         if not taken_by:
             return port, notes

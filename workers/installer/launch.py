@@ -28,31 +28,31 @@ _SECRET_HINTS = ("SECRET", "TOKEN", "PASSWORD", "API_KEY", "DATABASE_URL", "BROK
 def start_detached(launch: Launch) -> subprocess.Popen:
     """ComfyUI in its own session, so it outlives the installer (and a Celery worker restart)."""
     process = _spawn(launch, launch.argv)
-    launch.layout.pid_file.parent.mkdir(parents=True, exist_ok=True)
-    launch.layout.pid_file.write_text(str(process.pid))
+    launch.pid_file.parent.mkdir(parents=True, exist_ok=True)
+    launch.pid_file.write_text(str(process.pid))
     return process
 
 
 def _spawn(launch: Launch, argv: list) -> subprocess.Popen:
-    layout = launch.layout
-    layout.log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(layout.log_file, "ab") as log:
+    launch.log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(launch.log_file, "ab") as log:
         options = {"creationflags": 0x00000008 | 0x00000200} if os.name == "nt" else {"start_new_session": True}
-        return subprocess.Popen(argv, cwd=layout.comfy_dir, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=comfy_environment(), **options)
+        return subprocess.Popen(argv, cwd=launch.workdir, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=comfy_environment(launch.env), **options)
 
 
-def comfy_environment() -> dict:
+def comfy_environment(pin: tuple = ()) -> dict:
+    """`pin`: the Launch's visible-devices variables, which win over any the worker has."""
     env = {key: value for key, value in os.environ.items() if not any(h in key.upper() for h in _SECRET_HINTS)}
     env["PYTHONUNBUFFERED"] = "1"
-    return env
+    return {**env, **dict(pin)}
 
 
 def startup_check(launch: Launch, *, timeout: float, control: Control, tick: Callable[[float], None],
                   sleep=time.sleep) -> str:
     """Run ComfyUI's start-up check with the server's own arguments. Returns the first error it
     printed and survived ("" if none: a custom node that failed to import); raises when it fails."""
-    log = launch.layout.log_file
+    log = launch.log_file
     offset = comfylog.size(log)
     process = _spawn(launch, [*launch.argv, QUICK_TEST])
     try:
@@ -87,13 +87,13 @@ def wait_until_up(launch: Launch, *, timeout: float, control: Control, tick: Cal
     stats = _poll(answered, timeout=timeout, control=control, tick=tick, sleep=sleep)
     if stats is None:
         raise Failure(f"this install's ComfyUI did not answer {launch.url}/system_stats within {timeout:.0f} s",
-                      f"read {launch.layout.log_file}; start it by hand with {launch.layout.start_script} "
+                      f"read {launch.log_file}; start it by hand with {launch.start_script} "
                       "to see what it prints")
     return stats
 
 
 def _exited(launch: Launch, code: int, log_from: int) -> Failure:
-    log = launch.layout.log_file
+    log = launch.log_file
     error = comfylog.quote_error(comfylog.read_since(log, log_from))
     return Failure(f"ComfyUI exited with code {code} before answering: {error}",
                    comfylog.fix_for(error, str(launch.layout.python), f"read {log}"))
@@ -125,10 +125,10 @@ def _kill_if_running(process: subprocess.Popen) -> None:
 def stop(launch: Launch, timeout: float = 10.0) -> bool:
     """Stop the ComfyUI this installer started (by its recorded pid). True if one was running."""
     try:
-        pid = int(launch.layout.pid_file.read_text())
+        pid = int(launch.pid_file.read_text())
     except (OSError, ValueError):
         return False
-    launch.layout.pid_file.unlink(missing_ok=True)
+    launch.pid_file.unlink(missing_ok=True)
     if not _runs_this_comfyui(pid, launch):
         return False  # gone, and the pid may belong to another program by now
     try:

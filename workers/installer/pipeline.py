@@ -23,6 +23,7 @@ from .commandlog import logged, note
 from .detect.probe import SystemInfo, current_os, probe_system
 from .download import Downloader, Policy
 from .errors import Cancelled, Failure, InstallError, Paused
+from .gpus import Worker, project_python
 from .layout import Layout, install_lock
 from .progress import (CANCELLED, DONE, FAILED, FINISHED, PAUSED, RUNNING, Control, FileBar, StepReporter,
                        StepState, check_control, no_control)
@@ -64,6 +65,7 @@ class Options:
     python: str = ""  # interpreter for ComfyUI's venv (default: the one running the installer)
     start_timeout: float = 300.0  # the first start compiles and loads a lot
     verify_all: bool = False  # re-hash every model in place, trusting no recorded fingerprint
+    gpus: str = ""  # one ComfyUI per GPU: "all" or "0,2" (gpus.py); "" one ComfyUI for the whole machine
 
     @classmethod
     def from_dict(cls, data: dict) -> "Options":
@@ -95,6 +97,9 @@ class Hooks:
     session: Optional[requests.Session] = None
     policy: Policy = field(default_factory=Policy)
     register: Optional[Callable[[dict], str]] = None  # makes the backend known; returns a message
+    # One ComfyUI per GPU: (backends to register [{name, url, gpu, vram_total}], names of the
+    # backends of GPUs no longer served) -> a message.
+    register_gpus: Optional[Callable[[list, list], str]] = None
     on_plan: Optional[Callable[[dict], None]] = None
     confirm: Optional[Callable[[dict], bool]] = None  # asked after the check; False cancels
     home: Path = field(default_factory=Path.home)  # where services and shortcuts are written
@@ -116,6 +121,9 @@ class Installer:
         self.env_health = None  # what the check step found in ComfyUI's venv (environment.Health)
         self.verified = self.layout.read_state().get("verified", {})
         self.port, self.port_note = options.port, ""  # the check step may move to the next free port, and why
+        self.pins, self.gpu_ports = [], {}  # one ComfyUI per GPU (gpus.py): the first pin is the install's own
+        self.gpu_stats = {}  # GPU number -> what its ComfyUI answered in the verify step
+        self.startup_checked = False  # ComfyUI's start-up check runs once a run, for every GPU's ComfyUI
         self._locked = False
 
     def run(self) -> dict:
@@ -189,7 +197,19 @@ class Installer:
 
     @property
     def launch(self) -> Launch:
-        return Launch(self.layout, self.options.host, self.port, cpu_only=self.build.flavor == "cpu")
+        """The install's own ComfyUI: the whole machine's, or the first chosen GPU's."""
+        pin = self.pins[0].env if self.pins else ()
+        return Launch(self.layout, self.options.host, self.port, cpu_only=self.build.flavor == "cpu", env=pin)
+
+    @property
+    def gpu_launches(self) -> list:
+        """(pin, Launch) of every other chosen GPU's ComfyUI."""
+        return [(pin, Launch(self.layout, self.options.host, self.gpu_ports[pin.index], cpu_only=False,
+                             instance=pin.instance, env=pin.env, shortcuts=False)) for pin in self.pins[1:]]
+
+    def worker(self, pin, launch: Launch) -> Worker:
+        return Worker(self.layout, pin.instance, launch.url, pin.backend(first=False),
+                      project_python(self.layout.os_name))
 
     def outcome(self) -> str:
         """One sentence for the end of a successful run."""
@@ -197,7 +217,10 @@ class Installer:
         if self.stats is None:
             return f"{where}; it was not started (start it with {self.layout.start_script})."
         moved = f" ({self.port_note})" if self.port_note else ""
-        return f"{where} and answers at {self.launch.url}{moved}."
+        moved += f" (GPU {self.pins[0].index})" if self.pins else ""
+        others = "".join(f"; GPU {pin.index}'s ComfyUI at {launch.url} is the backend {pin.backend(first=False)}"
+                         for pin, launch in self.gpu_launches)
+        return f"{where} and answers at {self.launch.url}{moved}{others}."
 
     def environment(self, reporter):
         return steps.environment_for(self, reporter)

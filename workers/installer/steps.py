@@ -8,7 +8,7 @@ import tarfile
 import zipfile
 from dataclasses import dataclass
 
-from . import autostart, comfylog, identity, launch, legacy, supervise
+from . import autostart, comfylog, gpusteps, identity, launch, legacy, supervise
 from .archive import extract_archive
 from .download import Item, file_sha256, partial_bytes
 from .environment import Environment
@@ -35,12 +35,14 @@ def step_check(inst, r) -> None:
                           free=inst.hooks.free_space(inst.layout.root))
     _plan_environment(inst, env)
     _choose_port(inst)
+    gpusteps.plan(inst)
     if inst.hooks.on_plan:
         inst.hooks.on_plan(inst.plan)
     check_disk(inst.plan, models)
     if inst.hooks.confirm and not inst.hooks.confirm(inst.plan):
         raise Cancelled()
-    r.finish(DONE, summary(inst.plan) + "".join(f". Note: {w}" for w in inst.plan["warnings"]))
+    r.finish(DONE, summary(inst.plan) + gpusteps.summary(inst.plan)
+             + "".join(f". Note: {w}" for w in inst.plan["warnings"]))
 
 
 def step_download(inst, r) -> None:
@@ -230,17 +232,25 @@ def _choose_port(inst) -> None:
 def step_service(inst, r) -> None:
     inst.layout.update_state(port={"asked": inst.options.port, "chosen": inst.port})
     script = autostart.write_start_script(inst.launch)
-    if not inst.options.service:  # and none left from an earlier run: nothing starts it at boot
+    own = _own_service(inst, r)
+    others = gpusteps.services(inst, _scope(inst) if inst.options.service else None)
+    r.finish(DONE, f"wrote {script}; {own}{others}")
+
+
+def _own_service(inst, r) -> str:
+    """The install's own ComfyUI's service (or, with --no-service, none, and none left from an
+    earlier run: nothing starts it at boot)."""
+    if not inst.options.service:
         removed = autostart.unregister(inst.layout.read_state().get("service") or {}, inst.hooks.run)
         inst.layout.update_state(service={})
         gone = f"; removed the service an earlier run registered ({', '.join(removed)})" if removed else ""
-        return r.finish(DONE, f"wrote {script}; no service registered (--no-service){gone}")
+        return f"no service registered (--no-service){gone}"
     r.update(progress=30, message="Registering the service")
     retired = legacy.retire(inst.launch, inst.hooks.home, inst.hooks.run)
     registration = autostart.register(inst.launch, inst.hooks.home, inst.hooks.run, scope=_scope(inst))
     inst.layout.update_state(service=registration.record())
     moved = f"; removed the old shared entry that ran this install ({', '.join(retired)})" if retired else ""
-    r.finish(DONE, f"wrote {script}; {registration.message}{moved}")
+    return f"{registration.message}{moved}"
 
 
 def _scope(inst):
@@ -253,38 +263,52 @@ def _scope(inst):
 def step_verify(inst, r) -> None:
     if not inst.options.start:
         return r.finish(SKIPPED, f"not started (--no-start); start it with {inst.layout.start_script}")
-    target, note = inst.launch, ""
-    stats = identity.system_stats(target.url)
-    if not identity.is_this_launch(stats, target):
-        stats, note = _start(inst, target, r)
-    inst.stats = stats
-    device = (stats.get("devices") or [{}])[0]
-    r.finish(DONE, f"ComfyUI {stats['system'].get('comfyui_version', '?')} of {target.layout.comfy_dir} answers at "
-                   f"{target.url}/system_stats (device: {device.get('name', '?')}){note}")
-
-
-def _start(inst, target, r) -> tuple:
-    """(stats, note): ComfyUI's start-up check, then the server (by the service if there is one)."""
     service = inst.layout.read_state().get("service") or {}
+    inst.stats, note = verify_one(inst, inst.launch, service, r)
+    own = (f"GPU {inst.pins[0].index}: " if inst.pins else "") + gpusteps.answered(inst.stats, inst.launch, note)
+    r.finish(DONE, "; ".join([own, *gpusteps.verify(inst, r, verify_one)]))
+
+
+def verify_one(inst, target, service: dict, r) -> tuple:
+    """(stats, note) of one ComfyUI of this install, (re)started unless it already runs with these
+    settings. Its GPU pin is invisible in /system_stats (an environment variable), so the pin it
+    was last started with is remembered per port: a changed pin restarts it too."""
+    stats, note = identity.system_stats(target.url), ""
+    pins = inst.layout.read_state().get("pins") or {}
+    if not identity.is_this_launch(stats, target) or pins.get(str(target.port), {}) != dict(target.env):
+        stats, note = _start(inst, target, service, r)
+        inst.layout.update_state(pins={**pins, str(target.port): dict(target.env)})
+    return stats, note
+
+
+def _start(inst, target, service: dict, r) -> tuple:
+    """(stats, note): ComfyUI's start-up check (once a run: every GPU's ComfyUI is the same tree
+    and venv), then the server (by the service if there is one)."""
     _make_room(target, service)
-    r.update(progress=2, message=f"Running ComfyUI's start-up check (main.py {launch.QUICK_TEST})")
-    survived = launch.startup_check(target, timeout=inst.options.start_timeout, control=inst.hooks.control,
-                                    sleep=inst.hooks.sleep,
-                                    tick=lambda waited: r.update(message=f"ComfyUI's start-up check ({waited:.0f} s)"))
-    log_from, watch, process = comfylog.size(target.layout.log_file), None, None
+    survived = "" if inst.startup_checked else _startup_check(inst, target, r)
+    inst.startup_checked = True
+    log_from, watch, process = comfylog.size(target.log_file), None, None
     if service.get("start_command"):
         watch = supervise.watcher(service, target, inst.hooks.run)
         _start_service(inst, service, r)
     else:
-        r.update(progress=5, message=f"Starting ComfyUI ({target.layout.log_file})")
+        r.update(progress=5, message=f"Starting ComfyUI ({target.log_file})")
         process = launch.start_detached(target)
     timeout = inst.options.start_timeout
     stats = launch.wait_until_up(target, timeout=timeout, control=inst.hooks.control, process=process,
                                  log_from=log_from, watch=watch, sleep=inst.hooks.sleep,
                                  tick=lambda waited: r.update(progress=5 + 90 * waited / timeout,
-                                                              message=f"Waiting for ComfyUI to answer ({waited:.0f} s)"))
+                                                              message=f"Waiting for ComfyUI at {target.url} to "
+                                                                      f"answer ({waited:.0f} s)"))
     return stats, (f"; note: its start-up check printed an error it survived (often a custom node that did not "
                    f"load): {survived}" if survived else "")
+
+
+def _startup_check(inst, target, r) -> str:
+    r.update(progress=2, message=f"Running ComfyUI's start-up check (main.py {launch.QUICK_TEST})")
+    return launch.startup_check(target, timeout=inst.options.start_timeout, control=inst.hooks.control,
+                                sleep=inst.hooks.sleep,
+                                tick=lambda waited: r.update(message=f"ComfyUI's start-up check ({waited:.0f} s)"))
 
 
 def _make_room(target, service: dict) -> None:
@@ -313,15 +337,16 @@ def _start_service(inst, service: dict, r) -> None:
 
 
 def step_register(inst, r) -> None:
-    url = inst.launch.url
+    url, others = inst.launch.url, gpusteps.register(inst)
     if inst.stats is None:
-        return r.finish(SKIPPED, "ComfyUI was not started, so it was not registered; run again without --no-start")
+        return r.finish(SKIPPED, "ComfyUI was not started, so it was not registered; run again without --no-start"
+                                 f"{others}")
     if inst.hooks.register is None:
         return r.finish(SKIPPED, f"no Comfy Hybrid database here: set the 'local' backend's URL to {url} "
-                                 "in the admin (or COMFYUI_URL on the server)")
-    device = (inst.stats.get("devices") or [{}])[0]
+                                 f"in the admin (or COMFYUI_URL on the server){others}")
+    device = gpusteps.device_of(inst.stats)
     r.finish(DONE, inst.hooks.register({"url": url, "gpu": device.get("name", ""),
-                                        "vram_total": device.get("vram_total")}))
+                                        "vram_total": device.get("vram_total")}) + others)
 
 
 def environment_for(inst, r) -> Environment:

@@ -96,14 +96,14 @@ class LaunchdWatch:
     @classmethod
     def before_start(cls, target: str, launch: Launch, run: CommandRunner) -> "LaunchdWatch":
         state = parse_launchd(run(["launchctl", "print", target], timeout=30).output)
-        return cls(target, launch, run, _int(state.get("runs")), comfylog.size(launch.layout.log_file))
+        return cls(target, launch, run, _int(state.get("runs")), comfylog.size(launch.log_file))
 
     def __call__(self) -> None:
         self.polls += 1
         state = parse_launchd(self.run(["launchctl", "print", self.target], timeout=30).output)
         trouble = launchd_trouble(state, self.runs_before)
         if trouble:
-            log = self.launch.layout.log_file
+            log = self.launch.log_file
             error = comfylog.quote_error(comfylog.read_since(log, self.log_from))
             raise Failure(f"the launchd agent {self.target} {trouble}: {error}",
                           comfylog.fix_for(error, str(self.launch.layout.python), f"read {log}"))

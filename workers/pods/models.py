@@ -36,6 +36,10 @@ class CloudPod(models.Model):
     status = models.CharField(max_length=12, choices=PodStatus.choices, default=PodStatus.STARTING, db_index=True)
     cost_per_hour = models.DecimalField(**MONEY)
     probe_failures = models.PositiveSmallIntegerField(default=0, help_text="Failed ComfyUI probes in a row")
+    # What this pod's ComfyUI holds (its image, and the network volume as it was when read), in the
+    # backend inventory's shape. Read before the pod is ready; a pod whose inventory is not known
+    # gets no job (placement.py).
+    inventory = models.JSONField(default=dict, blank=True, help_text="Model files and node classes it has")
     last_error = models.TextField(blank=True)
 
     created_at = models.DateTimeField(auto_now_add=True)
@@ -53,6 +57,40 @@ class CloudPod(models.Model):
 
     def __str__(self):
         return f"{self.name} ({self.runpod_id or 'not created'}, {self.status})"
+
+
+class SyncStatus(models.TextChoices):
+    STARTING = "starting", "Starting"  # the pod is being asked for, or its sync has not answered yet
+    RUNNING = "running", "Running"
+    DONE = "done", "Done"
+    FAILED = "failed", "Failed"
+
+
+LIVE_SYNCS = (SyncStatus.STARTING, SyncStatus.RUNNING)
+
+
+class VolumeSync(models.Model):
+    """One fill or update of the network volume, run on a short-lived pod (workers/pods/volume.py)."""
+
+    name = models.CharField(max_length=100, unique=True, help_text="Name given to RunPod's pod")
+    volume_id = models.CharField(max_length=64)
+    runpod_id = models.CharField(max_length=64, unique=True, null=True, blank=True)
+    url = models.URLField(blank=True, help_text="The sync pod's status (RunPod proxy)")
+    gpu_type = models.CharField(max_length=100, blank=True)
+    cost_per_hour = models.DecimalField(**MONEY)
+    status = models.CharField(max_length=10, choices=SyncStatus.choices, default=SyncStatus.STARTING, db_index=True)
+    files = models.JSONField(default=list, blank=True, help_text="What it fetches: name, url, dest, size, sha256")
+    progress = models.JSONField(default=dict, blank=True, help_text="The sync pod's last GET /sync answer")
+    message = models.TextField(blank=True)
+    cost = models.DecimalField(**MONEY, help_text="The sync pod's uptime, recorded as the installation's spend")
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"volume sync {self.name} ({self.status})"
 
 
 class PodAssignment(models.Model):

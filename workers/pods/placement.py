@@ -11,13 +11,21 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 
 from routing.models import Attempt
+from workers.workflows.requirements import Inventory, Requirements
 
 from .models import USABLE, CloudPod, PodAssignment, PodStatus
 from .selectors import active_counts
 
 
-def pod_place(*, attempt: Attempt) -> Optional[dict]:
-    """The pod this attempt runs on, as `{"id", "url"}`; None when no pod has room (it waits).
+def holds(pod: CloudPod, requires: Requirements) -> bool:
+    """The pod's inventory is known and has every model file and node class the job needs."""
+    inventory = Inventory.from_json(pod.inventory)
+    return inventory is not None and not inventory.lacks(requires)
+
+
+def pod_place(*, attempt: Attempt, requires: Requirements = Requirements()) -> Optional[dict]:
+    """The pod this attempt runs on, as `{"id", "url"}`: one whose inventory holds what the job
+    `requires`; None when no such pod has room (it waits, and the autoscaler starts one).
     Idempotent: a redelivered submit gets the pod chosen the first time."""
     with transaction.atomic():
         existing = PodAssignment.objects.filter(attempt_id=attempt.id).select_related("pod").first()
@@ -26,7 +34,7 @@ def pod_place(*, attempt: Attempt) -> Optional[dict]:
                         .filter(backend_id=attempt.backend_id, status__in=USABLE, probe_failures=0)
                         .order_by("ready_at", "id"))
             counts = active_counts(p.id for p in pods)
-            free = [p for p in pods if counts.get(p.id, 0) < settings.RUNPOD_POD_MAX_JOBS]
+            free = [p for p in pods if counts.get(p.id, 0) < settings.RUNPOD_POD_MAX_JOBS and holds(p, requires)]
             if not free:
                 return None
             pod = min(free, key=lambda p: counts.get(p.id, 0))  # least loaded; oldest on ties
