@@ -26,6 +26,7 @@ from project import queues
 from workers.clients import BackendError, Done, Failed, Progress
 from workers.pods.placement import pod_attempt_failed, pod_place
 from workers.workflows import WorkflowError, validate_workflow
+from workers.workflows.requirements import requirements_of
 
 from . import dispatch, previews
 from .backends import client_for_backend
@@ -237,7 +238,7 @@ def attempt_submit(*, attempt_id, worker: str = ""):
         spec = job_spec(attempt)
         spec["resubmit"] = attempt.submit_tries > 0
         if attempt.backend.kind == Backend.Kind.POD:  # the pod services choose the pod, not the client
-            spec["pod"] = pod_place(attempt=attempt)
+            spec["pod"] = pod_place(attempt=attempt, requires=requirements_of(spec["workflow"]))
             if spec["pod"] is None:
                 _release_submit(attempt)
                 return False  # no pod has room yet: it waits; the pod services send it again

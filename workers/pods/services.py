@@ -41,7 +41,8 @@ from routing.models import ACTIVE_ATTEMPT_STATES, AttemptStatus, Backend
 from routing.services import attempt_fail
 from workers.clients import BackendError
 
-from .models import LIVE, RUNNING_REMOTELY, USABLE, CloudPod, PodAssignment, PodStatus
+from .models import LIVE, LIVE_SYNCS, RUNNING_REMOTELY, USABLE, CloudPod, PodAssignment, PodStatus, VolumeSync
+from .volume import live_syncs_check
 from .selectors import (active_counts, expected_pod_rate, idle_limit, idle_since, last_job_ended, room, stale,
                         waiting_attempts)
 
@@ -91,7 +92,7 @@ def autoscale(*, now=None) -> dict:
     caps), probe every live pod, fail over jobs that waited too long, and hand waiting jobs
     to pods with room. Scaling down is the reaper's job."""
     now = now or timezone.now()
-    report = {"spawned": [], "checked": 0, "dispatched": 0, "gave_up": 0}
+    report = {"spawned": [], "checked": 0, "dispatched": 0, "gave_up": 0, "syncs": live_syncs_check()}
     for backend in _pod_backends():
         if not settings.RUNPOD_POD_IMAGE:  # no image to run: jobs sent here fail over at once
             _no_pods_left(backend, "RUNPOD_POD_IMAGE not set")
@@ -205,7 +206,8 @@ def pod_spawn(*, pod_id: int, now=None) -> None:
     try:
         created = _adopt_by_name(client.api, pod.name) or client.api.create(
             name=pod.name, image=settings.RUNPOD_POD_IMAGE, gpu_types=settings.RUNPOD_POD_GPU_TYPES,
-            env=pod_env(), disk_gb=settings.RUNPOD_POD_DISK_GB)
+            env=pod_env(), disk_gb=settings.RUNPOD_POD_DISK_GB, volume_id=settings.RUNPOD_NETWORK_VOLUME_ID,
+            registry_auth_id=settings.RUNPOD_POD_REGISTRY_AUTH_ID)
     except BackendError as error:
         log.warning("could not start pod %s: %s", pod.name, error.message)
         _pod_end_now(pod, error.message, now)
@@ -295,13 +297,20 @@ def _probe_usable(pod: CloudPod) -> str:
 
 
 def _read_inventory(pod: CloudPod, comfy, force: bool = False) -> None:
-    """Every pod runs the same image, so the pods backend's inventory is its newest pod's."""
-    if not (force or inventory_due(pod.backend)):
+    """What this pod's ComfyUI holds, on its row (placement reads it) and as the pods backend's
+    (the router reads that: the newest pod's, every pod having the same image and volume). Read
+    at start, and again when the backend's is due or the pod's is not known."""
+    if not (force or not pod.inventory or inventory_due(pod.backend)):
         return
     try:
-        inventory_store(backend_id=pod.backend_id, inventory=comfy.inventory(), source=f"object_info of pod {pod.id}")
+        inventory = comfy.inventory()
     except BackendError as error:
         log.warning("could not read the inventory of pod %s: %s", pod.id, error.message)
+        return
+    if inventory is None:
+        return
+    stored = inventory_store(backend_id=pod.backend_id, inventory=inventory, source=f"object_info of pod {pod.id}")
+    CloudPod.objects.filter(id=pod.id).update(inventory=stored)
 
 
 def pod_mark_ready(*, pod_id: int, now=None, cost_per_hour=None) -> bool:
@@ -442,7 +451,14 @@ def pod_reconcile(*, now=None) -> dict:
         return report
     remote = [pod for pod in listed if str(pod.get("name", "")).startswith(settings.RUNPOD_POD_NAME_PREFIX + "-")]
     rows = {row.runpod_id: row for row in CloudPod.objects.filter(runpod_id__in=[p["id"] for p in remote])}
+    syncs = {row.name: row for row in VolumeSync.objects.filter(name__in=[p.get("name") for p in remote])}
     for pod in remote:
+        sync = syncs.get(pod.get("name"))
+        if sync is not None:  # a volume sync pod: its own checks end it; one left running after its end goes
+            if sync.status not in LIVE_SYNCS and pod.get("desiredStatus") != "TERMINATED" \
+                    and _reconcile_terminate(api, pod["id"]):
+                report["terminated"].append(pod["id"])
+            continue
         action = _reconcile_one(api, pod, rows.get(pod["id"]))
         if action:
             report[action].append(pod["id"])
