@@ -11,8 +11,10 @@ cat <<BANNER
     web      $web/            (sign in; admin at $web/admin/)
     flower   http://${FLOWER_ADDRESS:-127.0.0.1}:${FLOWER_PORT:-5555}/   (user/password: FLOWER_BASIC_AUTH in .env)
     workers  control, local, cloud, gemini, webhooks queues on ${REDIS_URL:-redis://127.0.0.1:6379/0}
+             (local: this machine's GPU joined as backend local, manage.py gpu_worker)
     beat     health probes, sweeper and schedules (edit them in the admin: Periodic tasks)
-    comfyui  expected at ${COMFYUI_URL:-http://127.0.0.1:8188} (install it from $web/install/)
+    comfyui  at backend local's URL (admin: Backends), else ${COMFYUI_URL:-http://127.0.0.1:8188}
+             (install it from $web/install/)
 
 BANNER
 exec .venv/bin/honcho start -f deploy/Procfile -d .

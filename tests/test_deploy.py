@@ -35,7 +35,9 @@ def _command(service: dict) -> list:
 
 
 def _app_services(compose) -> dict:
-    return {name: s for name, s in compose["services"].items() if s.get("build")}
+    """The services that run the project (its image, deploy/Dockerfile); not ComfyUI's."""
+    return {name: s for name, s in compose["services"].items()
+            if s.get("build", {}).get("dockerfile") == "deploy/Dockerfile"}
 
 
 def _workers(compose) -> dict:
@@ -78,6 +80,31 @@ def test_there_is_one_worker_service_per_queue(compose):
     served = sorted(queue for service in _workers(compose).values() for queue in _queues_of(service))
     assert served == sorted(queues.ALL)
     assert all(len(_queues_of(service)) == 1 for service in _workers(compose).values())
+
+
+def test_a_gpu_node_is_comfyui_on_a_gpu_and_the_worker_that_alone_consumes_its_queue(compose):
+    comfyui, node = compose["services"]["comfyui"], compose["services"]["gpu-node"]
+    assert comfyui["profiles"] == node["profiles"] == ["gpu"]  # not started on a host without one
+    assert (DEPLOY / comfyui["build"]["context"] / "Dockerfile").is_file()
+    assert _command(comfyui)[2:3] == ["/comfyui/main.py"] and "0.0.0.0" in _command(comfyui)
+    [device] = comfyui["deploy"]["resources"]["reservations"]["devices"]
+    assert device["capabilities"] == ["gpu"] and device["device_ids"] == ["${GPU_NODE_DEVICE:-0}"]
+    assert "/system_stats" in " ".join(comfyui["healthcheck"]["test"])
+
+    command = _command(node)
+    assert command[:3] == ["python", "manage.py", "gpu_worker"]
+    assert command[command.index("--comfyui-url") + 1] == "http://comfyui:8188"
+    name = command[command.index("--name") + 1]
+    assert name == node["environment"]["GPU_NODE_NAME"] == "${GPU_NODE_NAME:-docker-gpu}"
+    assert "comfyui" in node["depends_on"] and "$$GPU_NODE_NAME@$$HOSTNAME" in node["healthcheck"]["test"][1]
+    assert node["image"] == compose["services"]["web"]["image"]  # the project's image, its settings
+
+
+def test_a_gpu_nodes_worker_name_is_a_backend_name_the_command_accepts(compose):
+    from workers.management.commands.gpu_worker import NAME
+
+    default = compose["services"]["gpu-node"]["environment"]["GPU_NODE_NAME"].split(":-", 1)[1].rstrip("}")
+    assert NAME.match(default)
 
 
 def test_there_is_exactly_one_beat(compose):
@@ -151,11 +178,48 @@ def test_there_is_a_unit_for_every_process_of_the_procfile():
     procfile = [line.split(":", 1)[0] for line in (DEPLOY / "Procfile").read_text().splitlines() if ":" in line]
     units = {path.name for path in _unit_files()}
     for process in procfile:
-        name = "comfy-hybrid-worker@.service" if process in queues.ALL else f"comfy-hybrid-{process}.service"
+        if process == queues.LOCAL:  # the first GPU's worker: `manage.py gpu_worker --name local`
+            name = "comfy-hybrid-gpu-node@.service"
+        else:
+            name = "comfy-hybrid-worker@.service" if process in queues.ALL else f"comfy-hybrid-{process}.service"
         assert name in units, process
     target = (UNITS / "comfy-hybrid.target").read_text()
     for queue in queues.ALL:
-        assert f"comfy-hybrid-worker@{queue}.service" in target
+        unit = "comfy-hybrid-gpu-node@local" if queue == queues.LOCAL else f"comfy-hybrid-worker@{queue}"
+        assert f"{unit}.service" in target
+
+
+def test_the_procfiles_local_worker_joins_as_the_first_gpu_keeping_its_stored_url():
+    [line] = [line for line in (DEPLOY / "Procfile").read_text().splitlines() if line.startswith("local:")]
+    words = shlex.split(line.split(":", 1)[1])
+    assert words[1:4] == [".venv/bin/python", "manage.py", "gpu_worker"] and "--comfyui-url" not in words
+    assert words[words.index("--name") + 1] == queues.FIRST_COMFYUI
+    assert words[words.index("--concurrency") + 1] == "${LOCAL_CONCURRENCY:-2}"
+
+
+def test_a_gpu_node_unit_runs_gpu_worker_named_after_its_instance_with_its_own_comfyui_url():
+    unit = (UNITS / "comfy-hybrid-gpu-node@.service").read_text()
+    [command] = _exec_starts(UNITS / "comfy-hybrid-gpu-node@.service")
+    words = shlex.split(command)
+    assert words[1:3] == ["manage.py", "gpu_worker"]
+    assert words[words.index("--name") + 1] == "%i"
+    assert words[words.index("--comfyui-url") + 1] == "${GPU_COMFYUI_URL}"  # empty: the stored URL is kept
+    assert words[words.index("--concurrency") + 1] == "${CONCURRENCY}"
+    assert "EnvironmentFile=/etc/comfy-hybrid/env" in unit.splitlines()  # the server's DATABASE_URL, REDIS_URL
+    assert "EnvironmentFile=-/etc/comfy-hybrid/gpu-node-%i.env" in unit.splitlines()  # optional, read last
+    assert "KillSignal=SIGTERM" in unit.splitlines()  # a warm stop: the backend is marked down, jobs move
+    assert "WantedBy=multi-user.target" in unit.splitlines()  # a GPU machine enables it alone
+
+
+@pytest.mark.django_db
+def test_the_units_empty_comfyui_url_keeps_the_url_stored_for_the_backend(local_backend):
+    from django.core.management import call_command
+
+    from routing.models import Backend
+
+    Backend.objects.filter(id=local_backend.id).update(url="http://127.0.0.1:9")  # set by staff; nothing answers
+    call_command("gpu_worker", "--name", "local", "--comfyui-url", "", "--register-only", stdout=open(os.devnull, "w"))
+    assert Backend.objects.get(id=local_backend.id).url == "http://127.0.0.1:9"
 
 
 @pytest.mark.slow
@@ -170,7 +234,7 @@ def test_the_units_run_commands_that_exist_in_a_checkout():
             calls.add(tuple(words[:4]) if words[1] == "-A" else tuple(words[:3]))
     celery = {call[3] for call in calls if call[0].endswith("/celery")}
     manage = {call[2] for call in calls if call[1:2] == ("manage.py",)}
-    assert celery == {"worker", "beat", "flower"} and manage == {"migrate", "collectstatic"}
+    assert celery == {"worker", "beat", "flower"} and manage == {"migrate", "collectstatic", "gpu_worker"}
     listed = _run([".venv/bin/celery", "-A", "project", "--help"])
     assert all(re.search(rf"^\s+{sub}\b", listed, re.M) for sub in celery), listed
     commands = _run([".venv/bin/python", "manage.py", "help", "--commands"]).split()
