@@ -6,6 +6,9 @@
 #   pod         The server's autoscaler sets COMFY_HYBRID_MODE=pod: ComfyUI listens on
 #               0.0.0.0:8188 (reached through https://{podId}-8188.proxy.runpod.net), and an
 #               idle watchdog runs beside it.
+#   sync        `manage.py sync_volume` sets COMFY_HYBRID_MODE=sync: the models listed in
+#               COMFY_HYBRID_SYNC are fetched onto the network volume at /workspace (resumable,
+#               SHA-256 verified), progress at GET :8188/sync; the server terminates the pod.
 #
 # The watchdog is the second line of defence against a leaked pod: the server's reaper stops
 # idle pods after RUNPOD_IDLE_SECONDS, but if the server is down the pod must still stop
@@ -21,6 +24,9 @@ if [ "$MODE" = auto ]; then
 fi
 if [ "$MODE" = serverless ]; then
   exec python -u "${HANDLER:-/handler.py}"
+fi
+if [ "$MODE" = sync ]; then
+  PYTHONPATH=/opt/comfy-hybrid exec python -u -m workers.installer.volume --root /workspace --port 8188
 fi
 
 COMFY_HOST="${COMFY_HOST:-127.0.0.1:8188}"
