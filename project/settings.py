@@ -265,6 +265,8 @@ RUNPOD_REST_BASE_URL = env_str("RUNPOD_REST_BASE_URL", "https://rest.runpod.io/v
 RUNPOD_ENDPOINT_GPU = env_str("RUNPOD_ENDPOINT_GPU", "RTX 4090")
 RUNPOD_PRICE_PER_SECOND = env_decimal("RUNPOD_PRICE_PER_SECOND", "0.00031")
 RUNPOD_HTTP_TIMEOUT = env_float("RUNPOD_HTTP_TIMEOUT", 10.0)  # every serverless API call
+# Retries of a serverless read (status, health) on 408/429/5xx by the SDK's session, short back-off.
+RUNPOD_HTTP_RETRIES = env_int("RUNPOD_HTTP_RETRIES", 2)
 RUNPOD_POLL_INTERVAL = env_float("RUNPOD_POLL_INTERVAL", 2.0)  # seconds between /status polls
 # policy.executionTimeout of each serverless job: RunPod stops (TIMED_OUT) a job running longer.
 RUNPOD_EXECUTION_TIMEOUT = env_int("RUNPOD_EXECUTION_TIMEOUT", 600)

@@ -252,6 +252,27 @@ def test_rate_limits_and_server_errors_are_retryable_without_slow_sdk_back_off(f
     assert time.monotonic() - started < 2
 
 
+def test_a_status_read_is_retried_by_the_sdks_session_a_run_is_not(fake):
+    client = client_for(fake)
+    handle = client.submit(SPEC)
+    fake.http_errors.extend([429, 503])  # both absorbed by the session's retry of the GET
+    started = time.monotonic()
+    assert not isinstance(client.poll(handle), Failed)
+    reads = [path for method, path in fake.received if method == "GET" and "/status/" in path]
+    assert len(reads) == 3 and time.monotonic() - started < 2
+
+    fake.http_errors.extend([503, 503, 503])  # one more than the retries: the poll sees it, retryable
+    with pytest.raises(BackendError) as caught:
+        client.poll(handle)
+    assert caught.value.retryable and "HTTP 503" in caught.value.message
+
+    fake.http_errors.append(503)  # /run is never sent twice: it has no idempotency key
+    runs_before = sum(1 for method, path in fake.received if path.endswith("/run"))
+    with pytest.raises(BackendError):
+        client.submit(SPEC)
+    assert sum(1 for method, path in fake.received if path.endswith("/run")) == runs_before + 1
+
+
 def test_every_call_has_a_timeout(fake):
     fake.http_errors.append("hang")
     client = client_for(fake, timeout=0.3)

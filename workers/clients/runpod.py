@@ -12,9 +12,13 @@ Protocol facts used here (shared/reference/external-apis.md §2.1, §2.2, §2.8)
   `runpod.serverless.progress_update` (the SDK POSTs `{"status": "IN_PROGRESS", "output": p}`
   to the job-done URL; runpod-python #12, #105). Our handler sends `{"percent": n, ...}`;
   others send `{"progress": "4/10"}`, a number or text. Whatever it is, it never fails a poll.
-- The SDK mounts `Retry(total=5, status_forcelist=[408, 429])` for http:// only; it is
-  replaced by no retries so that a 429 is classed here (retryable) the same way on http and
-  https, and no call blocks a worker for half a minute of back-off.
+- The SDK mounts `Retry(total=5, backoff_factor=1, status_forcelist=[408, 429])` on its session
+  for http:// only, so against the real (https) API it never retries. Its retry is mounted here
+  on both schemes, with settings that suit a worker: reads (`/status`, `/health`) are retried
+  RUNPOD_HTTP_RETRIES times on 408/429/5xx and refused connections, with a short back-off
+  (a worker is never held for half a minute); a POST (`/run`, `/cancel`) only when it never
+  left (connect errors), since `/run` has no idempotency key. After the last try the answer is
+  classed here as before (a 429: retryable).
 """
 import base64
 import binascii
@@ -28,7 +32,7 @@ from typing import Optional
 import requests
 import runpod
 from django.conf import settings
-from requests.adapters import HTTPAdapter
+from requests.adapters import HTTPAdapter, Retry
 from runpod.endpoint.runner import Job
 
 from workers.workflows.requirements import model_input_folder
@@ -58,7 +62,14 @@ class NotFound(BackendError):
     """HTTP 404: an unknown endpoint, or a job RunPod no longer keeps."""
 
 
-def build_endpoint(endpoint_id: str, api_key: str, base_url: str) -> runpod.Endpoint:
+def sdk_retry(attempts: int) -> Retry:
+    """The SDK's own retry policy, bounded for a worker (see the module doc)."""
+    return Retry(total=attempts, connect=attempts, read=0, status=attempts, backoff_factor=0.25, backoff_max=2,
+                 status_forcelist=(408, 429, 500, 502, 503, 504), allowed_methods=frozenset({"GET"}),
+                 raise_on_status=False, respect_retry_after_header=False)
+
+
+def build_endpoint(endpoint_id: str, api_key: str, base_url: str, retries: int = 2) -> runpod.Endpoint:
     with _SDK_LOCK:
         previous = runpod.endpoint_url_base
         runpod.endpoint_url_base = base_url.rstrip("/")
@@ -66,7 +77,9 @@ def build_endpoint(endpoint_id: str, api_key: str, base_url: str) -> runpod.Endp
             endpoint = runpod.Endpoint(endpoint_id, api_key=api_key)
         finally:
             runpod.endpoint_url_base = previous
-    endpoint.rp_client.rp_session.mount("http://", HTTPAdapter(max_retries=0))
+    adapter = HTTPAdapter(max_retries=sdk_retry(retries))
+    endpoint.rp_client.rp_session.mount("http://", adapter)
+    endpoint.rp_client.rp_session.mount("https://", adapter)
     return endpoint
 
 
@@ -75,13 +88,13 @@ class RunPodClient(Client):
 
     def __init__(self, *, api_key: str, endpoint_id: str, base_url: str, timeout: float = 10.0,
                  health_timeout: float = 3.0, poll_interval: float = 2.0, execution_timeout: int = 600,
-                 max_output_bytes: int = 512 * 1024 * 1024):
+                 max_output_bytes: int = 512 * 1024 * 1024, retries: int = 2):
         if not api_key:
             raise BackendError(API_KEY_MISSING, retryable=False)
         if not endpoint_id:
             raise BackendError("RUNPOD_ENDPOINT_ID not set", retryable=False)
         self.endpoint_id = endpoint_id
-        self.endpoint = build_endpoint(endpoint_id, api_key, base_url)
+        self.endpoint = build_endpoint(endpoint_id, api_key, base_url, retries)
         self.timeout = timeout
         self.health_timeout = health_timeout
         self.poll_interval = poll_interval
@@ -94,7 +107,7 @@ class RunPodClient(Client):
                    endpoint_id=backend.config.get("endpoint_id") or settings.RUNPOD_ENDPOINT_ID,
                    base_url=url or settings.RUNPOD_ENDPOINT_BASE_URL, timeout=settings.RUNPOD_HTTP_TIMEOUT,
                    poll_interval=settings.RUNPOD_POLL_INTERVAL, execution_timeout=settings.RUNPOD_EXECUTION_TIMEOUT,
-                   max_output_bytes=settings.OUTPUT_MAX_BYTES)
+                   max_output_bytes=settings.OUTPUT_MAX_BYTES, retries=settings.RUNPOD_HTTP_RETRIES)
 
     # --- the four calls ---------------------------------------------------------------------
     def submit(self, spec: dict) -> dict:
