@@ -85,7 +85,8 @@ def test_there_is_one_worker_service_per_queue(compose):
 def test_a_gpu_node_is_comfyui_on_a_gpu_and_the_worker_that_alone_consumes_its_queue(compose):
     comfyui, node = compose["services"]["comfyui"], compose["services"]["gpu-node"]
     assert comfyui["profiles"] == node["profiles"] == ["gpu"]  # not started on a host without one
-    assert (DEPLOY / comfyui["build"]["context"] / "Dockerfile").is_file()
+    built = DEPLOY / comfyui["build"]["context"] / comfyui["build"]["dockerfile"]
+    assert built.resolve() == DEPLOY / "runpod-worker" / "Dockerfile"
     assert _command(comfyui)[2:3] == ["/comfyui/main.py"] and "0.0.0.0" in _command(comfyui)
     [device] = comfyui["deploy"]["resources"]["reservations"]["devices"]
     assert device["capabilities"] == ["gpu"] and device["device_ids"] == ["${GPU_NODE_DEVICE:-0}"]
@@ -383,3 +384,13 @@ def test_every_setting_read_from_the_environment_is_in_the_readme():
     table = [line.split("|")[1] for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| `")]
     documented = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", "".join(table)))
     assert read and sorted(read - documented) == []
+
+
+def test_the_cloud_image_builds_from_the_repository_root_and_carries_what_each_mode_runs():
+    dockerfile = (DEPLOY / "runpod-worker" / "Dockerfile").read_text()
+    copied = [line.split()[1:-1] for line in dockerfile.splitlines() if line.startswith("COPY ")]
+    for sources in copied:  # every COPY source exists, relative to the repository root
+        assert all((DEPLOY.parent / source).exists() for source in sources), sources
+    assert ["workers/installer"] in copied  # sync mode runs workers.installer.volume
+    start = (DEPLOY / "runpod-worker" / "start.sh").read_text()
+    assert "-m workers.installer.volume --root /workspace --port 8188" in start
