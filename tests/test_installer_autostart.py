@@ -143,6 +143,7 @@ def test_registering_on_linux_writes_and_enables_the_user_unit_and_a_shortcut(tm
                                ["systemctl", "--user", "enable", name]]
     assert registration.record() == {"manager": "systemd", "start_command": ["systemctl", "--user", "restart", name],
                                      "name": name, "scope": "user",
+                                     "ensure_command": ["systemctl", "--user", "start", name],
                                      "files": [str(unit), str(home / ".local/share/applications" / launch.names.desktop),
                                                str(home / "Desktop" / launch.names.desktop)]}
     desktop = (home / "Desktop" / launch.names.desktop).read_text()

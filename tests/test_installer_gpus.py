@@ -232,6 +232,20 @@ def test_a_rerun_keeps_each_gpus_port(site, tmp_path):
     assert again.gpu_ports == first.gpu_ports
 
 
+def test_each_gpus_worker_is_started_once_then_only_started_if_it_is_not_running(site, tmp_path):
+    runner = cuda_runner()
+    run = installer(site, tmp_path, runner, gpus="0,1")
+    run.run()
+    pin, target = run.gpu_launches[0]
+    name = gpus.previous(run.layout.read_state())[0]["worker"]["name"]
+    for _ in range(2):  # a restart each time would make a busy worker leave the fleet and move its jobs
+        record = gpus.previous(run.layout.read_state())[0]
+        assert gpusteps._start_worker(run, pin, target, record) == f"; its worker {name} runs"
+    assert runner.commands[-2:] == [["systemctl", "--user", "restart", name], ["systemctl", "--user", "start", name]]
+    installer(site, tmp_path, runner, gpus="0,1", port=run.options.port).run()
+    assert gpus.previous(run.layout.read_state())[0]["worker_started_for"] == target.url  # a re-run keeps it
+
+
 def test_a_rerun_with_fewer_gpus_takes_away_what_served_the_others(site, tmp_path):
     runner = cuda_runner()
     first = installer(site, tmp_path, runner, gpus="all")

@@ -201,11 +201,13 @@ class Registration:
     message: str = ""
     name: str = ""  # the unit, label or Windows name: what verify asks about
     scope: str = ""  # systemd: user | system
+    # Starts it unless it runs: a GPU worker restarted for nothing would leave the fleet (moving its jobs).
+    ensure_command: list = field(default_factory=list)
 
     def record(self) -> dict:
         """What the install's state keeps (verify starts and watches the service with it)."""
         return {"manager": self.manager, "start_command": self.start_command, "name": self.name,
-                "scope": self.scope, "files": self.files}
+                "scope": self.scope, "files": self.files, "ensure_command": self.ensure_command}
 
 
 def render_start_sh(launch: Launch) -> str:
@@ -369,7 +371,7 @@ def _register_systemd(launch: Launch, run: CommandRunner, scope: Scope) -> Regis
     started = (f"the system service {name} (starts at boot as {scope.user})" if scope.system else
                f"{name} (to start at boot without logging in: loginctl enable-linger)")
     return Registration("systemd", [*systemctl, "restart", name], [str(unit)], f"enabled {started}", name,
-                        scope.name)
+                        scope.name, [*systemctl, "start", name])
 
 
 def launchd_domain() -> str:
@@ -387,7 +389,7 @@ def _register_launchd(launch: Launch, home: Path, run: CommandRunner) -> Registr
     command = ["launchctl", "bootstrap", launchd_domain(), str(plist)]
     _must(run(command, timeout=60), command)
     return Registration("launchd", ["launchctl", "kickstart", "-k", target], [str(plist)],
-                        f"loaded launchd agent {label}", label)
+                        f"loaded launchd agent {label}", label, ensure_command=["launchctl", "kickstart", target])
 
 
 def _register_windows(launch: Launch, home: Path, run: CommandRunner) -> Registration:
@@ -397,11 +399,13 @@ def _register_windows(launch: Launch, home: Path, run: CommandRunner) -> Registr
         run(["nssm", "remove", name, "confirm"], timeout=60)  # re-create: settings may have changed
         for command in nssm_commands(launch):
             _must(run(command, timeout=60), command)
-        return Registration("nssm", ["nssm", "start", name], [], f"installed service {name} (NSSM)", name)
+        return Registration("nssm", ["nssm", "start", name], [], f"installed service {name} (NSSM)", name,
+                            ensure_command=["nssm", "start", name])
     command = schtasks_command(launch)
     _must(run(command, timeout=60), command)
-    return Registration("schtasks", ["schtasks", "/Run", "/TN", name], [],
-                        f"created scheduled task {name} (runs at logon)", name)
+    run_task = ["schtasks", "/Run", "/TN", name]  # a running task is left alone (its default: IgnoreNew)
+    return Registration("schtasks", run_task, [], f"created scheduled task {name} (runs at logon)", name,
+                        ensure_command=run_task)
 
 
 def _write_shortcuts(launch: Launch, home: Path) -> list:

@@ -8,6 +8,7 @@ everything with --no-service), and `gpu_backends`, the backends the register ste
 """
 from . import autostart, gpus, identity, launch
 from .autostart import Launch
+from .errors import Failure
 
 
 def plan(inst) -> None:
@@ -52,7 +53,8 @@ def services(inst, scope) -> str:
     removed = _take_away(inst, [item for item in earlier if item.get("gpu") not in chosen], dropped=True)
     if not inst.options.service:
         removed += _take_away(inst, [item for item in earlier if item.get("gpu") in chosen], dropped=False)
-    records = [_set_up(inst, pin, target, scope) for pin, target in inst.gpu_launches]
+    by_gpu = {item.get("gpu"): item for item in earlier}
+    records = [_set_up(inst, pin, target, scope, by_gpu.get(pin.index) or {}) for pin, target in inst.gpu_launches]
     inst.layout.update_state(gpus={"asked": inst.options.port, "instances": records})
     done = "".join(f"; GPU {record['gpu']}: ComfyUI on port {record['port']}, backend {record['backend']}"
                    + (f" ({record['service']['name']} and its worker {record['worker']['name']})"
@@ -60,11 +62,12 @@ def services(inst, scope) -> str:
     return done + (f"; removed what an earlier run set up for GPUs ({', '.join(removed)})" if removed else "")
 
 
-def _set_up(inst, pin, target: Launch, scope) -> dict:
+def _set_up(inst, pin, target: Launch, scope, earlier: dict) -> dict:
     worker = inst.worker(pin, target)
     autostart.write_start_script(target)
     autostart.write_start_script(worker)
-    record = {"gpu": pin.index, "port": target.port, "backend": worker.backend, "service": {}, "worker": {}}
+    record = {"gpu": pin.index, "port": target.port, "backend": worker.backend, "service": {}, "worker": {},
+              "worker_started_for": earlier.get("worker_started_for", "") if inst.options.service else ""}
     if inst.options.service:
         for key, what in (("service", target), ("worker", worker)):
             record[key] = autostart.register(what, inst.hooks.home, inst.hooks.run, scope=scope).record()
@@ -101,13 +104,40 @@ def _forget(inst, item: dict) -> list:
 def verify(inst, r, verify_one) -> list:
     """Verify step: each other GPU's ComfyUI answers /system_stats (started by its service, or
     detached with --no-service); returns a line for each, naming the device it sees."""
-    services = {item.get("gpu"): item.get("service") or {} for item in gpus.previous(inst.layout.read_state())}
+    records = {item.get("gpu"): item for item in gpus.previous(inst.layout.read_state())}
     lines = []
     for pin, target in inst.gpu_launches:
-        stats, note = verify_one(inst, target, services.get(pin.index) or {}, r)
+        record = records.get(pin.index) or {}
+        stats, note = verify_one(inst, target, record.get("service") or {}, r)
         inst.gpu_stats[pin.index] = stats
-        lines.append(f"GPU {pin.index}: " + answered(stats, target, note))
+        lines.append(f"GPU {pin.index}: " + answered(stats, target, note) + _start_worker(inst, pin, target, record))
     return lines
+
+
+def _start_worker(inst, pin, target: Launch, record: dict) -> str:
+    """Its worker's service, started once its ComfyUI answers: restarted when it was last started
+    for another URL (or never by the installer), else only started if it is not running, since a
+    worker restarted for nothing leaves the fleet for a moment and its jobs in flight move."""
+    service = record.get("worker") or {}
+    if not service.get("start_command"):
+        return f"; start its worker with {inst.worker(pin, target).start_script}"
+    if record.get("worker_started_for") == target.url and service.get("ensure_command"):
+        done = inst.hooks.run(service["ensure_command"], timeout=60)  # NSSM says so when it already runs
+        return f"; its worker {service['name']} runs" if done.code == 0 else \
+            f"; its worker {service['name']} did not say it runs ({done.output.strip()[-200:]})"
+    done = inst.hooks.run(service["start_command"], timeout=60)
+    if done.code != 0:
+        raise Failure(f"`{' '.join(service['start_command'])}` failed, so the worker of {record['backend']} is not "
+                      f"running: {done.output.strip()[-300:]}",
+                      "run it yourself to see why, or re-run with --no-service")
+    _remember(inst, pin.index, worker_started_for=target.url)
+    return f"; its worker {service['name']} runs"
+
+
+def _remember(inst, index: int, **changes) -> None:
+    state = inst.layout.read_state()
+    instances = [{**item, **changes} if item.get("gpu") == index else item for item in gpus.previous(state)]
+    inst.layout.update_state(gpus={**state.get("gpus", {}), "instances": instances})
 
 
 def device_of(stats: dict) -> dict:
