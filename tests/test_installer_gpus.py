@@ -186,6 +186,23 @@ def test_launchd_nssm_and_the_start_scripts_carry_the_pin_too():
     assert "export CUDA_VISIBLE_DEVICES=1\n" in autostart.render_start_sh(gpu1_launch())
 
 
+def test_on_windows_the_worker_runs_under_nssm_or_a_logon_task_with_its_own_script():
+    worker = gpu1_worker(gpu1_launch("windows", r"C:\Users\ann\comfyui"))
+    install, *settings = autostart.nssm_commands(worker)
+    assert install[2].endswith("-gpu1-worker") and install[5:] == ["gpu_worker", "--comfyui-url",
+                                                                    "http://127.0.0.1:8189", "--name", "local-gpu1"]
+    assert ["nssm", "set", worker.names.windows, "AppStdout", r"C:\Users\ann\comfyui\logs\gpu-worker-gpu1.log"] \
+        in settings
+    assert autostart.schtasks_command(worker)[-1].endswith(r'\comfyui\start-gpu-worker-gpu1.ps1"')
+
+
+def test_the_management_command_takes_gpus_like_the_installer():
+    from workers.management.commands.install_comfyui import Command
+
+    args = Command().create_parser("manage.py", "install_comfyui").parse_args(["--gpus", "0,2", "--yes"])
+    assert options_from_args(args).gpus == "0,2"
+
+
 # The installer with --gpus ------------------------------------------------------------------
 @pytest.fixture
 def site(tmp_path):
