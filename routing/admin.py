@@ -19,7 +19,17 @@ class BackendAdmin(admin.ModelAdmin):
                        "down_since", "last_error", "latency_ms", "queue_depth", "gpu_name", "vram_total",
                        "inventory_table", "inventory_at")
     exclude = ("inventory", "probe_sent_at")
-    actions = ["remove_from_fleet"]
+    actions = ["remove_from_fleet", "verify_serverless_inventory"]
+
+    @admin.action(description="Verify the serverless inventory with a probe job (a few paid seconds)")
+    def verify_serverless_inventory(self, request, queryset):
+        endpoints = [b for b in queryset if b.kind == Backend.Kind.RUNPOD]
+        for backend in endpoints:
+            dispatch.send_on_commit(dispatch.INVENTORY_PROBE, [backend.id], queue=queues.CLOUD)
+        skipped = len(queryset) - len(endpoints)
+        note = f"; {skipped} skipped (only a RunPod serverless endpoint has one)" if skipped else ""
+        self.message_user(request, f"Probe job sent for {len(endpoints)} endpoint(s): the next health probe "
+                                   f"reads its answer{note}.", messages.SUCCESS if endpoints else messages.WARNING)
 
     @admin.display(description="Celery queue")
     def celery_queue(self, backend):
@@ -39,7 +49,16 @@ class BackendAdmin(admin.ModelAdmin):
         rows = format_html_join("", "<li><strong>{}</strong>: {}</li>",
                                 ((folder, ", ".join(files)) for folder, files in summary["models"].items()))
         nodes = "unknown" if summary["node_count"] is None else summary["node_count"]
-        return format_html("<ul>{}</ul><p>{} node classes; source: {}</p>", rows, nodes, summary["source"])
+        checked = (backend.config or {}).get("inventory_probe_last") or {}
+        if checked.get("error"):
+            check = format_html("<p>Last probe job: {}</p>", checked["error"])
+        elif "declared_missing" in checked:
+            missing = ", ".join(checked["declared_missing"]) or "nothing"
+            check = format_html("<p>Last probe job ({}): declared but missing on the worker: {}</p>",
+                                checked.get("at", ""), missing)
+        else:
+            check = ""
+        return format_html("<ul>{}</ul><p>{} node classes; source: {}</p>{}", rows, nodes, summary["source"], check)
 
 
 class AttemptInline(admin.TabularInline):

@@ -19,6 +19,7 @@ CANCEL = "workers.tasks.cancel_attempt"
 ADMIT = "workers.tasks.admit_waiting"
 WEBHOOK = "workers.tasks.deliver_webhook"
 PROBE = "workers.tasks.probe_backend"
+INVENTORY_PROBE = "workers.tasks.start_inventory_probe"
 
 
 def broker_priority(job_priority: int | None) -> int | None:

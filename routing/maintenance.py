@@ -18,6 +18,7 @@ from .backends import client_for_backend
 from .fleet import probe_answered, probes_to_send
 from .health import health_record
 from .inventory import inventory_due, inventory_store
+from .inventory_probe import inventory_probe_check
 from .models import ACTIVE_ATTEMPT_STATES, ACTIVE_JOB_STATES, Attempt, AttemptStatus, Backend, Job, JobStatus
 from .policy import WAIT_OUTAGE
 from .services import job_fail, attempt_fail
@@ -43,6 +44,8 @@ def backend_probe(*, backend_id: int) -> None:
     ours = Attempt.objects.filter(backend=backend, status__in=(AttemptStatus.SUBMITTED, AttemptStatus.RUNNING)).count()
     if health.ok and inventory_due(backend):
         _read_inventory(backend, client)
+    if health.ok and backend.kind == Backend.Kind.RUNPOD:
+        inventory_probe_check(backend, client)
     health_record(backend_id=backend.id, ok=health.ok, detail=health.detail, latency_ms=health.latency_ms,
                   queue_depth=max(0, health.queue_depth - ours), gpu=health.gpu, vram_total=health.vram_total,
                   misconfigured=not health.ok and health.misconfigured)

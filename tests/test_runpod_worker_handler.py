@@ -208,3 +208,14 @@ def test_a_pod_stops_itself_when_no_job_arrived_for_the_set_time():
         finally:
             if script.poll() is None:
                 os.killpg(script.pid, 9)
+
+
+def test_the_inventory_probe_job_reports_what_the_workers_comfyui_holds(serverless):
+    _, client, _, _ = serverless
+    handle = client.start_inventory_probe()
+    deadline = time.monotonic() + 30
+    while (result := client.inventory_probe_result(handle)) is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    inventory, seconds = result
+    assert "v1-5-pruned-emaonly.safetensors" in inventory["models"]["checkpoints"]  # the manifest's, in the fake
+    assert {"KSampler", "SaveImage", "CheckpointLoaderSimple"} <= set(inventory["nodes"]) and seconds >= 0

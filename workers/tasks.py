@@ -6,7 +6,7 @@ sender picks it), so the local worker next to ComfyUI is the one that talks to i
 from celery import shared_task
 
 from project import queues
-from routing import maintenance, services, webhooks
+from routing import inventory_probe, maintenance, services, webhooks
 
 from .base import CappedTask, SingletonTask
 
@@ -85,6 +85,11 @@ def probe_backends():
 @shared_task(**FAST)
 def probe_backend(backend_id):
     maintenance.backend_probe(backend_id=backend_id)
+
+
+@shared_task(queue=queues.CLOUD, **FAST)
+def start_inventory_probe(backend_id):
+    return inventory_probe.inventory_probe_start(backend_id=backend_id)
 
 
 @shared_task(queue=queues.CONTROL, expires=60, **{**FAST, "base": SingletonTask}, once_every="SWEEP_EVERY_SECONDS")

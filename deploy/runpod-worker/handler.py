@@ -380,7 +380,24 @@ def package(job_id, files):
     return result
 
 
+def inventory():
+    """What this worker's ComfyUI holds, for the server's inventory probe job
+    (`{"input": {"inventory": true}}`): the files of each model folder (`/models/{folder}`) and
+    the node class names (`/object_info`), compact enough for a job result."""
+    ensure_comfyui()
+    folders = requests.get(comfy_url("/models"), timeout=30).json()
+    models = {}
+    for folder in folders:
+        response = requests.get(comfy_url(f"/models/{folder}"), timeout=30)
+        if response.status_code == 200:
+            models[folder] = sorted(response.json())
+    nodes = sorted(requests.get(comfy_url("/object_info"), timeout=120).json())
+    return {"inventory": {"models": models, "nodes": nodes}}
+
+
 def run(job):
+    if (job.get("input") or {}).get("inventory") is True:
+        return inventory()
     workflow, images = validate_input(job.get("input"))
     ensure_comfyui()
     upload_images(images)

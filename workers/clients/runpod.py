@@ -167,6 +167,32 @@ class RunPodClient(Client):
         return fetch_url(output.ref.get("url", ""), timeout=self.timeout * 6, max_bytes=self.max_output_bytes)
 
     # --- helpers --------------------------------------------------------------------------
+    # --- the inventory probe job (deploy/runpod-worker/handler.py, `inventory`) -----------
+    def start_inventory_probe(self) -> dict:
+        """A job that asks the endpoint's worker what its ComfyUI holds. A paid run (a few
+        seconds, plus a cold start when no worker is warm)."""
+        body = {"input": {"inventory": True}, "policy": {"executionTimeout": 300 * 1000}}
+        data = self._call("start the inventory probe job", self.endpoint.rp_client.post,
+                          f"{self.endpoint_id}/run", body, timeout=self.timeout)
+        if not isinstance(data, dict) or not data.get("id"):
+            raise BackendError("RunPod accepted the inventory probe job but sent no job id", retryable=True)
+        return {"job_id": data["id"], "endpoint_id": self.endpoint_id}
+
+    def inventory_probe_result(self, handle: dict) -> Optional[tuple[dict, float]]:
+        """(inventory, seconds billed) once the probe job ended; None while it runs."""
+        path = f"{handle.get('endpoint_id') or self.endpoint_id}/status/{handle['job_id']}"
+        state = self._call("read the inventory probe job", self.endpoint.rp_client.get, path, timeout=self.timeout)
+        state = state if isinstance(state, dict) else {}
+        if state.get("status") in ("IN_QUEUE", "IN_PROGRESS", "RUNNING"):
+            return None
+        found = (state.get("output") or {}).get("inventory") if isinstance(state.get("output"), dict) else None
+        if state.get("status") != "COMPLETED" or not isinstance(found, dict) or not isinstance(found.get("models"), dict):
+            why = state.get("error") or f"status {state.get('status')!r}, no inventory in its output"
+            raise BackendError(f"The inventory probe job did not report an inventory ({str(why)[:300]}); is the "
+                               f"endpoint running the deploy/runpod-worker image?", retryable=False)
+        return {"models": found["models"], "nodes": list(found.get("nodes") or [])}, \
+            _seconds(state.get("executionTime")) or 0.0
+
     def _result(self, state: dict):
         status = state.get("status")
         if status == "IN_QUEUE":
