@@ -232,7 +232,7 @@ def _choose_port(inst) -> None:
 def step_service(inst, r) -> None:
     inst.layout.update_state(port={"asked": inst.options.port, "chosen": inst.port})
     script = autostart.write_start_script(inst.launch)
-    own = _own_service(inst, r)
+    own = (f"GPU {inst.pins[0].index}: " if inst.pins else "") + _own_service(inst, r)
     others = gpusteps.services(inst, _scope(inst) if inst.options.service else None)
     r.finish(DONE, f"wrote {script}; {own}{others}")
 
