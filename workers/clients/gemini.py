@@ -25,14 +25,13 @@ an interaction) gets one attempt, and only an answer that proves Google started 
 503, refused) is sent again, by the poll chain's countdown. Reads (models.get, countTokens,
 interactions.get, downloads) are retried by the SDK. One SDK client per process and
 configuration is kept (`_sdk_for`): building one per call threw away its connection pool.
+What Google's answers mean (errors classed, images and videos read) is in gemini_answers.py.
 """
 import base64
 import binascii
 import hashlib
-import importlib
 import logging
 import math
-import mimetypes
 import os
 import threading
 import time
@@ -42,74 +41,24 @@ from typing import Optional
 
 from django.conf import settings
 from google import genai
-from google.genai import errors as genai_errors
 from google.genai import types
 
 from .base import BackendError, Client, Done, Failed, Health, Progress, ProgressCallback, RemoteOutput
+from .gemini_answers import (ERR_NO_PROMPT, ERR_NO_VIDEO_MODEL, ERR_NO_VIDEO_ON_EXPRESS, ERR_NOT_CONFIGURED,
+                             ERR_VEO_ON_GEMINI_API, ERR_WORKFLOW, HTTP_ERRORS, TRANSPORTS, GeminiError, caused_by,
+                             classify, extension_for, image_result, status_of, video_outcome)
 from .gemini_video import video_duration
 
 log = logging.getLogger(__name__)
 
 
-def _http_errors():
-    """Transport errors of httpx and of httpx2, its fork that google-genai 3.x uses: failures to
-    connect (nothing was sent), timeouts, then every other HTTP error."""
-    connects, timeouts, others = [], [], []
-    for name in ("httpx", "httpx2"):
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        connects.extend((module.ConnectError, module.ConnectTimeout))
-        timeouts.append(module.TimeoutException)
-        others.append(module.HTTPError)
-    return tuple(connects), tuple(timeouts), tuple(others)
-
-
-CONNECT_ERRORS, TIMEOUT_ERRORS, HTTP_ERRORS = _http_errors()
-
-TRANSPORTS = {"gemini": "Gemini API", "vertex": "Vertex AI express mode"}
 DEFAULT_API_VERSION = {"gemini": "v1beta", "vertex": "v1"}
 # Aspect ratios the Gemini image models accept, and the two the video model accepts.
 IMAGE_ASPECTS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
 VIDEO_ASPECTS = ("16:9", "9:16")
 HEALTH_TIMEOUT = 5.0
 RETRY_STATUSES = (408, 429, 500, 502, 503, 504)  # what the SDK retries on reads (its own default set)
-# A candidate that ended for one of these reasons was blocked by Google's filters: the
-# prompt is the problem, another try (or backend) will not help.
-BLOCKED_REASONS = {"SAFETY", "IMAGE_SAFETY", "PROHIBITED_CONTENT", "IMAGE_PROHIBITED_CONTENT", "BLOCKLIST",
-                   "SPII", "RECITATION", "IMAGE_RECITATION", "NO_IMAGE", "LANGUAGE", "MODEL_ARMOR", "JAILBREAK"}
-# google.rpc codes (by number or name) of a failed interaction that are the request's fault.
-PERMANENT_CODES = {"3", "9", "INVALID_ARGUMENT", "FAILED_PRECONDITION"}
-KEY_CODES = {"7", "16", "PERMISSION_DENIED", "UNAUTHENTICATED"}  # the key's fault: misconfigured
 RUNNING = {"queued", "in_progress"}
-
-ERR_WORKFLOW = "Gemini cannot run a custom ComfyUI workflow; choose a ComfyUI backend (local or cloud)."
-ERR_NO_PROMPT = "Gemini needs a text prompt."
-ERR_NOT_CONFIGURED = "not configured"
-ERR_NO_VIDEO_ON_EXPRESS = (
-    "Vertex AI express mode cannot make videos (its API lists only generateContent and countTokens): "
-    "set GEMINI_TRANSPORT=gemini with a Gemini API key for video, or set GEMINI_VIDEO_MODEL empty "
-    "and untick 'supports video' on the gemini backend to use it for images only")
-ERR_VEO_ON_GEMINI_API = (
-    "Veo ({model}) cannot be used with a Gemini API key: google-genai offers Veo only on Vertex AI, "
-    "and Google shut the Gemini API's Veo models down; set GEMINI_VIDEO_MODEL=gemini-omni-1.1-flash")
-ERR_NO_VIDEO_MODEL = ("GEMINI_VIDEO_MODEL is empty, so this backend makes images only: untick "
-                      "'supports video' on the gemini backend")
-
-
-class GeminiError(BackendError):
-    """A classed Gemini failure. `transient` (429, 5xx, timeouts) is worth waiting for on the
-    same backend; other retryable errors (an expired interaction) should fail over at once."""
-
-    transient, retry_after = False, None  # also after unpickling (BackendError.__reduce__)
-
-    def __init__(self, message: str, *, retryable: bool, transient: bool = False,
-                 retry_after: Optional[float] = None, resend_safe: bool = False, misconfigured: bool = False):
-        super().__init__(message, retryable=retryable, outage=transient, resend_safe=resend_safe,
-                         misconfigured=misconfigured)
-        self.transient = transient
-        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -278,7 +227,7 @@ class GeminiClient(Client):
             return outcome
         data = self._video_bytes(sdk, outcome)
         mime = outcome.mime_type or "video/mp4"
-        output = RemoteOutput(filename=f"gemini-{_stem(handle)}{_extension(mime, '.mp4')}", mime=mime, data=data)
+        output = RemoteOutput(filename=f"gemini-{_stem(handle)}{extension_for(mime, '.mp4')}", mime=mime, data=data)
         return Done(outputs=[output], seconds=_elapsed(handle))
 
     def _video_bytes(self, sdk, video) -> bytes:
@@ -405,131 +354,14 @@ class GeminiClient(Client):
             error.args = (error.message,)
             raise
         except Exception as error:  # noqa: BLE001 — classed below; unknown ones are the backend's fault
-            classified = self._classify(error, model)
-            if not (_status_of(error) or _caused_by(error, HTTP_ERRORS)):
+            classified = classify(error, scrub=self._scrub, timeout=self.options.timeout,
+                                  transport=self.options.transport, model=model)
+            if not (status_of(error) or caused_by(error, HTTP_ERRORS)):
                 log.warning("gemini: unexpected %s: %s", type(error).__name__, classified.message)
             raise classified from None
 
-    def _classify(self, error: Exception, model: Optional[tuple]) -> GeminiError:
-        status = _status_of(error)
-        if status:
-            return self._api_error(*status, model=model)
-        if _caused_by(error, CONNECT_ERRORS):  # no request left this machine: nothing can have run
-            return GeminiError(f"Gemini is not reachable: {self._scrub(str(error))[:300]}", retryable=True,
-                               transient=True, resend_safe=True)
-        if _caused_by(error, TIMEOUT_ERRORS) or type(error).__name__ == "APITimeoutError":
-            return GeminiError(f"Gemini did not answer within {self.options.timeout:g}s", retryable=True,
-                               transient=True)
-        if _caused_by(error, HTTP_ERRORS):
-            return GeminiError(f"Gemini is not reachable: {self._scrub(str(error))[:300]}", retryable=True,
-                               transient=True)
-        return GeminiError(f"Gemini sent an answer we could not read: {self._scrub(str(error))[:300]}",
-                           retryable=True)
-
-    def _api_error(self, code: int, status: str, message: str, details, *, model: Optional[tuple]) -> GeminiError:
-        """Google's own words reach the user: `{"error": {"code", "message", "status"}}`."""
-        message = self._scrub(message or status or "no message")
-        text = f"Gemini: {message} (HTTP {code}{' ' + status if status else ''})"
-        if code in (408, 429) or code >= 500:
-            return GeminiError(text, retryable=True, transient=True, retry_after=_retry_delay(details),
-                               resend_safe=code in (429, 503))  # Google did not start anything
-        if code in (401, 403) or _key_invalid(details, message):
-            # The Gemini API answers a wrong key with 400 API_KEY_INVALID, Vertex with 401.
-            where = TRANSPORTS.get(self.options.transport, "Gemini")
-            return GeminiError(f"The {where} refused GEMINI_API_KEY: {message} (HTTP {code} {status})".strip(),
-                               retryable=True, misconfigured=True)
-        if code == 404 and model:
-            setting, model_id = model
-            return GeminiError(f"{setting} {model_id!r} is not a model the {TRANSPORTS.get(self.options.transport)} "
-                               f"knows (retired?): {message} (HTTP 404)", retryable=True, misconfigured=True)
-        # 400: the request (the prompt) is wrong; trying again will not help. 404 on a poll (an
-        # expired interaction): another backend may still run the job.
-        return GeminiError(text, retryable=code == 404)
-
     def _scrub(self, text: str) -> str:
         return text.replace(self._api_key, "[redacted]") if self._api_key else text
-
-
-# --- reading results ----------------------------------------------------------------------
-def image_result(response: "types.GenerateContentResponse", stem: str, seconds: Optional[float] = None):
-    """The first image part → Done; a blocked prompt or filtered output → Failed (permanent,
-    with Google's reason); an empty or odd answer → Failed (retryable)."""
-    feedback = response.prompt_feedback
-    if feedback is not None and feedback.block_reason:
-        detail = f": {feedback.block_reason_message}" if feedback.block_reason_message else ""
-        return Failed(f"Gemini blocked the prompt ({_name(feedback.block_reason)}){detail}", retryable=False)
-    candidates = response.candidates or []
-    for candidate in candidates:
-        for part in (candidate.content.parts if candidate.content else None) or []:
-            blob = part.inline_data
-            if blob is not None and blob.data and (blob.mime_type or "").startswith("image/"):
-                mime = blob.mime_type
-                output = RemoteOutput(filename=f"gemini-{stem}{_extension(mime, '.png')}", mime=mime, data=blob.data)
-                return Done(outputs=[output], seconds=seconds)
-    if not candidates:
-        return Failed("Gemini returned no image and no reason", retryable=True)
-    candidate = candidates[0]
-    reason = _name(candidate.finish_reason) or "no reason given"
-    text = " ".join(p.text for p in ((candidate.content.parts if candidate.content else None) or []) if p.text)
-    detail = candidate.finish_message or text
-    detail = f": {detail[:500]}" if detail else ""
-    if reason in BLOCKED_REASONS or (reason == "STOP" and text):
-        return Failed(f"Gemini returned no image ({reason}){detail}", retryable=False)
-    return Failed(f"Gemini returned no image ({reason}){detail}", retryable=True)
-
-
-def video_outcome(interaction):
-    """A finished interaction → its video content block, or Failed. Completed with no video
-    (the model answered in words: a refusal) is Google declining this prompt: permanent."""
-    if interaction.status == "failed":
-        problems = [(str(e.code or ""), e.message or "") for e in interaction.errors or []]
-        problems += [(str(s.error.code or ""), s.error.message or "")
-                     for s in interaction.steps or [] if getattr(s, "error", None)]
-        code, message = problems[0] if problems else ("", "no message")
-        text = f"Gemini could not make the video: {message} (code {code or 'none'})"
-        if code in KEY_CODES:
-            return Failed(text, retryable=True, outage=True, misconfigured=True)
-        return Failed(text, retryable=code not in PERMANENT_CODES)
-    if interaction.status != "completed":
-        return Failed(f"Gemini ended the video interaction as {interaction.status!r}", retryable=True)
-    video = interaction.output_video
-    if video is None or not (video.data or video.uri):
-        why = (interaction.output_text or "no reason given")[:500]
-        return Failed(f"Gemini returned no video: {why}", retryable=False)
-    return video
-
-
-# --- small pure helpers -------------------------------------------------------------------
-def _status_of(error: Exception) -> Optional[tuple]:
-    """(code, status, message, details) of an HTTP error answer from either SDK stack: the
-    models API's errors.APIError, or the interactions API's status errors (`status_code`,
-    `body`), whose body is Google's `{"error": {...}}`."""
-    if isinstance(error, genai_errors.APIError):
-        return int(error.code or 0), error.status or "", error.message or "", error.details
-    code = getattr(error, "status_code", None)
-    if not isinstance(code, int) or code < 400:
-        return None
-    body = getattr(error, "body", None)
-    inner = body.get("error") if isinstance(body, dict) else None
-    inner = inner if isinstance(inner, dict) else {}
-    return code, str(inner.get("status") or ""), str(inner.get("message") or ""), body
-
-
-def _caused_by(error: BaseException, classes: tuple) -> bool:
-    """The interactions API wraps httpx errors in its own; look down the chain."""
-    seen = 0
-    while error is not None and seen < 10:
-        if classes and isinstance(error, classes):
-            return True
-        error, seen = error.__cause__ or error.__context__, seen + 1
-    return False
-
-
-def _key_invalid(details, message: str) -> bool:
-    """google.rpc.ErrorInfo reason API_KEY_INVALID (the Gemini API's 400 for a wrong key)."""
-    error = (details or {}).get("error", {}) if isinstance(details, dict) else {}
-    reasons = {str((item or {}).get("reason")) for item in error.get("details") or [] if isinstance(item, dict)}
-    return "API_KEY_INVALID" in reasons or "API key not valid" in (message or "")
 
 
 def closest_aspect(width: int, height: int, choices) -> str:
@@ -556,23 +388,6 @@ def _seed(value) -> Optional[int]:
     return seed or None
 
 
-def _retry_delay(details) -> Optional[float]:
-    """google.rpc.RetryInfo's retryDelay ("7s") from a 429 body, when Google sends one."""
-    error = (details or {}).get("error", {}) if isinstance(details, dict) else {}
-    for item in error.get("details") or []:
-        delay = str((item or {}).get("retryDelay") or "")
-        if delay.endswith("s"):
-            try:
-                return max(0.0, float(delay[:-1]))
-            except ValueError:
-                return None
-    return None
-
-
-def _name(value) -> str:
-    return getattr(value, "value", None) or (str(value) if value else "")
-
-
 def _stem(handle: dict) -> str:
     return (handle.get("attempt_id") or "output")[:8]
 
@@ -580,7 +395,3 @@ def _stem(handle: dict) -> str:
 def _elapsed(handle: dict) -> Optional[float]:
     started = handle.get("started_at")
     return round(time.time() - started, 3) if started else None
-
-
-def _extension(mime: str, default: str) -> str:
-    return {"image/jpeg": ".jpg"}.get(mime) or mimetypes.guess_extension(mime or "") or default
