@@ -12,7 +12,7 @@ from routing import maintenance, services
 from routing.models import Backend, HealthState, Job, JobStatus
 from tests.conftest import configure, wait_for
 from tests.fakes.runpod import FakeRunPod
-from workers.pods import services as pod_services
+from workers.pods import autoscale as pod_autoscale
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +38,7 @@ def play_beat_until(condition, timeout: float, message: str, *, pods: bool = Fal
             maintenance.backend_probe(backend_id=backend.id)
         maintenance.sweep()
         if pods:
-            pod_services.autoscale()
+            pod_autoscale.autoscale()
         return condition()
 
     return wait_for(tick, timeout, 0.3, message)

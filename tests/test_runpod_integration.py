@@ -21,6 +21,7 @@ from tests.conftest import configure, wait_for
 from tests.fakes.comfyui import make_mp4
 from tests.fakes.runpod import ENDPOINT_ID, FakeRunPod, png_b64
 from workers.pods import services as pod_services
+from workers.pods import autoscale as pod_autoscale
 from workers.pods.models import CloudPod, PodStatus
 
 pytestmark = pytest.mark.integration
@@ -52,7 +53,7 @@ def submit(user, count=1, **fields):
 def play_beat_until(condition, timeout, message):
     """What beat does every RUNPOD_AUTOSCALE_SECONDS, compressed: autoscale, then look again."""
     def tick():
-        pod_services.autoscale()
+        pod_autoscale.autoscale()
         return condition()
 
     return wait_for(tick, timeout, 0.3, message)

@@ -16,6 +16,7 @@ from routing.selectors import estimate
 from tests.conftest import wait_for
 from tests.fakes.runpod import FakeRunPod
 from workers.pods import placement, services
+from workers.pods import autoscale as pod_autoscale
 from workers.pods.models import CloudPod, PodAssignment, PodStatus
 
 
@@ -72,8 +73,8 @@ def test_the_autoscaler_spawns_pods_for_waiting_jobs_up_to_the_maximum(
     waiting_jobs(alice, pods, 10)
 
     with django_capture_on_commit_callbacks(execute=True):
-        first = services.autoscale()
-    second = services.autoscale()
+        first = pod_autoscale.autoscale()
+    second = pod_autoscale.autoscale()
 
     assert len(first["spawned"]) == 2 and second["spawned"] == []  # 10 jobs / 3 per pod = 4, capped at 2
     assert sent.count("workers.pod_tasks.spawn_pod") == 2
@@ -81,11 +82,11 @@ def test_the_autoscaler_spawns_pods_for_waiting_jobs_up_to_the_maximum(
 
 
 def test_the_autoscaler_spawns_nothing_without_waiting_jobs_or_without_budget(pods, alice, monkeypatch):
-    assert services.autoscale()["spawned"] == []
+    assert pod_autoscale.autoscale()["spawned"] == []
     waiting_jobs(alice, pods, 2)
-    monkeypatch.setattr("workers.pods.services.cloud_budget_left", lambda now=None: Decimal("0.01"))
+    monkeypatch.setattr("workers.pods.autoscale.cloud_budget_left", lambda now=None: Decimal("0.01"))
 
-    assert services.autoscale()["spawned"] == []
+    assert pod_autoscale.autoscale()["spawned"] == []
 
 
 def test_without_a_pod_image_the_pods_backend_is_not_configured_and_nothing_is_spawned(pods, alice, settings):
@@ -94,7 +95,7 @@ def test_without_a_pod_image_the_pods_backend_is_not_configured_and_nothing_is_s
     settings.RUNPOD_POD_IMAGE = ""
     assert missing_settings(pods) == ["RUNPOD_POD_IMAGE"]  # so the router never sends jobs there
     waiting_jobs(alice, pods, 1)
-    assert services.autoscale()["spawned"] == []
+    assert pod_autoscale.autoscale()["spawned"] == []
 
 
 def test_spawning_tries_gpu_types_in_order_and_keeps_the_one_runpod_could_place(pods, fake):
@@ -244,14 +245,14 @@ def test_a_pods_uptime_is_held_against_the_installations_cap_as_it_accrues(pods,
     Attempt.objects.filter(id=done.id).update(status=AttemptStatus.SUCCEEDED, cost=Decimal("0.012"),
                                               started_at=now - timedelta(seconds=100), finished_at=now)
 
-    services.autoscale(now=now)
+    pod_autoscale.autoscale(now=now)
 
     # 600 s up + 30 s until after the next pass, at $0.72/h = $0.126, less the job's $0.012 charge,
     # plus one more step of room
     assert caps.pod_held(pod.id) == Decimal("0.120000") and installation() == Decimal("0.120000")
-    services.autoscale(now=now + timedelta(seconds=5))
+    pod_autoscale.autoscale(now=now + timedelta(seconds=5))
     assert caps.pod_held(pod.id) == Decimal("0.120000")  # still covered: nothing written
-    services.autoscale(now=now + timedelta(seconds=60))
+    pod_autoscale.autoscale(now=now + timedelta(seconds=60))
     assert caps.pod_held(pod.id) == Decimal("0.132000")
 
     # The pod ends: its hold is given back and its idle time recorded instead.
@@ -276,13 +277,13 @@ def test_a_pod_the_installations_cap_refuses_is_ended_once_no_job_runs_on_it(
     placement.pod_place(attempt=running)
     Attempt.objects.filter(id=running.id).update(status=AttemptStatus.RUNNING, started_at=now)
 
-    services.autoscale(now=now)  # $0.126 of uptime against $0.05 left: refused, but a job runs on it
+    pod_autoscale.autoscale(now=now)  # $0.126 of uptime against $0.05 left: refused, but a job runs on it
 
     assert caps.pod_held(pod.id) == 0
     assert CloudPod.objects.get(id=pod.id).status == PodStatus.BUSY
     Attempt.objects.filter(id=running.id).update(status=AttemptStatus.FAILED, finished_at=now)  # its meter stopped it
     with django_capture_on_commit_callbacks(execute=True):
-        services.autoscale(now=now + timedelta(seconds=15))
+        pod_autoscale.autoscale(now=now + timedelta(seconds=15))
 
     pod.refresh_from_db()
     assert pod.status == PodStatus.TERMINATING
@@ -359,7 +360,7 @@ def test_jobs_waiting_too_long_for_a_pod_fail_over(pods, alice, settings):
     settings.RUNPOD_MAX_PODS = 0
     attempt = waiting_jobs(alice, pods, 1)[0]
 
-    services.autoscale(now=timezone.now() + timedelta(seconds=301))
+    pod_autoscale.autoscale(now=timezone.now() + timedelta(seconds=301))
 
     attempt.refresh_from_db()
     assert attempt.status == AttemptStatus.FAILED and attempt.retryable

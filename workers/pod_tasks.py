@@ -7,7 +7,7 @@ spawn / check / terminate by name (workers/pods/services.py), after their rows c
 from celery import shared_task
 
 from project import queues
-from workers.pods import services, volume
+from workers.pods import autoscale, services, volume
 
 from .base import CappedTask, SingletonTask
 
@@ -18,7 +18,7 @@ SLOW = {"base": CappedTask, "acks_late": True, "soft_time_limit": 240, "time_lim
 
 @shared_task(queue=queues.CONTROL, expires=15, **{**FAST, "base": SingletonTask}, once_every="RUNPOD_AUTOSCALE_SECONDS")
 def autoscale_pods():
-    return services.autoscale()
+    return autoscale.autoscale()
 
 
 @shared_task(queue=queues.CONTROL, expires=60, **{**FAST, "base": SingletonTask}, once_every="RUNPOD_REAP_SECONDS")
