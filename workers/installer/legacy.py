@@ -10,7 +10,8 @@ were always written by the same registration.
 import plistlib
 from pathlib import Path
 
-from .autostart import Launch, launchd_domain, systemd_path, user_scope
+from .autostart import Launch, launchd_domain, user_scope
+from .servicefiles import systemd_path
 from .runner import CommandRunner
 
 UNIT = "comfy-hybrid-comfyui.service"
