@@ -16,6 +16,11 @@ Rules, in order (DESIGN.md, Routing):
   the limit. Among several local GPUs with room (a fleet), the one that would finish the job
   first: (its queue + 1) × the run time learned on it, so a GPU twice as fast takes twice the
   work, and each backend's queue stays under the limit.
+- In a fleet the limit is also a horizon of work: a GPU's queue may hold at most as many
+  seconds as `limit` jobs take on the fastest usable GPU (an idle GPU always has room). A GPU
+  three times slower queues a third as many jobs, so a burst ends on every GPU at about the
+  same time instead of on the slow one's long queue while the fast ones idle. A GPU always has
+  room for the job it runs and one behind it, so it never idles while the next is routed.
 - Otherwise the cheapest option by marginal cost wins (an idle running pod costs nothing
   extra, then serverless, then a new pod), compared with Gemini's price; ties go to the
   faster expected time, then to a healthy (not just unknown) backend, then to priority.
@@ -118,8 +123,10 @@ def _decide(job: JobFacts, candidates: list[Candidate], local_queue_limit: int) 
         for candidate in usable:
             reasons[candidate.name] = why
         return Decision(None, f"Waiting for the local GPU: {why}", reasons, wait=True, waiting_for=WAIT_GPU)
+    horizon = local_horizon([c.seconds for c in usable if c.category == "local"], local_queue_limit)
     for candidate in usable:
-        reasons[candidate.name] = why if candidate is chosen else _runner_up(candidate, chosen, local_queue_limit)
+        reasons[candidate.name] = why if candidate is chosen else _runner_up(candidate, chosen, local_queue_limit,
+                                                                             horizon)
     return Decision(chosen.id, f"{chosen.name}: {why}", reasons)
 
 
@@ -159,7 +166,8 @@ def _permanent_refusal(job: JobFacts, c: Candidate) -> str:
 
 def _choose(usable: list[Candidate], limit: int) -> tuple[Optional[Candidate], str]:
     local = [c for c in usable if c.category == "local"]
-    free = sorted((c for c in local if c.queue < limit), key=_local_order)
+    horizon = local_horizon([c.seconds for c in local], limit)
+    free = sorted((c for c in local if has_room(c.queue, c.seconds, limit=limit, horizon=horizon)), key=_local_order)
     if free:
         best = free[0]
         if len(local) == 1:
@@ -172,8 +180,30 @@ def _choose(usable: list[Candidate], limit: int) -> tuple[Optional[Candidate], s
         best = paid[0]
         note = f", local queue full ({shortest.queue} of {limit})" if local else ""
         return best, f"cheapest available at ${best.cost:.4f}, about {best.seconds:.0f}s{note}"
-    full = "its queue is full" if len(local) == 1 else "every local GPU's queue is full"
-    return None, f"{full} ({shortest.queue} of {limit}) and nothing else can run this job"
+    if len(local) == 1:
+        return None, f"its queue is full ({shortest.queue} of {limit}) and nothing else can run this job"
+    return None, (f"every local GPU's queue is full (the shortest {shortest.queue} of {limit}; a slower GPU's "
+                  "holds fewer jobs) and nothing else can run this job")
+
+
+def local_horizon(seconds: list[float], limit: int) -> float:
+    """The most work one local GPU's queue may hold, in seconds: `limit` jobs at the fastest
+    GPU's learned time. 0 when no time is known (then only the limit counts)."""
+    known = [s for s in seconds if s > 0]
+    return limit * min(known) if known else 0.0
+
+
+def has_room(queue: int, seconds: float, *, limit: int, horizon: float) -> bool:
+    """Room for one more job: its queue is below the limit and holds less work than the horizon
+    (with GPUs of one speed the two are the same rule). Below ALWAYS_ROOM it has room however
+    slow it is: a slow GPU still works, a new one learns its time, and the next job is already
+    queued there when the running one ends (routing it then would leave the GPU idle meanwhile)."""
+    if queue >= limit:
+        return False
+    return queue < ALWAYS_ROOM or not horizon or queue * seconds < horizon
+
+
+ALWAYS_ROOM = 2  # the job a GPU runs and the next one
 
 
 def finish_seconds(c: Candidate) -> float:
@@ -190,9 +220,12 @@ def _paid_order(c: Candidate):
     return (c.cost, c.seconds, c.health != "up", c.priority)
 
 
-def _runner_up(c: Candidate, chosen: Candidate, limit: int) -> str:
+def _runner_up(c: Candidate, chosen: Candidate, limit: int, horizon: float) -> str:
     if c.category == "local":
         if c.queue >= limit:
             return f"usable, but its queue is full ({c.queue} of {limit})"
+        if not has_room(c.queue, c.seconds, limit=limit, horizon=horizon):
+            return (f"usable, but its queue holds about {c.queue * c.seconds:.0f}s of work, as much as {limit} jobs "
+                    "take on the fastest GPU")
         return f"usable, but would finish later (queue {c.queue}, done in about {finish_seconds(c):.0f}s)"
     return f"usable at ${c.cost:.4f}, about {c.seconds:.0f}s; {chosen.name} was preferred"

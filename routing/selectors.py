@@ -16,7 +16,7 @@ from . import previews
 from .backends import missing_settings
 from .health import effective_health, health_detail
 from .models import ACTIVE_ATTEMPT_STATES, Attempt, AttemptStatus, Backend, Category, Job, JobKind
-from .policy import Candidate, JobFacts
+from .policy import Candidate, JobFacts, has_room, local_horizon
 
 
 def job_for_user(*, user, job_id) -> Job:
@@ -46,11 +46,17 @@ def in_flight_by_backend(backend_ids=None) -> dict[int, int]:
 
 
 def local_room(*, limit: int) -> bool:
-    """Whether any local GPU that is enabled and not down has its queue below `limit`."""
+    """Whether any local GPU that is enabled and not down has room for one more job of either
+    kind, by the router's rule (policy.has_room: the limit, and in a fleet the horizon of work)."""
     local = list(Backend.objects.filter(category=Category.LOCAL, enabled=True).exclude(health="down")
-                 .values_list("id", "queue_depth"))
-    in_flight = in_flight_by_backend([backend_id for backend_id, _ in local])
-    return any(depth + in_flight.get(backend_id, 0) < limit for backend_id, depth in local)
+                 .values("id", "queue_depth", "expected_image_seconds", "expected_video_seconds"))
+    in_flight = in_flight_by_backend([row["id"] for row in local])
+    for seconds in ("expected_image_seconds", "expected_video_seconds"):
+        horizon = local_horizon([row[seconds] for row in local], limit)
+        if any(has_room(row["queue_depth"] + in_flight.get(row["id"], 0), row[seconds], limit=limit, horizon=horizon)
+               for row in local):
+            return True
+    return False
 
 
 def in_flight_by_user() -> dict[int, int]:

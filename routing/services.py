@@ -566,12 +566,19 @@ LEARNING_RATE = 0.2
 
 def _learn_time(attempt: Attempt, seconds: float) -> None:
     """Expected run time per backend and job kind: an exponential moving average, so the
-    router's "ties go to the faster" follows what each backend really does."""
+    router's "ties go to the faster" follows what each backend really does. On a local GPU the
+    first runs are averaged plainly (weight 1/n) before the average moves: its starting value is
+    a guess about a machine nobody measured (a joined machine starts at 15 s), and the fleet's
+    split by speed needs the real time after one job, not after a dozen."""
     if seconds <= 0:
         return
     field = "expected_video_seconds" if attempt.job.kind == "video" else "expected_image_seconds"
-    Backend.objects.filter(id=attempt.backend_id).update(
-        **{field: F(field) * (1 - LEARNING_RATE) + seconds * LEARNING_RATE})
+    rate = LEARNING_RATE
+    if attempt.backend.category == "local":
+        runs = Attempt.objects.filter(backend_id=attempt.backend_id, status=AttemptStatus.SUCCEEDED,
+                                      job__kind=attempt.job.kind).values("id")[:round(1 / LEARNING_RATE)].count()
+        rate = max(LEARNING_RATE, 1 / max(runs, 1))
+    Backend.objects.filter(id=attempt.backend_id).update(**{field: F(field) * (1 - rate) + seconds * rate})
 
 
 def _store_output(attempt: Attempt, index: int, output, data: bytes) -> Output:

@@ -131,6 +131,52 @@ def test_the_job_waits_when_only_a_full_local_queue_can_run_it():
     assert "queue is full (7 of 5)" in decision.reason
 
 
+def gpu(number, seconds, queue=0, **kw):
+    """One local GPU of a fleet, by its learned run time."""
+    return Candidate(**{"id": 10 + number, "name": f"gpu{number}", "category": "local", "seconds": seconds,
+                        "queue": queue, **kw})
+
+
+def test_among_local_gpus_the_one_that_finishes_the_job_first_wins():
+    decision = choose(job(), gpu(1, 10.0, queue=1), gpu(2, 30.0))  # done in 20 s there, in 30 s here
+    assert decision.backend_id == 11 and "finishes it first among the local GPUs" in decision.reason
+    assert decision.reasons["gpu2"] == "usable, but would finish later (queue 0, done in about 30s)"
+
+
+def test_a_slower_gpu_queues_no_more_work_than_the_limit_takes_on_the_fastest():
+    # The fastest takes 5 jobs of 10 s: 50 s. A GPU at 30 s a job has room while it holds less.
+    assert choose(job(), gpu(1, 10.0, queue=5), gpu(2, 30.0, queue=1)).backend_id == 12  # 30 s queued
+    decision = choose(job(), gpu(1, 10.0, queue=4), gpu(2, 30.0, queue=2))  # 60 s queued there
+    assert decision.backend_id == 11
+    assert decision.reasons["gpu2"] == ("usable, but its queue holds about 60s of work, as much as 5 jobs take on "
+                                        "the fastest GPU")
+
+
+def test_a_fleet_whose_gpus_all_hold_their_share_of_work_makes_the_job_wait():
+    decision = choose(job(), gpu(1, 10.0, queue=5), gpu(2, 30.0, queue=2))
+    assert decision.backend_id is None and decision.wait and decision.waiting_for == WAIT_GPU
+    assert "every local GPU's queue is full (the shortest 2 of 5" in decision.reason
+
+
+def test_a_fleet_whose_gpus_all_hold_their_share_sends_an_auto_job_to_the_cloud():
+    assert choose(job(), gpu(1, 10.0, queue=5), gpu(2, 30.0, queue=2), serverless()).backend_id == 2
+
+
+def test_a_gpu_always_has_room_for_the_job_it_runs_and_the_next_however_slow_it_is():
+    assert choose(job(), gpu(1, 1.0, queue=5), gpu(2, 100.0)).backend_id == 12
+    assert choose(job(), gpu(1, 1.0, queue=5), gpu(2, 100.0, queue=1)).backend_id == 12
+    assert choose(job(), gpu(1, 1.0, queue=5), gpu(2, 100.0, queue=2)).wait
+
+
+def test_gpus_of_one_speed_keep_the_plain_queue_limit():
+    assert choose(job(), gpu(1, 10.0, queue=5), gpu(2, 10.0, queue=4)).backend_id == 12
+    assert choose(job(), gpu(1, 10.0, queue=5), gpu(2, 10.0, queue=5)).wait
+
+
+def test_a_gpu_with_no_learned_time_is_held_to_the_plain_limit():
+    assert choose(job(), gpu(1, 0.0, queue=4), gpu(2, 0.0, queue=5)).backend_id == 11
+
+
 def test_nothing_left_gives_one_reason_per_backend():
     decision = choose(job(), local(enabled=False), serverless(configured=False), gemini(cap_refusal="daily cap"))
     assert decision.backend_id is None and not decision.wait

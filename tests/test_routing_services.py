@@ -85,14 +85,44 @@ def test_the_decision_and_its_reasons_are_stored_on_the_job(alice, local, spare_
     assert job.decision["gemini"].startswith("not configured")
 
 
-def test_the_expected_time_is_learned_from_finished_jobs(alice, local, fake_comfyui, settings):
+def _run_one_job(user, backend, fake, settings, expected_seconds: float) -> Attempt:
+    """One job from routing to its end on the fake ComfyUI, this process playing the worker."""
     settings.COMFYUI_WATCH_SECONDS, settings.COMFYUI_POLL_INTERVAL = 2, 0.05
-    Backend.objects.filter(id=local.id).update(url=fake_comfyui.url, expected_image_seconds=100.0)
-    [job] = _submit(alice)
+    Backend.objects.filter(id=backend.id).update(url=fake.url, expected_image_seconds=expected_seconds)
+    [job] = _submit(user)
     attempt = services.job_route(job_id=job.id)
     services.attempt_submit(attempt_id=attempt.id)
     seq = 0
     while services.attempt_poll(attempt_id=attempt.id, seq=seq) is not None:
         seq += 1
     assert Job.objects.get(id=job.id).status == JobStatus.SUCCEEDED
+    return Attempt.objects.get(id=attempt.id)
+
+
+def test_the_expected_time_is_learned_from_finished_jobs(alice, local, fake_comfyui, settings):
+    _run_one_job(alice, local, fake_comfyui, settings, 100.0)
     assert Backend.objects.get(id=local.id).expected_image_seconds < 81
+
+
+def test_a_local_gpus_first_run_replaces_its_guessed_time(alice, local, fake_comfyui, settings):
+    attempt = _run_one_job(alice, local, fake_comfyui, settings, 15.0)
+    assert Backend.objects.get(id=local.id).expected_image_seconds == pytest.approx(attempt.seconds)
+
+
+def test_a_local_gpus_first_runs_are_averaged_then_the_average_moves(alice, local):
+    jobs = _submit(alice, 7)
+    for number, job in enumerate(jobs, start=1):
+        attempt = Attempt.objects.create(job=job, backend=local, number=1, status=AttemptStatus.SUCCEEDED)
+        services._learn_time(Attempt.objects.select_related("backend", "job").get(id=attempt.id), 2.0 * number)
+        expected = Backend.objects.get(id=local.id).expected_image_seconds
+        if number <= 5:  # plain mean of 2, 4, ... 2n
+            assert expected == pytest.approx(number + 1)
+    assert expected == pytest.approx((6 * 0.8 + 12 * 0.2) * 0.8 + 14 * 0.2)
+
+
+def test_a_paid_backends_time_moves_by_the_average_from_its_first_run(alice, spare_cloud):
+    Backend.objects.filter(id=spare_cloud.id).update(expected_image_seconds=25.0)
+    [job] = _submit(alice)
+    attempt = Attempt.objects.create(job=job, backend=spare_cloud, number=1, status=AttemptStatus.SUCCEEDED)
+    services._learn_time(Attempt.objects.select_related("backend", "job").get(id=attempt.id), 5.0)
+    assert Backend.objects.get(id=spare_cloud.id).expected_image_seconds == pytest.approx(21.0)  # its hold stays near
