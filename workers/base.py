@@ -72,3 +72,10 @@ class SingletonTask(CappedTask):
                 log.info("%s already ran in this interval; skipped", self.name)
                 return None
         return super().__call__(*args, **kwargs)
+
+
+# Task options shared by every task module: acks_late (redelivered if its worker dies), the
+# redelivery cap, and time limits. FAST: one short call; SLOW: a poll that may listen on a
+# WebSocket for COMFYUI_WATCH_SECONDS and download outputs, or GraphQL calls of 30 s each.
+FAST = {"base": CappedTask, "acks_late": True, "soft_time_limit": 60, "time_limit": 90}
+SLOW = {"base": CappedTask, "acks_late": True, "soft_time_limit": 240, "time_limit": 300}

@@ -9,11 +9,8 @@ from celery import shared_task
 from project import queues
 from workers.pods import autoscale, services, volume
 
-from .base import CappedTask, SingletonTask
+from .base import FAST, SLOW, SingletonTask
 
-FAST = {"base": CappedTask, "acks_late": True, "soft_time_limit": 60, "time_limit": 90}
-# GraphQL calls have the SDK's 30 s timeout; spawning may try several GPU types.
-SLOW = {"base": CappedTask, "acks_late": True, "soft_time_limit": 240, "time_limit": 300}
 
 
 @shared_task(queue=queues.CONTROL, expires=15, **{**FAST, "base": SingletonTask}, once_every="RUNPOD_AUTOSCALE_SECONDS")

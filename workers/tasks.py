@@ -8,11 +8,8 @@ from celery import shared_task
 from project import queues
 from routing import inventory_probe, maintenance, services, webhooks
 
-from .base import CappedTask, SingletonTask
+from .base import FAST, SLOW, CappedTask, SingletonTask
 
-FAST = {"base": CappedTask, "acks_late": True, "soft_time_limit": 60, "time_limit": 90}
-# A poll may listen on a WebSocket for COMFYUI_WATCH_SECONDS, then download outputs.
-SLOW = {"base": CappedTask, "acks_late": True, "soft_time_limit": 240, "time_limit": 300}
 
 
 class AttemptTask(CappedTask):

@@ -30,6 +30,7 @@ from django.utils import timezone
 from billing.caps import record_idle, release_pod
 from billing.pods import pod_cost, pod_price_per_second
 from billing.pricing import cost_at
+from project import queues
 from routing import dispatch
 from routing.backends import client_for_backend, missing_settings
 from routing.health import health_record
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 SPAWN = "workers.pod_tasks.spawn_pod"
 CHECK = "workers.pod_tasks.check_pod"
 TERMINATE = "workers.pod_tasks.terminate_pod"
-CLOUD = "cloud"
+CLOUD = queues.CLOUD
 
 NO_POD_IN_TIME = "No cloud pod became free within {minutes} minutes"
 

@@ -27,6 +27,7 @@ from django.utils import timezone
 from billing.caps import record_upkeep
 from billing.pods import pod_price_per_second
 from billing.pricing import cost_at
+from project import queues
 from routing import dispatch
 from routing.backends import client_for_backend
 from routing.models import Backend
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 
 SPAWN_SYNC = "workers.pod_tasks.spawn_volume_sync"
 CHECK_SYNC = "workers.pod_tasks.check_volume_sync"
-CLOUD = "cloud"
+CLOUD = queues.CLOUD
 RESUMES = "run the sync again: it resumes the downloads it left on the volume"
 
 
