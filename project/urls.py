@@ -16,7 +16,7 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("healthz", views.healthz, name="healthz"),
-    path("install/", include("workers.urls")),
+    path("install/", include("workers.installer.server.urls")),
     path("api/", include("routing.api.urls")),
     path("", include("routing.urls")),
 ]

@@ -13,7 +13,7 @@ from django.views.decorators.http import require_POST
 from . import selectors, services, tokens
 from .forms import JobForm
 from billing.selectors import user_month_summary
-from workers.selectors import install_in_progress
+from workers.installer.server.selectors import install_in_progress
 
 from .models import ApiToken, Category, Job, JobKind, JobStatus, Output, Preference, PreferenceChoice, Priority
 

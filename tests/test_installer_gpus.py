@@ -380,7 +380,7 @@ def test_a_new_pin_restarts_a_comfyui_already_running_and_a_dropped_gpus_backend
 # Backends, through the adapter -----------------------------------------------------------------
 def test_the_adapter_registers_each_extra_gpus_backend_and_retires_a_dropped_one(db):
     from routing.models import Backend
-    from workers.installer import adapter
+    from workers.installer.server import adapter
 
     message = adapter.register_gpu_backends([{"name": "local-gpu1", "url": "http://127.0.0.1:8189",
                                               "gpu": "NVIDIA A40", "vram_total": 48 * 2**30}], [])

@@ -18,11 +18,13 @@ from tests.installer_support import (
     hooks_for,
     make_site,
 )
-from workers import install_tasks, selectors, services
-from workers.installer import adapter, launch
+from workers.installer.server import selectors, services
+from workers.installer.server import tasks as install_tasks
+from workers.installer import launch
+from workers.installer.server import adapter
 from workers.installer.autostart import Launch
 from workers.installer.layout import Layout, install_lock
-from workers.models import InstallRun, InstallStatus
+from workers.installer.server.models import InstallRun, InstallStatus
 
 pytestmark = pytest.mark.django_db
 

@@ -14,13 +14,14 @@ from tests.installer_support import (
     make_site,
     nvidia_machine,
 )
-from workers import selectors
-from workers.installer import adapter, launch
+from workers.installer.server import selectors
+from workers.installer import launch
+from workers.installer.server import adapter
 from workers.installer.autostart import Launch
 from workers.installer.download import part_path, partial_bytes
 from workers.installer.layout import Layout
 from workers.installer.pipeline import Installer
-from workers.models import InstallRun, InstallStatus
+from workers.installer.server.models import InstallRun, InstallStatus
 
 pytestmark = pytest.mark.django_db
 
@@ -242,7 +243,7 @@ def test_a_killed_install_shows_at_once_and_resumes_from_the_page(staff_client, 
                                                                   django_capture_on_commit_callbacks):
     """Its row still says running with a fresh heartbeat; the free folder lock says its
     process is gone, so the page offers Resume now, not two minutes later."""
-    from workers import services
+    from workers.installer.server import services
     from workers.installer.layout import install_lock
 
     services.install_claim(run_id=started.id, generation=1)

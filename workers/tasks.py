@@ -94,5 +94,5 @@ def sweep():
     return maintenance.sweep()
 
 
-from . import install_tasks  # noqa: E402,F401  (registers the installer's tasks)
+from .installer.server import tasks as install_tasks  # noqa: E402,F401  (registers the installer's task)
 from . import pod_tasks  # noqa: E402,F401  (registers the cloud pod tasks)

@@ -9,11 +9,11 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
-from workers import selectors, services
-from workers.installer import adapter
+from workers.installer.server import selectors, services
+from workers.installer.server import adapter
 from workers.installer.cli import add_install_arguments, options_from_args
 from workers.installer.console import ConsoleReporter, CtrlCPauses, confirm_on_terminal
-from workers.models import InstallStatus
+from workers.installer.server.models import InstallStatus
 
 STOPPED = 3  # exit code for paused / cancelled
 

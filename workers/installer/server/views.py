@@ -14,8 +14,8 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from . import selectors, services
-from .installer.pipeline import STEPS
-from .installer.progress import human_bytes, human_seconds
+from ..pipeline import STEPS
+from ..progress import human_bytes, human_seconds
 from .models import ACTIVE_INSTALL_STATES, InstallRun, InstallStatus
 
 

@@ -3,19 +3,19 @@
 Progress goes to the row (throttled), pause/cancel come from the row (polled, throttled),
 and the verified ComfyUI is registered as the "local" backend (with one ComfyUI per GPU, each
 other GPU's as `local-gpu<N>`). Used by the Celery task
-(workers/install_tasks.py) and by `manage.py install_comfyui`. All database writes happen in
+(workers/installer/server/tasks.py) and by `manage.py install_comfyui`. All database writes happen in
 the calling thread, between chunks.
 """
 import logging
 import time
 from typing import Callable, Optional
 
-from workers import selectors, services
-from workers.models import InstallStatus
+from . import selectors, services
+from .models import InstallStatus
 
-from .errors import Cancelled, InstallError, Paused, Superseded
-from .pipeline import Hooks, Installer, Options, overall_progress
-from .progress import CANCEL, PAUSE, RUN
+from ..errors import Cancelled, InstallError, Paused, Superseded
+from ..pipeline import Hooks, Installer, Options, overall_progress
+from ..progress import CANCEL, PAUSE, RUN
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from celery import shared_task
 
 from project import queues
 
-from . import services
-from .base import CappedTask
-from .installer import adapter
+from workers.base import CappedTask
+
+from . import adapter, services
 
 # A 20 GB model on a 10 Mbit/s line takes about 4.5 hours; the soft limit leaves a clean
 # "failed: press Resume" (partial downloads kept) instead of a killed process.
@@ -28,7 +28,8 @@ class InstallTask(CappedTask):
         services.install_give_up(run_id=run_id, generation=generation)
 
 
-@shared_task(queue=queues.LOCAL, base=InstallTask, acks_late=True, soft_time_limit=INSTALL_SOFT_LIMIT,
-             time_limit=INSTALL_HARD_LIMIT)
+# Named as before it moved here, so a message queued by an older release still finds it.
+@shared_task(name="workers.install_tasks.run_install", queue=queues.LOCAL, base=InstallTask, acks_late=True,
+             soft_time_limit=INSTALL_SOFT_LIMIT, time_limit=INSTALL_HARD_LIMIT)
 def run_install(run_id, generation):
     return adapter.execute(run_id=run_id, generation=generation)

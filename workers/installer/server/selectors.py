@@ -12,10 +12,10 @@ from django.utils import timezone
 from routing.health import effective_health
 from routing.models import Backend, Category
 
-from .installer.detect.probe import current_os
-from .installer.errors import InstallError
-from .installer.layout import Layout, lock_held
-from .installer.pipeline import Installer, Options
+from ..detect.probe import current_os
+from ..errors import InstallError
+from ..layout import Layout, lock_held
+from ..pipeline import Installer, Options
 from .models import ACTIVE_INSTALL_STATES, HEARTBEAT_STALE_SECONDS, InstallRun, InstallStatus
 
 PREVIEW_CACHE_SECONDS = 60

@@ -22,7 +22,7 @@ from routing.defaults import default_backends
 from routing.health import health_record
 from routing.models import Backend, HealthState
 
-from .installer.pipeline import Options
+from ..pipeline import Options
 from .models import ACTIVE_INSTALL_STATES, HEARTBEAT_STALE_SECONDS, InstallControl, InstallRun, InstallStatus
 from .selectors import preview_key
 
