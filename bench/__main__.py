@@ -17,11 +17,12 @@ BENCHMARKS = {
     "throughput": "bench.throughput",
     "dispatch": "bench.dispatch",
     "completion": "bench.completion",
+    "fleet": "bench.fleet",
     "routing": "bench.routing_time",
     "cost": "bench.cost",
     "installer": "bench.installer",
 }
-NEEDS_WORKERS = {"throughput", "dispatch", "completion"}
+NEEDS_WORKERS = {"throughput", "dispatch", "completion", "fleet"}
 NEEDS_DJANGO = NEEDS_WORKERS | {"routing"}
 
 

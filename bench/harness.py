@@ -27,7 +27,9 @@ POSTGRES_ADMIN_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres
 # The same concurrency for the project's tasks and the raw baseline: one worker process
 # consuming every queue, so both measurements use exactly the same workers.
 WORKER_CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "4"))
-ALL_QUEUES = ",".join((*project_queues.ALL, "bench"))
+# The ComfyUI priced like a cloud GPU (only_backend, paid): a ComfyUI backend has its own queue.
+PAID_COMFYUI = "bench-gpu"
+ALL_QUEUES = ",".join((*project_queues.ALL, project_queues.for_comfyui(PAID_COMFYUI), "bench"))
 
 
 # --- figures --------------------------------------------------------------------------------
@@ -90,7 +92,9 @@ class BenchWorkers(Workers):
     against the scratch database the benchmark process uses."""
 
     def __init__(self, broker_url: str, database_url: str, log_dir: Path, env: dict | None = None):
-        super().__init__(broker_url, env)
+        # DATABASE_URL in env too: the GPU workers (`manage.py gpu_worker`, started by the test
+        # suite's helper) read the same scratch database, PostgreSQL included.
+        super().__init__(broker_url, {"DATABASE_URL": database_url, **(env or {})})
         self.database_url = database_url
         self.log_dir = log_dir
 
@@ -236,7 +240,7 @@ class Context:
         if not paid:
             Backend.objects.filter(name="local").update(url=url, enabled=True, queue_depth=0)
             return Backend.objects.get(name="local").id
-        backend, _ = Backend.objects.update_or_create(name="bench-gpu", defaults={
+        backend, _ = Backend.objects.update_or_create(name=PAID_COMFYUI, defaults={
             "kind": "comfyui", "category": "cloud", "url": url, "enabled": True,
             "price_per_second": settings.RUNPOD_PRICE_PER_SECOND, "expected_image_seconds": 1.0})
         return backend.id

@@ -129,7 +129,7 @@ def _drop_backlog() -> None:
     Job.objects.filter(prompt__in=("backlog", "backlog-history")).delete()
 
 
-def _measure(ctx, params) -> dict:
+def _measure(ctx, params, preferences=("auto", "cloud")) -> dict:
     from django.db import connection
 
     from routing import services
@@ -137,8 +137,10 @@ def _measure(ctx, params) -> dict:
 
     seconds, sql_seconds, queries, per_query = [], [], [], {}
     for index in range(params["warmup"] + params["samples"]):
-        preference = "auto" if index % 2 == 0 else "cloud"
-        job = services.job_submit(user=ctx.user, kind="image", preference=preference, prompt="measured", seed=1)
+        preference = preferences[index % len(preferences)]
+        # The row alone, as job_submit stores it: job_submit also starts routing once it commits,
+        # and the decision measured here is that routing.
+        job = Job.objects.create(user=ctx.user, kind="image", preference=preference, prompt="measured", seed=1)
         sql = _SqlClock(per_query if index >= params["warmup"] else {})
         with connection.execute_wrapper(sql):
             started = time.perf_counter()
@@ -180,15 +182,22 @@ class _SqlClock:
 
 def _decide_alone(samples: int) -> dict:
     """The pure policy on the same four candidates, for scale: the rest is database work."""
-    from routing.policy import Candidate, JobFacts, decide
+    from routing.policy import Candidate
 
     candidates = [Candidate(1, "local", "local", queue=2), Candidate(2, "runpod", "cloud", cost=Decimal("0.00775"),
                                                                       seconds=25),
                   Candidate(3, "pods", "cloud", cost=Decimal("0.038"), seconds=200),
                   Candidate(4, "gemini", "gemini", cost=Decimal("0.039"), seconds=12, supports_workflows=False)]
+    return time_decide(candidates, samples * 10)
+
+
+def time_decide(candidates: list, repeats: int) -> dict:
+    """policy.decide() alone for an auto image job on `candidates`, `repeats` times."""
+    from routing.policy import JobFacts, decide
+
     facts = JobFacts(kind="image", preference="auto", custom_workflow=False)
     seconds = []
-    for _ in range(samples * 10):
+    for _ in range(repeats):
         started = time.perf_counter()
         decide(facts, candidates, local_queue_limit=5)
         seconds.append(time.perf_counter() - started)

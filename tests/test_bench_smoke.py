@@ -1,8 +1,8 @@
 """The benchmarks run end to end in tiny mode and write the figures they promise.
 
 Behaviour and keys only: timings on a shared machine prove nothing, so none is asserted.
-One `python -m bench --tiny` session runs all six (one scratch database, one private Redis,
-one worker process), which keeps this file well under a minute.
+One `python -m bench --tiny` session runs all seven (one scratch database, one private Redis,
+one worker process; the fleet's four GPU workers besides), in about a minute and a half.
 """
 import json
 import subprocess
@@ -14,12 +14,12 @@ from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
 
-NAMES = ("throughput", "dispatch", "completion", "routing", "cost", "installer")
+NAMES = ("throughput", "dispatch", "completion", "fleet", "routing", "cost", "installer")
 COMMON_KEYS = {"name", "title", "mode", "database", "started_at", "elapsed_seconds", "machine", "params",
                "figures", "baseline", "ratio", "ratio_meaning", "targets", "lines"}
 
 
-def _bench(*args, timeout=150):
+def _bench(*args, timeout=240):
     return subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -49,7 +49,7 @@ def test_each_benchmark_prints_its_figures_the_ratio_and_its_targets(session):
         assert "ratio" in block, name
         verdicts = [line for line in block.splitlines() if line.strip().startswith(("target MET", "target MISSED"))]
         assert len(verdicts) == len(result["targets"]), name
-    assert "6 of 6 benchmarks ran" in stdout
+    assert "7 of 7 benchmarks ran" in stdout
 
 
 def test_throughput_jobs_go_all_the_way_to_a_charge(session):
@@ -68,6 +68,20 @@ def test_dispatch_and_completion_report_percentiles_for_ours_and_the_baseline(se
         assert {"n", "p50_ms", "p99_ms"} <= set(summary) and summary["n"] > 0
     assert dispatch["figures"]["dispatch"]["n"] == dispatch["params"]["samples"]
     assert completion["figures"]["websocket"]["n"] == completion["params"]["samples"]
+
+
+def test_fleet_runs_a_burst_on_four_gpus_of_different_speeds_and_routes_with_fifty_backends(session):
+    result = session[0]["fleet"]
+    burst, gpus = result["figures"]["burst"], list(result["figures"]["burst"]["gpus"].values())
+    assert [gpu["speed"] for gpu in gpus] == [1.0, 1.5, 2.0, 3.0]
+    assert sum(gpu["jobs"] for gpu in gpus) == burst["jobs"] == result["params"]["jobs"]
+    assert all(gpu["jobs"] > 0 for gpu in gpus)  # every GPU's own worker took work from its own queue
+    assert [gpu["run_s"] for gpu in gpus] == sorted(gpu["run_s"] for gpu in gpus)  # 1× to 3×: runs grow
+    assert burst["ideal_s"] > 0 and result["ratio"] == burst["ratio"]
+    routing = result["figures"]["routing"]
+    assert routing["1"]["n"] == routing["50"]["n"] == result["params"]["samples"]
+    assert result["baseline"]["routing_one_backend"] == routing["1"]
+    assert {row["function"].split(":")[-1] for row in routing["profile"]} >= {"job_route", "candidates_for"}
 
 
 def test_routing_measures_every_backlog_level(session):
