@@ -17,12 +17,13 @@ BENCHMARKS = {
     "throughput": "bench.throughput",
     "dispatch": "bench.dispatch",
     "completion": "bench.completion",
+    "overhead": "bench.overhead",
     "fleet": "bench.fleet",
     "routing": "bench.routing_time",
     "cost": "bench.cost",
     "installer": "bench.installer",
 }
-NEEDS_WORKERS = {"throughput", "dispatch", "completion", "fleet"}
+NEEDS_WORKERS = {"throughput", "dispatch", "completion", "overhead", "fleet"}
 NEEDS_DJANGO = NEEDS_WORKERS | {"routing"}
 
 

@@ -1,7 +1,7 @@
 """The benchmarks run end to end in tiny mode and write the figures they promise.
 
 Behaviour and keys only: timings on a shared machine prove nothing, so none is asserted.
-One `python -m bench --tiny` session runs all seven (one scratch database, one private Redis,
+One `python -m bench --tiny` session runs all eight (one scratch database, one private Redis,
 one worker process; the fleet's four GPU workers besides), in about a minute and a half.
 """
 import json
@@ -14,7 +14,7 @@ from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
 
-NAMES = ("throughput", "dispatch", "completion", "fleet", "routing", "cost", "installer")
+NAMES = ("throughput", "dispatch", "completion", "overhead", "fleet", "routing", "cost", "installer")
 COMMON_KEYS = {"name", "title", "mode", "database", "started_at", "elapsed_seconds", "machine", "params",
                "figures", "baseline", "ratio", "ratio_meaning", "targets", "lines"}
 
@@ -49,7 +49,7 @@ def test_each_benchmark_prints_its_figures_the_ratio_and_its_targets(session):
         assert "ratio" in block, name
         verdicts = [line for line in block.splitlines() if line.strip().startswith(("target MET", "target MISSED"))]
         assert len(verdicts) == len(result["targets"]), name
-    assert "7 of 7 benchmarks ran" in stdout
+    assert "8 of 8 benchmarks ran" in stdout
 
 
 def test_throughput_jobs_go_all_the_way_to_a_charge(session):
@@ -68,6 +68,20 @@ def test_dispatch_and_completion_report_percentiles_for_ours_and_the_baseline(se
         assert {"n", "p50_ms", "p99_ms"} <= set(summary) and summary["n"] > 0
     assert dispatch["figures"]["dispatch"]["n"] == dispatch["params"]["samples"]
     assert completion["figures"]["websocket"]["n"] == completion["params"]["samples"]
+
+
+def test_overhead_runs_both_workflows_directly_and_through_the_system_and_counts_queries(session):
+    result = session[0]["overhead"]
+    figures, baseline, samples = result["figures"], result["baseline"], result["params"]["samples"]
+    assert result["params"]["comfyui"] == "fake"  # COMFYUI_URL unset: the fake in its fastest mode
+    runs = (figures["through_instant"], figures["through_slow"], baseline["direct_instant"], baseline["direct_slow"])
+    assert all(summary["n"] == samples for summary in runs)
+    # node_delay makes the slow workflow last 0.25 s on both sides (a floor, not a timing claim)
+    assert figures["through_slow"]["min_ms"] >= 250 and baseline["direct_slow"]["min_ms"] >= 250
+    assert result["ratio"] == round(figures["through_slow"]["p50_ms"] / baseline["direct_slow"]["p50_ms"], 4)
+    queries = figures["queries"]
+    assert queries["api"] > 0 and queries["workers"] > 0  # the workers' counter reaches every child
+    assert queries["per_job"] == round(queries["api"] + queries["workers"], 2)
 
 
 def test_fleet_runs_a_burst_on_four_gpus_of_different_speeds_and_routes_with_fifty_backends(session):
