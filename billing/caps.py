@@ -99,11 +99,27 @@ class Budget:
         limits = limits_for(user_id, now or timezone.now())
         return cls(limits=limits, used=[used(limit) for limit in limits])
 
+    @classmethod
+    def lazy(cls, user_id: int, now=None) -> "LazyBudget":
+        """The same, read only when a price is first checked: a job whose candidates are all
+        free (the local GPU) reads no caps at all."""
+        return LazyBudget(user_id, now)
+
     def refusal(self, amount: Decimal) -> str:
         for limit, spent in zip(self.limits, self.used):
             if spent + amount > limit.cap:
                 return refusal_message(limit, spent, amount)
         return ""
+
+
+class LazyBudget:
+    def __init__(self, user_id: int, now=None):
+        self.user_id, self.now, self._budget = user_id, now, None
+
+    def refusal(self, amount: Decimal) -> str:
+        if self._budget is None:
+            self._budget = Budget.for_user(self.user_id, self.now)
+        return self._budget.refusal(amount)
 
 
 def refusal_message(limit: Limit, used_amount: Decimal, amount: Decimal) -> str:

@@ -57,6 +57,16 @@ def health_record(*, backend_id: int, ok: bool, detail: str = "", latency_ms=Non
     return backend
 
 
+def success_seen(*, backend_id: int) -> None:
+    """A job just succeeded there. Already up: one conditional update (its success streak and
+    timestamps); otherwise the full record, which may bring it up."""
+    now = timezone.now()
+    if not Backend.objects.filter(id=backend_id, health=HealthState.UP).update(
+            last_probe_at=now, last_ok_at=now, last_error="", consecutive_failures=0,
+            consecutive_successes=F("consecutive_successes") + 1):
+        health_record(backend_id=backend_id, ok=True)
+
+
 def effective_health(backend: Backend, now=None) -> str:
     """Stored state, or unknown when the last probe is too old to trust."""
     now = now or timezone.now()

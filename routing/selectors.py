@@ -78,16 +78,21 @@ def estimate(backend: Backend, job: Job) -> tuple[Decimal, float]:
     return metered_cost(backend, seconds), seconds
 
 
-def candidates_for(job: Job, refused: dict | None = None) -> list[Candidate]:
+def locked_backends() -> list[Backend]:
+    """Every backend, locked in a fixed order for the routing transaction: concurrent routers
+    decide one after another, so "queue below the limit" can never be true for two at once."""
+    return list(Backend.objects.select_for_update().order_by("id"))
+
+
+def candidates_for(job: Job, refused: dict | None = None, backends: list | None = None) -> list[Candidate]:
     """Every backend as a policy candidate. `refused`: backend id → cap refusal met while
-    taking a hold in this same routing pass."""
+    taking a hold in this same routing pass; `backends`: the locked rows, when the caller
+    has them (else they are locked here)."""
     refused = refused or {}
     result = []
-    # Locked in a fixed order for the routing transaction: concurrent routers decide one
-    # after another, so "queue below the limit" can never be true for two of them at once.
-    backends = list(Backend.objects.select_for_update().order_by("id"))
+    backends = locked_backends() if backends is None else backends
     in_flight = in_flight_by_backend([b.id for b in backends if b.category == Category.LOCAL])
-    budget = caps.Budget.for_user(job.user_id)  # the caps, read once per decision
+    budget = caps.Budget.lazy(job.user_id)  # the caps, read once per decision, and only for a priced candidate
     for backend in backends:
         missing = missing_settings(backend)
         usable = backend.enabled and not missing
@@ -169,7 +174,12 @@ def job_workflow(job: Job) -> dict:
                           duration_seconds=job.duration_seconds)
 
 
-def job_facts(job: Job) -> JobFacts:
+def job_facts(job: Job, tried: int | None = None) -> JobFacts:
+    """What the policy knows of the job. `tried`: its attempts so far, when the caller counted
+    them (none: nothing excluded or lost, and no query for them)."""
+    if tried == 0:
+        return JobFacts(kind=job.kind, preference=job.preference, custom_workflow=job.is_custom_workflow,
+                        requires=requirements_of(job_workflow(job)))
     ended = job.attempts.filter(~Q(status__in=ACTIVE_ATTEMPT_STATES), retryable=True)
     lost = ended.filter(outage=True, status=AttemptStatus.FAILED).filter(
         Q(backend__last_ok_at__isnull=True) | Q(backend__last_ok_at__lte=F("finished_at")))

@@ -30,7 +30,7 @@ from workers.workflows.requirements import requirements_of
 
 from . import dispatch, previews
 from .backends import client_for_backend
-from .health import health_record
+from .health import health_record, success_seen
 from .inventory import inventory_forget
 from .models import (
     ACTIVE_ATTEMPT_STATES,
@@ -45,7 +45,8 @@ from .models import (
     Priority,
 )
 from .policy import WAIT_GPU, decide
-from .selectors import admission_order, candidates_for, in_flight_by_user, job_facts, job_workflow, local_room
+from .selectors import (admission_order, candidates_for, in_flight_by_user, job_facts, job_workflow, local_room,
+                        locked_backends)
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,9 @@ def submission_check(*, user, now=None) -> None:
 def job_submit(*, user, kind: str, preference: str, prompt: str = "", negative_prompt: str = "",
                width: int = 512, height: int = 512, seed: int = 0, duration_seconds: int = 0,
                workflow: Optional[dict] = None, priority: int = Priority.NORMAL, webhook_url: str = "") -> Job:
-    """Store the job and remember the preference; routing starts once this commits. Every path
-    that makes a job (form, API, retry, admin) comes here, so every one is rate limited."""
+    """Store the job and remember the preference; it is routed as soon as this commits, in this
+    process (no message to the control worker first: one hop less for every job). Every path that
+    makes a job (form, API, retry, admin) comes here, so every one is rate limited."""
     # no_key: it serializes this user's submissions without blocking inserts that point at the
     # user row (ledger entries, jobs) in other transactions.
     get_user_model().objects.select_for_update(no_key=True).filter(pk=user.pk).values_list("pk", flat=True).first()
@@ -89,12 +91,25 @@ def job_submit(*, user, kind: str, preference: str, prompt: str = "", negative_p
         priority=priority, webhook_url=webhook_url,
     )
     preference_set(user=user, preference=preference)
-    dispatch.send_on_commit(dispatch.ROUTE, [str(job.id)], queue=queues.CONTROL, priority=job.priority)
+    transaction.on_commit(lambda: route_now(job.id, job.priority))
     return job
 
 
+def route_now(job_id, priority: int) -> None:
+    """Route a job that was just stored, here and now; should that fail (the database busy, a
+    bug), the control worker routes it (the sweeper would too)."""
+    try:
+        job_route(job_id=job_id)
+    except Exception:  # noqa: BLE001 — the job is stored: it must not be lost to a routing error here
+        log.exception("routing job %s where it was submitted failed; the control worker routes it", job_id)
+        dispatch.send(dispatch.ROUTE, [str(job_id)], queue=queues.CONTROL, priority=priority)
+
+
 def preference_set(*, user, preference: str) -> None:
-    Preference.objects.update_or_create(user=user, defaults={"preference": preference})
+    """One upsert (INSERT ... ON CONFLICT DO UPDATE), not a read and a write, on every submission."""
+    Preference.objects.bulk_create([Preference(user=user, preference=preference, updated_at=timezone.now())],
+                                   update_conflicts=True, unique_fields=["user"],
+                                   update_fields=["preference", "updated_at"])
 
 
 def job_route(*, job_id) -> Optional[Attempt]:
@@ -104,10 +119,10 @@ def job_route(*, job_id) -> Optional[Attempt]:
         if job.status != JobStatus.QUEUED:
             return None
         tried = job.attempts.count()
-        refused = {}
+        refused, backends = {}, locked_backends()
         for _ in range(MAX_HOLD_TRIES):
-            candidates = candidates_for(job, refused)
-            decision = decide(job_facts(job), candidates, local_queue_limit=settings.LOCAL_QUEUE_LIMIT)
+            candidates = candidates_for(job, refused, backends)
+            decision = decide(job_facts(job, tried), candidates, local_queue_limit=settings.LOCAL_QUEUE_LIMIT)
             if decision.wait and tried < settings.JOB_MAX_ATTEMPTS:
                 Job.objects.filter(id=job.id, status=JobStatus.QUEUED).update(
                     waiting=True, waiting_for=decision.waiting_for, reason=decision.reason,
@@ -119,6 +134,7 @@ def job_route(*, job_id) -> Optional[Attempt]:
             chosen = next(c for c in candidates if c.id == decision.backend_id)
             attempt, refused[chosen.id] = _place(job, chosen, tried + 1)
             if attempt:
+                attempt.backend = next(b for b in backends if b.id == chosen.id)  # read once, above
                 break
         else:
             job_fail(job, _no_backend_message(job, decision.summary, tried))
@@ -136,6 +152,8 @@ MAX_HOLD_TRIES = 4
 
 def _moved(job: Job, attempt: Attempt) -> dict:
     """Counter updates for a job's next attempt: tried again on the same backend, or moved on."""
+    if attempt.number == 1:
+        return {}
     previous = job.attempts.filter(number=attempt.number - 1).values_list("backend_id", flat=True).first()
     if previous is None:
         return {}
@@ -227,30 +245,31 @@ def attempt_submit(*, attempt_id, worker: str = ""):
     # idempotent at all). A claim older than the lease is a dead worker's: taken over.
     now = timezone.now()
     lease = now - timedelta(seconds=settings.SUBMIT_LEASE_SECONDS)
+    # The try is counted in the same update, before the remote call: a second try means a worker
+    # died mid-submit, and the client must look for the first one before sending again.
     if not Attempt.objects.filter(id=attempt.id, status=AttemptStatus.PENDING).filter(
-            Q(polled_at__isnull=True) | Q(polled_at__lt=lease)).update(polled_at=now):
+            Q(polled_at__isnull=True) | Q(polled_at__lt=lease)).update(polled_at=now,
+                                                                       submit_tries=F("submit_tries") + 1):
         return False
-    # Counted before the remote call: a second try means a worker died mid-submit, and the
-    # client must look for the first one before sending again (no duplicate execution).
-    Attempt.objects.filter(id=attempt.id, status=AttemptStatus.PENDING).update(submit_tries=F("submit_tries") + 1)
+    attempt.submit_tries += 1
     paid = False
     try:
         spec = job_spec(attempt)
-        spec["resubmit"] = attempt.submit_tries > 0
+        spec["resubmit"] = attempt.submit_tries > 1
         if attempt.backend.kind == Backend.Kind.POD:  # the pod services choose the pod, not the client
             spec["pod"] = pod_place(attempt=attempt, requires=requirements_of(spec["workflow"]))
             if spec["pod"] is None:
                 _release_submit(attempt)
                 return False  # no pod has room yet: it waits; the pod services send it again
         client = client_for_backend(attempt.backend)
-        paid = _open_call(attempt, client.starts_paid_run("submit", spec), f"submit-{attempt.submit_tries}")
+        paid = _open_call(attempt, client.starts_paid_run("submit", spec), f"submit-{attempt.submit_tries - 1}")
         handle = client.submit(spec)
     except WorkflowError as error:
         attempt_fail(attempt_id=attempt.id, error=str(error), retryable=False)
         return False
     except BackendError as error:
         _close_call(attempt, paid, cut_short=error.outage and not error.resend_safe,
-                    key=f"submit-{attempt.submit_tries}-cut")
+                    key=f"submit-{attempt.submit_tries - 1}-cut")
         if (error.retryable and error.resend_safe and not error.misconfigured
                 and attempt.poll_errors + 1 < settings.SUBMIT_RETRIES):
             Attempt.objects.filter(id=attempt.id).update(poll_errors=F("poll_errors") + 1)
@@ -266,8 +285,8 @@ def attempt_submit(*, attempt_id, worker: str = ""):
             status=AttemptStatus.SUBMITTED, handle=handle, started_at=now, polled_at=now, poll_errors=0,
             call_open=False, worker=worker[:200], gpu=gpu_label(attempt.backend),
         )
-        Job.objects.filter(id=attempt.job_id, status=JobStatus.ROUTED).update(status=JobStatus.SUBMITTED)
-        Job.objects.filter(id=attempt.job_id, started_at__isnull=True).update(started_at=now)
+        Job.objects.filter(id=attempt.job_id, status=JobStatus.ROUTED).update(
+            status=JobStatus.SUBMITTED, started_at=Coalesce(F("started_at"), now))
     return bool(updated)
 
 
@@ -544,7 +563,8 @@ def attempt_succeed(*, attempt_id, done: Done, client) -> bool:
         )
         if not updated:
             return False
-        caps.charge(attempt=attempt, amount=cost)
+        if cost or attempt.backend.category != "local":  # a local GPU holds and charges nothing
+            caps.charge(attempt=attempt, amount=cost)
         for index, (output, data) in enumerate(files):
             _store_output(attempt, index, output, data)
         Job.objects.filter(id=attempt.job_id, status__in=ACTIVE_JOB_STATES).update(
@@ -552,11 +572,11 @@ def attempt_succeed(*, attempt_id, done: Done, client) -> bool:
             cost=F("cost") + cost,
         )
         dispatch.send_on_commit(dispatch.ADMIT, [], queue=queues.CONTROL)
-        _ended(attempt.job_id)
+        _ended(attempt.job_id, has_webhook=bool(attempt.job.webhook_url))
     # Backend rows are written after the commit: routing locks backends, then spend counters;
     # writing counters, then a backend, in one transaction deadlocks with it on PostgreSQL.
     _learn_time(attempt, done.seconds or (now - (attempt.started_at or now)).total_seconds())
-    health_record(backend_id=attempt.backend_id, ok=True)
+    success_seen(backend_id=attempt.backend_id)
     _attempt_ended(attempt)
     return True
 
@@ -667,9 +687,10 @@ def job_fail(job: Job, error: str) -> None:
         _ended(job.id)
 
 
-def _ended(job_id) -> None:
-    """The job reached its final state: its webhook, if any, is sent once (claimed here)."""
-    if Job.objects.filter(id=job_id, webhook_state="").exclude(webhook_url="").update(
+def _ended(job_id, has_webhook: bool = True) -> None:
+    """The job reached its final state: its webhook, if any, is sent once (claimed here).
+    `has_webhook` False: the caller knows it has none (no query)."""
+    if has_webhook and Job.objects.filter(id=job_id, webhook_state="").exclude(webhook_url="").update(
             webhook_state="pending", webhook_due_at=timezone.now()):
         dispatch.send_on_commit(dispatch.WEBHOOK, [str(job_id), 1], queue=queues.WEBHOOKS)
 

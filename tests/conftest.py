@@ -242,13 +242,24 @@ class Workers:
         """A worker on `queues`; by default every fixed queue and the queue of every ComfyUI
         backend in the database when it starts (each has its own, project/queues.py)."""
         if queues is None:
-            from routing.models import Backend
-
-            own = [b.queue for b in Backend.objects.filter(kind=Backend.Kind.COMFYUI)]
-            queues = ",".join(dict.fromkeys([*project_queues.ALL, *own]))
+            queues = ",".join(dict.fromkeys([*project_queues.ALL, *self.comfyui_queues()]))
         return self._launch(["-m", "celery", "-A", "project", "worker", "-Q", queues, "-c", str(concurrency),
                              "-n", f"{name}{len(self.processes)}@%h", "--loglevel", "INFO", "--without-mingle",
                              "--without-gossip"], name)
+
+    @staticmethod
+    def comfyui_queues() -> list:
+        """The queues of the ComfyUI backends in the database; none when a module-scoped fixture
+        starts workers before any test may use the database (the first backend's is `local`)."""
+        from django.db import connection
+
+        from routing.models import Backend
+
+        try:
+            connection.ensure_connection()
+        except RuntimeError:  # pytest-django: no database access here
+            return []
+        return [b.queue for b in Backend.objects.filter(kind=Backend.Kind.COMFYUI)]
 
     def start_gpu_worker(self, comfyui_url: str, name: str, concurrency: int = 2):
         """`manage.py gpu_worker`: a GPU machine joining with its ComfyUI (workers/management)."""

@@ -59,6 +59,11 @@ def _submit(user, n=1, preference="auto", **kw):
             for i in range(n)]
 
 
+def routed(job) -> Attempt:
+    """The job's first attempt: a job is routed where it is submitted (services.route_now)."""
+    return Attempt.objects.select_related("backend").get(job_id=job.id, number=1)
+
+
 def _all_final(jobs, timeout=90):
     ids = [job.id for job in jobs]
     wait_for(lambda: Job.objects.filter(id__in=ids, status__in=("succeeded", "failed", "cancelled")).count()
@@ -131,8 +136,8 @@ def test_a_job_submitted_while_redis_is_down_is_stored_and_runs_when_it_is_back(
     response = alice_client.post("/submit/", {"kind": "image", "preference": "local", "prompt": "offline",
                                               "width": 512, "height": 512}, follow=True)
     assert response.status_code == 200 and "Your job is queued" in response.content.decode()
-    job = Job.objects.get()
-    assert job.status == JobStatus.QUEUED
+    job = Job.objects.get()  # routed where it was submitted; its submit message could not be sent
+    assert job.status == JobStatus.ROUTED and job.attempts.get().status == "pending"
     redis_server.start()
     [job] = _all_final([job])
     _assert_exactly_once([job])
@@ -146,7 +151,7 @@ def test_a_backend_that_breaks_mid_job_fails_over_after_bounded_retries(
     fake1, fake2, spare = backends
     fake1.steps, fake1.step_delay = 100, 0.05
     [job] = _submit(alice)
-    attempt = services.job_route(job_id=job.id)
+    attempt = routed(job)
     services.attempt_submit(attempt_id=attempt.id)
     fake1.fail_mode = fault
     seq = 0
@@ -166,7 +171,7 @@ def test_a_dropped_websocket_falls_back_to_polling_and_finishes_on_the_same_back
     fake1, fake2, spare = backends
     fake1.steps, fake1.step_delay, fake1.fail_mode = 8, 0.05, "drop_ws"
     [job] = _submit(alice)
-    attempt = services.job_route(job_id=job.id)
+    attempt = routed(job)
     services.attempt_submit(attempt_id=attempt.id)
     seq = 0
     while services.attempt_poll(attempt_id=attempt.id, seq=seq) is not None:
@@ -181,7 +186,7 @@ def test_a_job_never_hangs_forever_the_sweeper_fails_it_at_its_deadline(transact
     fake1, *_ = backends
     fake1.fail_mode = "hang"
     [job] = _submit(alice)
-    attempt = services.job_route(job_id=job.id)
+    attempt = routed(job)
     Attempt.objects.filter(id=attempt.id).update(status="running", handle={"prompt_id": "x", "client_id": "y"})
     Job.objects.filter(id=job.id).update(created_at=timezone.now() - timezone.timedelta(minutes=5))
     assert maintenance.sweep()["expired"] == 1

@@ -37,9 +37,8 @@ def route_job(job_id):
 @shared_task(**{**SLOW, "base": AttemptTask})
 def submit_attempt(attempt_id):
     result = services.attempt_submit(attempt_id=attempt_id, worker=submit_attempt.request.hostname or "")
-    if result is True:
-        poll_attempt.apply_async([attempt_id, 0], queue=_same_queue(submit_attempt),
-                                 priority=_same_priority(submit_attempt))
+    if result is True:  # this task watches the prompt first: no message, no wait for a free worker
+        _poll(submit_attempt, attempt_id, 0)
     elif result:  # a transient error: the same backend again, after a short wait
         submit_attempt.apply_async([attempt_id], countdown=result, queue=_same_queue(submit_attempt),
                                    priority=_same_priority(submit_attempt))
@@ -47,10 +46,15 @@ def submit_attempt(attempt_id):
 
 @shared_task(**{**SLOW, "base": AttemptTask})
 def poll_attempt(attempt_id, seq):
+    _poll(poll_attempt, attempt_id, seq)
+
+
+def _poll(task, attempt_id, seq):
+    """One poll; the next one is a message with a countdown, on the queue this task came from."""
     countdown = services.attempt_poll(attempt_id=attempt_id, seq=seq)
     if countdown is not None:
-        poll_attempt.apply_async([attempt_id, seq + 1], countdown=countdown,
-                                 queue=_same_queue(poll_attempt), priority=_same_priority(poll_attempt))
+        poll_attempt.apply_async([attempt_id, seq + 1], countdown=countdown, queue=_same_queue(task),
+                                 priority=_same_priority(task))
 
 
 @shared_task(queue=queues.CONTROL, **FAST)
