@@ -80,8 +80,35 @@ def estimate(backend: Backend, job: Job) -> tuple[Decimal, float]:
 
 def locked_backends() -> list[Backend]:
     """Every backend, locked in a fixed order for the routing transaction: concurrent routers
-    decide one after another, so "queue below the limit" can never be true for two at once."""
-    return list(Backend.objects.select_for_update().order_by("id"))
+    decide one after another, so "queue below the limit" can never be true for two at once.
+    The inventory column (tens of kB per ComfyUI) is not read here: routing_inventories()
+    keeps each one parsed, per process, until its `inventory_at` changes."""
+    return list(Backend.objects.select_for_update().defer("inventory").order_by("id"))
+
+
+# Parsed inventories by backend id: (inventory_at when read, Inventory or None). Every change of
+# an inventory sets inventory_at (routing/inventory.py), to a new time or to None ("read it
+# again"), and None is never cached, so a stale entry is never used.
+_INVENTORIES: dict = {}
+
+
+def routing_inventories(backends: list[Backend]) -> dict:
+    """{backend id: Inventory or None} for `backends` (rows read without their inventory): the
+    parsed ones kept from earlier decisions, the others read and parsed in one query."""
+    found, misses = {}, []
+    for backend in backends:
+        cached = _INVENTORIES.get(backend.id)
+        if backend.inventory_at is not None and cached and cached[0] == backend.inventory_at:
+            found[backend.id] = cached[1]
+        else:
+            misses.append(backend.id)
+    if misses:
+        for backend_id, inventory, read_at, config in Backend.objects.filter(id__in=misses).values_list(
+                "id", "inventory", "inventory_at", "config"):
+            found[backend_id] = Inventory.from_json(inventory or (config or {}).get("inventory"))
+            if read_at is not None:
+                _INVENTORIES[backend_id] = (read_at, found[backend_id])
+    return found
 
 
 def candidates_for(job: Job, refused: dict | None = None, backends: list | None = None) -> list[Candidate]:
@@ -91,6 +118,9 @@ def candidates_for(job: Job, refused: dict | None = None, backends: list | None 
     refused = refused or {}
     result = []
     backends = locked_backends() if backends is None else backends
+    # Only a usable backend's inventory can decide anything (a disabled or unconfigured one is
+    # refused for that first).
+    inventories = routing_inventories([b for b in backends if b.enabled and not missing_settings(b)])
     in_flight = in_flight_by_backend([b.id for b in backends if b.category == Category.LOCAL])
     budget = caps.Budget.lazy(job.user_id)  # the caps, read once per decision, and only for a priced candidate
     for backend in backends:
@@ -105,7 +135,7 @@ def candidates_for(job: Job, refused: dict | None = None, backends: list | None 
             queue=backend.queue_depth + in_flight.get(backend.id, 0),
             cost=cost, seconds=seconds, priority=backend.priority,
             cap_refusal=refused.get(backend.id) or (budget.refusal(cost) if cost else ""),
-            inventory=backend_inventory(backend), install_hint=INSTALL_HINTS.get(backend.kind, ""),
+            inventory=inventories.get(backend.id), install_hint=INSTALL_HINTS.get(backend.kind, ""),
         ))
     return result
 

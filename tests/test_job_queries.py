@@ -4,7 +4,10 @@ The path is driven in-process (the same service calls the tasks make) against th
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from routing import services
+from django.utils import timezone
+
+from routing import selectors, services
+from routing.inventory import inventory_forget, inventory_store
 from routing.models import Backend, Job, JobStatus
 
 WORKFLOW = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
@@ -22,6 +25,9 @@ def test_a_local_job_costs_at_most_a_couple_dozen_statements_from_submission_to_
         db, settings, local_backend, fake_comfyui, alice, monkeypatch, django_capture_on_commit_callbacks):
     settings.COMFYUI_WATCH_SECONDS = 2
     Backend.objects.filter(id=local_backend.id).update(url=fake_comfyui.url, health="up")
+    inventory_store(backend_id=local_backend.id, inventory={"models": {}, "nodes": ["EmptyImage", "SaveImage"]},
+                    source="object_info")
+    selectors.routing_inventories(list(Backend.objects.defer("inventory")))  # a warm process has them parsed
     sent = []
     monkeypatch.setattr("routing.dispatch.send", lambda name, args, **options: sent.append(name))
     with CaptureQueriesContext(connection) as submitted:
@@ -49,3 +55,25 @@ def test_a_routing_error_where_the_job_was_submitted_leaves_it_to_the_control_wo
         job = services.job_submit(user=alice, kind="image", preference="local", prompt="a fox")
     assert sent == [("workers.tasks.route_job", [str(job.id)])]
     assert Job.objects.get(id=job.id).status == JobStatus.QUEUED  # stored, and routed by the worker
+
+
+def test_the_routers_parsed_inventories_follow_every_change(db, local_backend, alice):
+    job = Job.objects.create(user=alice, prompt="a fox")
+
+    def lacks_wan():
+        [local] = [c for c in selectors.candidates_for(job) if c.name == "local"]
+        return local.inventory.lacks(services.requirements_of(
+            {"1": {"class_type": "UNETLoader", "inputs": {"unet_name": "wan.safetensors"}}}))
+
+    inventory_store(backend_id=local_backend.id, inventory={"models": {"diffusion_models": ["wan.safetensors"]},
+                                                            "nodes": ["UNETLoader"]}, source="object_info")
+    assert lacks_wan() == []
+    inventory_store(backend_id=local_backend.id, inventory={"models": {}, "nodes": ["UNETLoader"]},
+                    source="object_info", now=timezone.now() + timezone.timedelta(seconds=1))
+    assert lacks_wan() == ["diffusion_models/wan.safetensors"]  # the new read, not the parsed old one
+    inventory_store(backend_id=local_backend.id, inventory={"models": {"diffusion_models": ["wan.safetensors"]},
+                                                            "nodes": ["UNETLoader"]}, source="object_info",
+                    now=timezone.now() + timezone.timedelta(seconds=2))
+    assert lacks_wan() == []
+    inventory_forget(backend_id=local_backend.id, lacks=["diffusion_models/wan.safetensors"])
+    assert lacks_wan() == ["diffusion_models/wan.safetensors"]  # forgotten at once (inventory_at cleared)
