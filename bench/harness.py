@@ -291,10 +291,11 @@ class StampedList(list):
         return [t for item, t in zip(self, self.stamps) if tuple(item) == ("POST", "/prompt")]
 
 
-def start_fake_process(*args: str):
-    """A FakeComfyUI in its own process (like a real server on another machine): (process, url)."""
+def start_fake_process(*args: str, module: str = "tests.fakes.comfyui"):
+    """A FakeComfyUI in its own process (like a real server on another machine): (process, url).
+    `module` is the program to run (`python -m module --port N *args`)."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "tests.fakes.comfyui", "--port", str(port), *args],
+    process = subprocess.Popen([sys.executable, "-m", module, "--port", str(port), *args],
                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                start_new_session=True)
     line = process.stdout.readline()

@@ -1,10 +1,12 @@
 """8. Overhead: a workflow through the system against the same workflow sent to ComfyUI by hand.
 
-Against the fake ComfyUI in its fastest mode (steps=0, step_delay=0, node_delay=0), or
-against the ComfyUI at `COMFYUI_URL` when that variable is set (a real ComfyUI 0.8.0 runs the
-workflows without models). Two workflows, EmptyImage → ImageBlur → SaveImage:
-- instant: 64² (and node_delay 0 on the fake): what the system adds per job, in ms;
-- 0.25 s: 1024² (on the fake: node_delay so its three nodes take 0.25 s): the ratio.
+Against the fake ComfyUI in its fastest mode (steps=0, step_delay=0, node_delay=0) in its own
+process, like a real ComfyUI (bench/timedfake.py), or against the ComfyUI at `COMFYUI_URL`
+when that variable is set (a real ComfyUI 0.8.0 runs the workflows without models). Two
+workflows, EmptyImage → ImageBlur → SaveImage:
+- instant: 64² (node_delay 0 on the fake): what the system adds per job, in ms;
+- 0.25 s: 1024² (on the fake: node_delay so its three nodes take 0.25 s; on a CPU ComfyUI
+  0.8.0 it takes about that): the ratio. Its direct p50 is its real time on this ComfyUI.
 Each sample has its own EmptyImage colour, so no ComfyUI cache can serve a rerun.
 
 Direct is what a user does by hand, with plain requests + websocket-client: one session and
@@ -28,14 +30,17 @@ plus whatever the job's end triggers afterwards (follow-up tasks), never less.
 """
 import json
 import os
+import re
+import signal
 import statistics
 import time
 import uuid
+from collections import Counter
 
 import requests
 import websocket
 
-from . import harness, querycount
+from . import harness, querycount, timedfake
 
 NAME = "overhead"
 TITLE = "a workflow through the system vs a direct /prompt call to the same ComfyUI"
@@ -45,9 +50,7 @@ SIZES = {"tiny": {"samples": 3, "warmup": 1, "query_jobs": 2},
 TARGET_RATIO = 1.05
 TARGET_FIXED_MS = 15.0
 TARGET_QUERIES = 12
-RUN_SECONDS = 0.25  # the "slow" workflow's own time on the ComfyUI
 POLL_SECONDS = 0.002  # how often the job row is read
-NODES = 3  # EmptyImage, ImageBlur, SaveImage
 TIMEOUT = 60
 
 
@@ -59,27 +62,23 @@ def run(ctx) -> dict:
         ctx.only_backend(url, paid=False)
         client = ctx.api()
         with Direct(url) as direct:
-            instant = _pairs(ctx, client, direct, fake, side=64, node_delay=0.0, params=params)
-            slow = _pairs(ctx, client, direct, fake, side=1024, node_delay=RUN_SECONDS / NODES, params=params)
-        if fake is not None:
-            fake.node_delay = 0.0
+            instant = _pairs(client, direct, side=64, params=params)
+            slow = _pairs(client, direct, side=timedfake.SLOW_SIDE, params=params)
         queries = _queries_per_job(client, params["query_jobs"])
     finally:
         if fake is not None:
-            fake.stop()
+            os.killpg(fake.pid, signal.SIGTERM)
+            fake.wait(10)
     return _result(params, url if fake is None else "fake", instant, slow, queries)
 
 
 def _comfyui():
-    """(url, fake or None): the ComfyUI of COMFYUI_URL, else a fake in its fastest mode."""
+    """(url, fake process or None): the ComfyUI of COMFYUI_URL, else the fake in its own process."""
     url = os.environ.get("COMFYUI_URL")
     if url:
         return url.rstrip("/"), None
-    from tests.fakes.comfyui import FakeComfyUI
-
-    fake = FakeComfyUI(steps=0, step_delay=0).start()
-    fake.node_delay = 0.0
-    return fake.url, fake
+    fake, url = harness.start_fake_process(module="bench.timedfake")
+    return url, fake
 
 
 def workflow(side: int, color: int) -> dict:
@@ -165,10 +164,8 @@ def _post(client, prompt: dict) -> str:
     return response.json()["id"]
 
 
-def _pairs(ctx, client, direct, fake, *, side: int, node_delay: float, params: dict) -> dict:
+def _pairs(client, direct, *, side: int, params: dict) -> dict:
     """Direct and through samples, alternating; the warm-up pairs are dropped."""
-    if fake is not None:
-        fake.node_delay = node_delay
     samples = {"direct": [], "through": [], "finished_at": []}
     for index in range(params["warmup"] + params["samples"]):
         color = (side * 7919 + index * 104729) % 0xFFFFFF  # never the same workflow twice
@@ -185,7 +182,7 @@ def _pairs(ctx, client, direct, fake, *, side: int, node_delay: float, params: d
 def _queries_per_job(client, jobs: int) -> dict:
     from django.db import connection
 
-    api = []
+    api, shapes = [], Counter()
     before = _quiet_worker_total()
     for index in range(jobs):
         counted = []
@@ -197,11 +194,19 @@ def _queries_per_job(client, jobs: int) -> dict:
         with connection.execute_wrapper(count):
             job_id = _post(client, workflow(64, 0xABCDEF - index))
         api.append(len(counted))
+        shapes.update(_shape(sql) for sql in counted)
         harness.wait_jobs_final([job_id], timeout=TIMEOUT)
     workers = (_quiet_worker_total() - before) / jobs
     per_api = statistics.mean(api)
     return {"jobs": jobs, "api": round(per_api, 2), "workers": round(workers, 2),
-            "per_job": round(per_api + workers, 2)}
+            "per_job": round(per_api + workers, 2),
+            "api_statements": {shape: round(n / jobs, 2) for shape, n in shapes.most_common()}}
+
+
+def _shape(sql: str) -> str:
+    """`SELECT routing_backend`: the verb and the first table a statement names."""
+    table = re.search(r'(?:FROM|INTO|UPDATE)\s+"?(\w+)', sql, re.IGNORECASE)
+    return f"{sql.split(None, 1)[0].upper()} {table.group(1) if table else ''}".strip()
 
 
 def _quiet_worker_total(quiet: float = 0.3) -> int:
@@ -224,7 +229,7 @@ def _result(params, comfyui, instant, slow, queries) -> dict:
     paired = [t - d for t, d in zip(instant["through"], instant["direct"])]
     paired_ms = round(harness.percentile(paired, 50) * 1000, 3)
     return {
-        "params": {**params, "comfyui": comfyui, "run_seconds": RUN_SECONDS, "poll_seconds": POLL_SECONDS},
+        "params": {**params, "comfyui": comfyui, "run_seconds": timedfake.RUN_SECONDS, "poll_seconds": POLL_SECONDS},
         "figures": {"through_instant": s["instant_through"], "through_slow": s["slow_through"],
                     "finished_at_instant": s["instant_finished_at"], "finished_at_slow": s["slow_finished_at"],
                     "fixed_overhead_ms": fixed_ms, "fixed_overhead_paired_p50_ms": paired_ms,
@@ -239,11 +244,12 @@ def _result(params, comfyui, instant, slow, queries) -> dict:
                            queries["per_job"] <= TARGET_QUERIES)],
         "lines": [
             f"ComfyUI: {comfyui}",
-            _line("0.25 s workflow", s["slow_through"], s["slow_direct"], s["slow_finished_at"]),
+            _line(f"0.25 s workflow ({timedfake.SLOW_SIDE}²)", s["slow_through"], s["slow_direct"], s["slow_finished_at"]),
             _line("instant workflow", s["instant_through"], s["instant_direct"], s["instant_finished_at"]),
             f"ratio {value:.3f}; fixed overhead p50 {fixed_ms:.1f} ms (p50 of paired differences {paired_ms:.1f} ms)",
             f"queries per job: {queries['per_job']:g} ({queries['api']:g} in the API call, {queries['workers']:g} "
             f"in the workers; mean of {queries['jobs']} jobs)",
+            "the API call's: " + ", ".join(f"{shape} ×{n:g}" for shape, n in queries["api_statements"].items()),
         ],
     }
 
