@@ -26,7 +26,8 @@ Queries per job: after the timed samples, a batch of instant jobs one at a time;
 call's statements are counted in this process (an execute wrapper on its connection), the
 workers' by bench/querycount.py (every statement of every worker process, read before and
 after the batch once the workers are quiet). So the count is from the API call to succeeded
-plus whatever the job's end triggers afterwards (follow-up tasks), never less.
+plus whatever the job's end triggers afterwards (follow-up tasks), never less. The target is
+read against every statement; the count without transaction control is printed beside it.
 """
 import json
 import os
@@ -196,10 +197,13 @@ def _queries_per_job(client, jobs: int) -> dict:
         api.append(len(counted))
         shapes.update(_shape(sql) for sql in counted)
         harness.wait_jobs_final([job_id], timeout=TIMEOUT)
-    workers = (_quiet_worker_total() - before) / jobs
+    after = _quiet_worker_total()
+    workers, workers_control = ((a - b) / jobs for a, b in zip(after, before))
     per_api = statistics.mean(api)
+    api_control = sum(n for shape, n in shapes.items() if querycount.is_transaction_control(shape)) / jobs
     return {"jobs": jobs, "api": round(per_api, 2), "workers": round(workers, 2),
             "per_job": round(per_api + workers, 2),
+            "per_job_without_transaction_control": round(per_api + workers - api_control - workers_control, 2),
             "api_statements": {shape: round(n / jobs, 2) for shape, n in shapes.most_common()}}
 
 
@@ -209,8 +213,8 @@ def _shape(sql: str) -> str:
     return f"{sql.split(None, 1)[0].upper()} {table.group(1) if table else ''}".strip()
 
 
-def _quiet_worker_total(quiet: float = 0.3) -> int:
-    """The workers' statement count once it has stopped moving for `quiet` seconds."""
+def _quiet_worker_total(quiet: float = 0.3) -> list:
+    """The workers' statement counts once they have stopped moving for `quiet` seconds."""
     total = querycount.worker_total()
     while True:
         time.sleep(quiet)
@@ -248,7 +252,8 @@ def _result(params, comfyui, instant, slow, queries) -> dict:
             _line("instant workflow", s["instant_through"], s["instant_direct"], s["instant_finished_at"]),
             f"ratio {value:.3f}; fixed overhead p50 {fixed_ms:.1f} ms (p50 of paired differences {paired_ms:.1f} ms)",
             f"queries per job: {queries['per_job']:g} ({queries['api']:g} in the API call, {queries['workers']:g} "
-            f"in the workers; mean of {queries['jobs']} jobs)",
+            f"in the workers; mean of {queries['jobs']} jobs); without BEGIN/SAVEPOINT/RELEASE: "
+            f"{queries['per_job_without_transaction_control']:g}",
             "the API call's: " + ", ".join(f"{shape} ×{n:g}" for shape, n in queries["api_statements"].items()),
         ],
     }

@@ -82,6 +82,7 @@ def test_overhead_runs_both_workflows_directly_and_through_the_system_and_counts
     queries = figures["queries"]
     assert queries["api"] > 0 and queries["workers"] > 0  # the workers' counter reaches every child
     assert queries["per_job"] == round(queries["api"] + queries["workers"], 2)
+    assert 0 < queries["per_job_without_transaction_control"] < queries["per_job"]
 
 
 def test_fleet_runs_a_burst_on_four_gpus_of_different_speeds_and_routes_with_fifty_backends(session):
