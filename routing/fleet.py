@@ -129,7 +129,7 @@ def probes_to_send(now=None) -> list[tuple[int, str]]:
     for backend in Backend.objects.filter(enabled=True):
         if missing_settings(backend):
             continue
-        if backend.kind == Backend.Kind.COMFYUI:
+        if backend.on_own_queue:  # its machine's worker alone takes these probes: is it there?
             sent = backend.probe_sent_at
             if sent is not None and sent < overdue:
                 if not is_lost(backend):

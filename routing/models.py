@@ -141,8 +141,15 @@ class Backend(models.Model):
         return self.name
 
     @property
+    def on_own_queue(self) -> bool:
+        """A local GPU's ComfyUI (each machine of a fleet) has its own queue: only the worker
+        beside it takes it. A ComfyUI that staff add as a cloud server is reached from anywhere,
+        through `cloud`."""
+        return self.kind == self.Kind.COMFYUI and self.category == Category.LOCAL
+
+    @property
     def queue(self) -> str:
-        if self.kind == self.Kind.COMFYUI:  # its own queue: only the worker beside that ComfyUI takes it
+        if self.on_own_queue:
             return queues.for_comfyui(self.name)
         return QUEUE_FOR_CATEGORY[self.category]
 

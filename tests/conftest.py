@@ -259,7 +259,7 @@ class Workers:
             connection.ensure_connection()
         except RuntimeError:  # pytest-django: no database access here
             return []
-        return [b.queue for b in Backend.objects.filter(kind=Backend.Kind.COMFYUI)]
+        return [b.queue for b in Backend.objects.filter(kind=Backend.Kind.COMFYUI) if b.on_own_queue]
 
     def start_gpu_worker(self, comfyui_url: str, name: str, concurrency: int = 2):
         """`manage.py gpu_worker`: a GPU machine joining with its ComfyUI (workers/management)."""
