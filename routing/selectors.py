@@ -341,15 +341,12 @@ def unavailable_preferences() -> dict[str, str]:
     """Each "where to run" choice that nothing here can run, with why: no backend of that
     category is both enabled and configured. Such a choice is refused at submit and is never
     offered (or remembered) as a default."""
-    usable = set()
-    for backend in Backend.objects.filter(enabled=True).only("kind", "category"):
-        if not missing_settings(backend):
-            usable.add(backend.category)
+    backends = list(Backend.objects.only("kind", "category", "enabled"))  # one read for every choice
+    usable = {b.category for b in backends if b.enabled and not missing_settings(b)}
     reasons = {}
     for category in PREFERENCE_CATEGORIES:
         if category not in usable:
-            backends = Backend.objects.filter(category=category)
-            missing = sorted({s for b in backends for s in missing_settings(b)})
+            missing = sorted({s for b in backends if b.category == category for s in missing_settings(b)})
             reasons[category] = (f"Not set up on this installation ({', '.join(missing)} missing)" if missing
                                  else "Switched off on this installation") + ": choose Auto or another option."
     return reasons
