@@ -38,7 +38,7 @@ def actual_cost(*, backend, job, seconds, outputs: int, rate: Decimal | None = N
 def metered_price(backend) -> Decimal:
     """Price per second of a backend billed by the second while a job runs (RunPod serverless,
     a priced ComfyUI); 0 for the others (free local, Gemini per output, and pods: each pod has
-    its own rate, see routing.services.meter_rate)."""
+    its own rate, see routing.outcomes.meter_rate)."""
     if backend.kind in ("pod", "gemini"):
         return Decimal("0")
     if backend.kind == "runpod":

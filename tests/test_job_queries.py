@@ -9,6 +9,7 @@ from django.utils import timezone
 from routing import selectors, services
 from routing.inventory import inventory_forget, inventory_store
 from routing.models import Backend, Job, JobStatus
+from workers.workflows.requirements import requirements_of
 
 WORKFLOW = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
             "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "q"}}}
@@ -62,7 +63,7 @@ def test_the_routers_parsed_inventories_follow_every_change(db, local_backend, a
 
     def lacks_wan():
         [local] = [c for c in selectors.candidates_for(job) if c.name == "local"]
-        return local.inventory.lacks(services.requirements_of(
+        return local.inventory.lacks(requirements_of(
             {"1": {"class_type": "UNETLoader", "inputs": {"unet_name": "wan.safetensors"}}}))
 
     inventory_store(backend_id=local_backend.id, inventory={"models": {"diffusion_models": ["wan.safetensors"]},

@@ -5,7 +5,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from routing import maintenance, services
+from routing import maintenance, remote, services
 from routing.models import Attempt, AttemptStatus, Backend, Job, JobStatus
 
 pytestmark = pytest.mark.django_db
@@ -156,10 +156,10 @@ def test_progress_never_goes_back_when_a_new_watch_window_starts_from_zero(alice
     job = services.job_submit(user=alice, kind="image", preference="local", prompt="x")
     Job.objects.filter(id=job.id).update(status=JobStatus.SUBMITTED)
     attempt = Attempt.objects.create(job=job, backend=local_backend, number=1, status="submitted", handle={})
-    sink = services.ProgressSink(attempt)
+    sink = remote.ProgressSink(attempt)
     for percent in (0, 40, 60):
         sink(Progress(percent=percent, running=True))
-    services.ProgressSink(Attempt.objects.get(id=attempt.id))(Progress(percent=0, running=True))  # the next poll
+    remote.ProgressSink(Attempt.objects.get(id=attempt.id))(Progress(percent=0, running=True))  # the next poll
 
     assert (Job.objects.get(id=job.id).progress, Attempt.objects.get(id=attempt.id).progress) == (60, 60)
     assert Job.objects.get(id=job.id).status == JobStatus.RUNNING

@@ -4,7 +4,7 @@ from decimal import Decimal
 import pytest
 from django.utils import timezone
 
-from routing import services
+from routing import outcomes, services
 from routing.models import Attempt, AttemptStatus, Backend, Job, JobStatus, Preference
 
 pytestmark = pytest.mark.django_db
@@ -113,7 +113,7 @@ def test_a_local_gpus_first_runs_are_averaged_then_the_average_moves(alice, loca
     jobs = _submit(alice, 7)
     for number, job in enumerate(jobs, start=1):
         attempt = Attempt.objects.create(job=job, backend=local, number=1, status=AttemptStatus.SUCCEEDED)
-        services._learn_time(Attempt.objects.select_related("backend", "job").get(id=attempt.id), 2.0 * number)
+        outcomes._learn_time(Attempt.objects.select_related("backend", "job").get(id=attempt.id), 2.0 * number)
         expected = Backend.objects.get(id=local.id).expected_image_seconds
         if number <= 5:  # plain mean of 2, 4, ... 2n
             assert expected == pytest.approx(number + 1)
@@ -124,5 +124,5 @@ def test_a_paid_backends_time_moves_by_the_average_from_its_first_run(alice, spa
     Backend.objects.filter(id=spare_cloud.id).update(expected_image_seconds=25.0)
     [job] = _submit(alice)
     attempt = Attempt.objects.create(job=job, backend=spare_cloud, number=1, status=AttemptStatus.SUCCEEDED)
-    services._learn_time(Attempt.objects.select_related("backend", "job").get(id=attempt.id), 5.0)
+    outcomes._learn_time(Attempt.objects.select_related("backend", "job").get(id=attempt.id), 5.0)
     assert Backend.objects.get(id=spare_cloud.id).expected_image_seconds == pytest.approx(21.0)  # its hold stays near
