@@ -125,8 +125,8 @@ def probes_to_send(now=None) -> list[tuple[int, str]]:
     queue gathers one small expiring message per interval."""
     now = now or timezone.now()
     overdue = now - timedelta(seconds=settings.WORKER_LOST_SECONDS)
-    due = []
-    for backend in Backend.objects.filter(enabled=True):
+    due, window_starts = [], []
+    for backend in Backend.objects.filter(enabled=True).defer("inventory"):
         if missing_settings(backend):
             continue
         if backend.on_own_queue:  # its machine's worker alone takes these probes: is it there?
@@ -139,8 +139,9 @@ def probes_to_send(now=None) -> list[tuple[int, str]]:
             elif sent is not None and is_lost(backend):
                 continue
             if sent is None:
-                Backend.objects.filter(id=backend.id).update(probe_sent_at=now)
+                window_starts.append(backend.id)
         due.append((backend.id, backend.queue))
+    Backend.objects.filter(id__in=window_starts).update(probe_sent_at=now)  # one write for the round
     return due
 
 

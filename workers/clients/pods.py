@@ -113,6 +113,15 @@ class PodApi:
     def list(self) -> list[dict]:
         return self._call("list the pods", ctl_commands.get_pods, api_key=self.api_key) or []
 
+    def running_named(self, name: str) -> Optional[dict]:
+        """The running pod called `name`, in create()'s shape, or None: how a redelivered spawn
+        finds the pod its first delivery made instead of making a second one."""
+        for remote in self.list():
+            if remote.get("name") == name and remote.get("desiredStatus") == "RUNNING":
+                gpu = (remote.get("machine") or {}).get("gpuDisplayName") or ""
+                return {"id": remote["id"], "gpu_type": gpu, "cost_per_hour": Decimal(str(remote.get("costPerHr") or 0))}
+        return None
+
     def terminate(self, pod_id: str) -> None:
         mutation = pod_mutations.generate_pod_terminate_mutation(pod_id)
         try:

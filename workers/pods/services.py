@@ -118,15 +118,10 @@ def pod_spawn(*, pod_id: int, now=None) -> None:
 
 def _adopt_by_name(api, name: str) -> Optional[dict]:
     try:
-        listed = api.list()
+        return api.running_named(name)
     except BackendError as error:  # only a redelivered spawn needs it; reconcile ends any twin
         log.warning("could not list pods before creating %s: %s", name, error.message)
         return None
-    for remote in listed:
-        if remote.get("name") == name and pod_is_running(remote):
-            gpu = (remote.get("machine") or {}).get("gpuDisplayName") or ""
-            return {"id": remote["id"], "gpu_type": gpu, "cost_per_hour": Decimal(str(remote.get("costPerHr") or 0))}
-    return None
 
 
 def pod_env() -> dict:

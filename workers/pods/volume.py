@@ -18,7 +18,6 @@ import logging
 import uuid
 from datetime import timedelta
 from decimal import Decimal
-from typing import Optional
 
 from django.conf import settings
 from django.db import transaction
@@ -101,7 +100,7 @@ def volume_sync_spawn(*, sync_id: int, now=None) -> None:
         return
     client = _client()
     try:
-        created = _adopt(client.api, row.name) or client.api.create(
+        created = client.api.running_named(row.name) or client.api.create(
             name=row.name, image=settings.RUNPOD_POD_IMAGE, gpu_types=settings.RUNPOD_POD_GPU_TYPES,
             env=sync_env(row.files), disk_gb=10, volume_id=row.volume_id,
             registry_auth_id=settings.RUNPOD_POD_REGISTRY_AUTH_ID)
@@ -112,14 +111,6 @@ def volume_sync_spawn(*, sync_id: int, now=None) -> None:
         runpod_id=created["id"], gpu_type=created["gpu_type"], cost_per_hour=created["cost_per_hour"],
         url=client.pod_url(created["id"]), message="the sync pod is starting")
     log.info("volume sync %s: pod %s (%s)", row.name, created["id"], created["gpu_type"])
-
-
-def _adopt(api, name: str) -> Optional[dict]:
-    for remote in api.list():
-        if remote.get("name") == name and remote.get("desiredStatus") == "RUNNING":
-            return {"id": remote["id"], "gpu_type": (remote.get("machine") or {}).get("gpuDisplayName") or "",
-                    "cost_per_hour": Decimal(str(remote.get("costPerHr") or 0))}
-    return None
 
 
 def live_syncs_check() -> int:
