@@ -33,7 +33,7 @@ def parse(argv):
     sizes = parser.add_mutually_exclusive_group()
     sizes.add_argument("--quick", action="store_const", dest="size", const="quick", help="fewer samples")
     sizes.add_argument("--tiny", action="store_const", dest="size", const="tiny",
-                       help="a handful of samples: proves the code works (tests/test_bench_smoke.py)")
+                       help="a handful of samples: proves the code works (tests/bench/test_smoke.py)")
     parser.add_argument("--postgres", action="store_true",
                         help="a scratch PostgreSQL database on 127.0.0.1:5432 instead of SQLite")
     parser.add_argument("--out", type=Path, default=None, help="where the JSON goes (default bench/results)")

@@ -27,7 +27,7 @@ def _survive_redis_restarts():
     whose connection it has already dropped. That fails in Channel._connparams with an
     AttributeError ('NoneType' object has no attribute 'hostname' / 'client'), which is not a
     connection error, so the worker stops with "Unrecoverable error" instead of reconnecting
-    (seen here in tests/test_faults.py; celery/kombu#582 and #970 show the same path). Raising
+    (seen here in tests/integration/test_faults.py; celery/kombu#582 and #970 show the same path). Raising
     a connection error there lets kombu and Celery handle it as the lost connection it is: the
     messages stay in Redis's unacked hash, come back after the visibility timeout, and the
     sweeper re-sends what a job needs anyway.

@@ -1,6 +1,6 @@
 """A scratch PostgreSQL database for a race script: created, migrated, used, dropped.
 
-The race scripts (tests/cap_race.py, tests/lock_race.py) run as their own process, with
+The race scripts (tests/billing/cap_race.py, tests/routing/lock_race.py) run as their own process, with
 DATABASE_URL pointing at the scratch database before Django is set up."""
 import contextlib
 import os

@@ -1,0 +1,257 @@
+"""Spend caps: exact under concurrency (SQLite and PostgreSQL), periods, messages, ledger."""
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime, timezone as dt_timezone
+from decimal import Decimal
+
+import psycopg
+import pytest
+
+from billing import caps
+from billing.models import LedgerEntry, SpendCap, SpendCounter
+from routing import services
+from routing.models import Attempt, Backend, Job, JobStatus
+from tests.billing import cap_race
+from tests.conftest import ROOT
+from workers.clients import Done
+
+PG_ADMIN_URL = os.environ.get("CAP_RACE_ADMIN_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+
+
+def _at(*args):
+    return datetime(*args, tzinfo=dt_timezone.utc)
+
+
+@pytest.fixture
+def paid(db):
+    return Backend.objects.create(name="paidcloud", kind="comfyui", category="cloud", url="http://127.0.0.1:9",
+                                  price_per_second=Decimal("0.04"), expected_image_seconds=25.0)
+
+
+def _attempt(user, backend, n=1):
+    job = Job.objects.create(user=user, prompt="p")
+    return Attempt.objects.create(job=job, backend=backend, number=n)
+
+
+def _counter(scope, user=None, period=None):
+    row = SpendCounter.objects.filter(scope=scope, user=user, **({"period": period} if period else {})).first()
+    return row.amount if row else Decimal("0")
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.slow
+def test_twenty_concurrent_one_dollar_jobs_against_a_five_dollar_cap_accept_exactly_five_on_sqlite():
+    result = cap_race.race(cap_race.seed(20, Decimal("5")))
+    assert result["errors"] == []
+    assert (result["routed"], result["failed"]) == (5, 15)
+    assert result["held"] == "5.000000"
+    [message] = result["messages"]
+    assert message.startswith("No backend can run this job — ")
+    assert ("racecloud: Daily spending limit reached: $5.00 of $5.00 used, resets at 00:00 UTC. "
+            "Use your local GPU or try tomorrow.") in message
+
+
+def _postgres_answers() -> bool:
+    try:
+        psycopg.connect(PG_ADMIN_URL, connect_timeout=2).close()
+        return True
+    except psycopg.Error:
+        return False
+
+
+def _race_on_postgres(module: str, *args) -> dict:
+    """Run a race script (tests/pg_scratch.py) on a scratch PostgreSQL database; its JSON result."""
+    if not _postgres_answers():
+        pytest.skip(f"no PostgreSQL answers at {PG_ADMIN_URL}")
+    env = {**os.environ, "CAP_RACE_ADMIN_URL": PG_ADMIN_URL}
+    done = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["vendor"] == "postgresql"
+    return result
+
+
+@pytest.mark.postgres
+def test_twenty_concurrent_one_dollar_jobs_against_a_five_dollar_cap_accept_exactly_five_on_postgresql():
+    result = _race_on_postgres("tests.billing.cap_race", 20)
+    assert result["errors"] == []
+    assert (result["routed"], result["failed"], result["held"]) == (5, 15, "5.000000")
+
+
+@pytest.mark.postgres
+def test_forty_submissions_at_once_against_a_limit_of_ten_make_exactly_ten_jobs_on_postgresql():
+    result = _race_on_postgres("tests.routing.lock_race", "submit", 40)
+    assert result["errors"] == []
+    assert (result["created"], result["refused"]) == (10, 30)  # counted, then inserted: 14 got through
+
+
+@pytest.mark.postgres
+def test_a_cancel_racing_the_jobs_completion_never_deadlocks_on_postgresql():
+    result = _race_on_postgres("tests.routing.lock_race", "cancel", 70)
+    assert result["errors"] == []  # before one lock order: 61 deadlocks in 70 races
+    assert sum(result["outcomes"].values()) == 70 and set(result["outcomes"]) <= {"cancelled/cancelled",
+                                                                                 "succeeded/succeeded"}
+    assert result["inconsistent"] == []  # each job's cost is its user's ledger
+
+
+@pytest.mark.django_db
+def test_a_hold_counts_against_the_day_and_month_it_was_taken_in(alice, paid):
+    first = _attempt(alice, paid, 1)
+    assert caps.hold(attempt=first, amount=Decimal("4"), now=_at(2026, 1, 31, 23, 59)) == ""
+    second = _attempt(alice, paid, 1)
+    # a new day: the daily cap starts again, the month is new too
+    assert caps.hold(attempt=second, amount=Decimal("4"), now=_at(2026, 2, 1, 0, 1)) == ""
+    # the first job ends after midnight: its real cost corrects 31 January, not 1 February
+    caps.charge(attempt=first, amount=Decimal("3"), now=_at(2026, 2, 1, 0, 2))
+    assert _counter("user-day", alice, _at(2026, 1, 31).date()) == Decimal("3")
+    assert _counter("user-day", alice, _at(2026, 2, 1).date()) == Decimal("4")
+    assert _counter("user-month", alice, _at(2026, 1, 1).date()) == Decimal("3")
+    assert _counter("user-month", alice, _at(2026, 2, 1).date()) == Decimal("4")
+    assert _counter("global-month", None, _at(2026, 2, 1).date()) == Decimal("4")
+
+
+@pytest.mark.django_db
+def test_the_monthly_cap_stops_spending_spread_over_several_days(alice, paid):
+    SpendCap.objects.create(user=alice, daily=Decimal("5"), monthly=Decimal("9"))
+    assert caps.hold(attempt=_attempt(alice, paid), amount=Decimal("5"), now=_at(2026, 3, 1, 12)) == ""
+    assert caps.hold(attempt=_attempt(alice, paid), amount=Decimal("4"), now=_at(2026, 3, 2, 12)) == ""
+    refusal = caps.hold(attempt=_attempt(alice, paid), amount=Decimal("1"), now=_at(2026, 3, 3, 12))
+    assert refusal == ("Monthly spending limit reached: $9.00 of $9.00 used, resets on 1 April at 00:00 UTC. "
+                       "Use your local GPU or wait until then.")
+    assert caps.hold(attempt=_attempt(alice, paid), amount=Decimal("1"), now=_at(2026, 4, 1, 0, 0)) == ""
+
+
+@pytest.mark.django_db
+def test_a_refusal_says_how_much_is_left(alice, paid):
+    caps.hold(attempt=_attempt(alice, paid), amount=Decimal("4.5"), now=_at(2026, 3, 1, 12))
+    refusal = caps.hold(attempt=_attempt(alice, paid), amount=Decimal("1"), now=_at(2026, 3, 1, 13))
+    assert refusal == ("Daily spending limit: this job needs about $1.00 but only $0.50 of $5.00 is left, "
+                       "resets at 00:00 UTC. Use your local GPU or try tomorrow.")
+    assert _counter("user-day", alice) == Decimal("4.5")  # the refused hold moved nothing
+
+
+@pytest.mark.django_db
+def test_the_installation_cap_applies_to_everyone(alice, bob, paid, settings):
+    settings.GLOBAL_MONTHLY_CAP_USD = Decimal("6")
+    assert caps.hold(attempt=_attempt(alice, paid), amount=Decimal("4")) == ""
+    refusal = caps.hold(attempt=_attempt(bob, paid), amount=Decimal("4"))
+    assert refusal.startswith("The installation's monthly spending limit: this needs about $4.00 but only $2.00 "
+                              "of $6.00 is left")
+    assert caps.cloud_budget_left() == Decimal("2")
+    assert caps.hold(attempt=_attempt(bob, paid), amount=Decimal("2")) == ""
+    assert caps.hold(attempt=_attempt(bob, paid), amount=Decimal("1")).startswith(
+        "The installation's monthly spending limit is used up: $6.00 of $6.00")
+
+
+@pytest.mark.django_db
+def test_a_duplicate_completion_delivery_leaves_one_charge(alice, paid):
+    attempt = _attempt(alice, paid)
+    Attempt.objects.filter(id=attempt.id).update(status="running")
+    caps.hold(attempt=attempt, amount=Decimal("1"))
+
+    class NoDownloads:
+        def download(self, output):
+            raise AssertionError("no outputs here")
+
+    done = Done(outputs=[], seconds=12.5)
+    assert services.attempt_succeed(attempt_id=attempt.id, done=done, client=NoDownloads())
+    assert not services.attempt_succeed(attempt_id=attempt.id, done=done, client=NoDownloads())
+    assert not caps.charge(attempt=attempt, amount=Decimal("0.5"))
+    charges = LedgerEntry.objects.filter(kind="charge")
+    assert [c.amount for c in charges] == [Decimal("0.500000")]  # 12.5 s × $0.04
+    assert _counter("user-day", alice) == Decimal("0.5")
+    assert Job.objects.get(id=attempt.job_id).cost == Decimal("0.5")
+
+
+@pytest.mark.django_db
+def test_a_failed_job_releases_its_hold(alice, paid):
+    attempt = _attempt(alice, paid)
+    caps.hold(attempt=attempt, amount=Decimal("1"))
+    services.attempt_fail(attempt_id=attempt.id, error="bad workflow", retryable=False)
+    services.attempt_fail(attempt_id=attempt.id, error="bad workflow", retryable=False)
+    assert sorted(e.kind for e in LedgerEntry.objects.all()) == ["hold", "release"]
+    assert _counter("user-day", alice) == 0 and caps.ledger_total() == 0
+    assert Job.objects.get(id=attempt.job_id).status == JobStatus.FAILED
+
+
+@pytest.mark.django_db
+def test_auto_mode_routes_around_a_capped_backend_to_a_free_one(alice, paid, local_backend):
+    SpendCap.objects.create(user=alice, daily=Decimal("0.5"))
+    Backend.objects.filter(id=local_backend.id).update(queue_depth=99)  # local full: paid is preferred
+    job = services.job_submit(user=alice, kind="image", preference="auto", prompt="p")
+    services.job_route(job_id=job.id)
+    job.refresh_from_db()
+    # the $1 cloud estimate breaks the $0.50 cap, so the job waits for the free local GPU
+    assert job.waiting and "paidcloud" in job.decision and "Daily spending limit" in job.decision["paidcloud"]
+
+
+@pytest.mark.django_db
+def test_ledger_entries_cannot_be_edited_or_deleted(alice, paid):
+    attempt = _attempt(alice, paid)
+    caps.hold(attempt=attempt, amount=Decimal("1"))
+    entry = LedgerEntry.objects.get()
+    entry.amount = Decimal("0")
+    with pytest.raises(ValueError, match="append-only"):
+        entry.save()
+    with pytest.raises(ValueError, match="append-only"):
+        entry.delete()
+
+
+@pytest.mark.django_db
+def test_the_admin_shows_the_ledger_read_only(admin_client, alice, paid):
+    caps.hold(attempt=_attempt(alice, paid), amount=Decimal("1"))
+    entry = LedgerEntry.objects.get()
+    assert admin_client.get("/admin/billing/ledgerentry/").status_code == 200
+    assert admin_client.get("/admin/billing/ledgerentry/add/").status_code == 403
+    page = admin_client.get(f"/admin/billing/ledgerentry/{entry.id}/change/").content.decode()
+    assert 'name="amount"' not in page
+    assert admin_client.post(f"/admin/billing/ledgerentry/{entry.id}/delete/", {"post": "yes"}).status_code == 403
+    assert LedgerEntry.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_idle_pod_time_is_its_own_entry_once(paid):
+    assert caps.record_idle(key="idle:pod1:1", amount=Decimal("0.12"), backend=paid, pod_id="pod1")
+    assert not caps.record_idle(key="idle:pod1:1", amount=Decimal("0.12"), backend=paid, pod_id="pod1")
+    assert caps.ledger_total(kind="idle") == Decimal("0.12")
+    assert _counter("global-month") == Decimal("0.12")
+
+
+@pytest.mark.django_db
+def test_ten_dimes_fill_a_one_dollar_cap_exactly(alice, paid):
+    # 0.1 has no exact float: the counters count millionths as integers, so the tenth fits
+    SpendCap.objects.create(user=alice, daily=Decimal("1.00"))
+    for _ in range(10):
+        assert caps.hold(attempt=_attempt(alice, paid), amount=Decimal("0.10")) == ""
+    assert caps.hold(attempt=_attempt(alice, paid), amount=Decimal("0.000001")).startswith("Daily spending limit")
+    assert _counter("user-day", alice) == Decimal("1")
+
+
+def test_a_meter_extends_its_hold_in_the_periods_of_the_first_hold_until_a_cap_refuses(alice, paid, settings):
+    settings.DAILY_CAP_USD = Decimal("1.00")
+    attempt = _attempt(alice, paid)
+    assert caps.hold(attempt=attempt, amount=Decimal("0.40"), now=_at(2026, 3, 31, 23, 59)) == ""
+    assert caps.extend(attempt=attempt, amount=Decimal("0.50")) == ""  # after midnight: still 31 March
+    assert caps.held(attempt) == Decimal("0.90")
+    assert _counter("user-day", alice, _at(2026, 3, 31).date()) == Decimal("0.90")
+    refusal = caps.extend(attempt=attempt, amount=Decimal("0.20"))
+    assert refusal.startswith("Daily spending limit: this job needs about $0.20 but only $0.10")
+    assert caps.held(attempt) == Decimal("0.90")  # a refused extension moves nothing
+
+    assert caps.charge(attempt=attempt, amount=Decimal("0.85"))  # settles the hold and every extension
+    assert _counter("user-day", alice, _at(2026, 3, 31).date()) == Decimal("0.85")
+    assert caps.ledger_total(user=alice) == Decimal("0.85")
+    assert not caps.release(attempt=attempt)
+
+
+def test_a_released_meter_gives_back_every_extension(alice, paid):
+    attempt = _attempt(alice, paid)
+    caps.hold(attempt=attempt, amount=Decimal("0.10"))
+    caps.extend(attempt=attempt, amount=Decimal("0.05"))
+    caps.extend(attempt=attempt, amount=Decimal("0.05"))
+    assert caps.release(attempt=attempt)
+    assert _counter("user-day", alice) == 0 and _counter("global-month") == 0
+    assert LedgerEntry.objects.get(key=f"release:{attempt.id}").amount == Decimal("-0.20")
