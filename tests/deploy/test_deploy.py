@@ -41,12 +41,17 @@ def _app_services(compose) -> dict:
 
 
 def _workers(compose) -> dict:
+    """The workers a plain `docker compose up` starts: Celery's, and the first machine's GPU
+    worker (`manage.py gpu_worker`; the gpu profile's nodes are extra machines' queues)."""
     return {name: s for name, s in _app_services(compose).items()
-            if _command(s)[:4] == ["celery", "-A", "project", "worker"]}
+            if _command(s)[:4] == ["celery", "-A", "project", "worker"]
+            or (_command(s)[:3] == ["python", "manage.py", "gpu_worker"] and "gpu" not in s.get("profiles", []))}
 
 
 def _queues_of(service: dict) -> list:
     command = _command(service)
+    if "gpu_worker" in command:  # the queue of the backend it registers (the first one's is `local`)
+        return [queues.for_comfyui(command[command.index("--name") + 1])]
     return command[command.index("-Q") + 1].split(",")
 
 
@@ -74,6 +79,15 @@ def test_web_is_gunicorn_and_static_files_come_from_whitenoise(compose):
     assert _command(compose["services"]["web"])[:2] == ["gunicorn", "project.wsgi"]
     assert "whitenoise.middleware.WhiteNoiseMiddleware" in settings.MIDDLEWARE
     assert "collectstatic" in (DEPLOY / "Dockerfile").read_text()
+
+
+def test_the_first_machines_gpu_worker_registers_the_backend_local_at_the_hosts_comfyui(compose):
+    command = _command(compose["services"]["worker-local"])
+    assert command[:3] == ["python", "manage.py", "gpu_worker"] and command[command.index("--name") + 1] == "local"
+    # the same ComfyUI as the app's COMFYUI_URL: the host's, seen from the container
+    assert command[command.index("--comfyui-url") + 1] == compose["x-app"]["environment"]["COMFYUI_URL"] == \
+        "${COMFYUI_URL:-http://host.docker.internal:8188}"
+    assert "local@$$HOSTNAME" in compose["services"]["worker-local"]["healthcheck"]["test"][1]
 
 
 def test_there_is_one_worker_service_per_queue(compose):
