@@ -1,7 +1,9 @@
 """Jobs, attempts, backends, outputs and per-user preferences.
 
 State changes never go through `save()` on a loaded row: services use conditional updates
-(`filter(id=..., status=expected).update(...)`) so that a task delivered twice is a no-op.
+(`filter(id=..., status__in=expected).update(...)`) so that a task delivered twice is a no-op.
+The moves of Job.status and Attempt.status, and the one update that makes them, are in
+routing/transitions.py.
 """
 import uuid
 from decimal import Decimal

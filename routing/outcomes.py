@@ -27,7 +27,8 @@ from . import dispatch, previews
 from .backends import client_for_backend
 from .health import health_record, success_seen
 from .inventory import inventory_forget
-from .models import ACTIVE_ATTEMPT_STATES, ACTIVE_JOB_STATES, Attempt, AttemptStatus, Backend, Job, JobStatus, Output
+from .models import ACTIVE_ATTEMPT_STATES, Attempt, AttemptStatus, Backend, Job, JobStatus, Output
+from .transitions import attempt_move, job_move
 
 log = logging.getLogger(__name__)
 
@@ -52,20 +53,15 @@ def attempt_succeed(*, attempt_id, done: Done, client) -> bool:
             seconds = (now - attempt.running_at).total_seconds()
         cost = actual_cost(backend=attempt.backend, job=attempt.job, seconds=seconds, outputs=len(files),
                            rate=meter_rate(attempt))
-        updated = Attempt.objects.filter(id=attempt_id, status__in=ACTIVE_ATTEMPT_STATES).update(
-            status=AttemptStatus.SUCCEEDED, finished_at=now, progress=100, seconds=done.seconds, error="",
-            cost=cost,
-        )
-        if not updated:
+        if not attempt_move(attempt_id, to=AttemptStatus.SUCCEEDED, finished_at=now, progress=100,
+                            seconds=done.seconds, error="", cost=cost):
             return False
         if cost or attempt.backend.category != "local":  # a local GPU holds and charges nothing
             caps.charge(attempt=attempt, amount=cost)
         for index, (output, data) in enumerate(files):
             _store_output(attempt, index, output, data)
-        Job.objects.filter(id=attempt.job_id, status__in=ACTIVE_JOB_STATES).update(
-            status=JobStatus.SUCCEEDED, finished_at=now, progress=100, error="", backend=attempt.backend,
-            cost=F("cost") + cost,
-        )
+        job_move(attempt.job_id, to=JobStatus.SUCCEEDED, finished_at=now, progress=100, error="",
+                 backend=attempt.backend, cost=F("cost") + cost)
         dispatch.send_on_commit(dispatch.ADMIT, [], queue=queues.CONTROL)
         _ended(attempt.job_id, has_webhook=bool(attempt.job.webhook_url))
     # Backend rows are written after the commit: routing locks backends, then spend counters;
@@ -119,11 +115,8 @@ def attempt_fail(*, attempt_id, error: str, retryable: bool, outage: bool = Fals
     retryable = retryable or misconfigured
     with transaction.atomic():
         lock_job(Attempt.objects.values_list("job_id", flat=True).get(id=attempt_id))
-        updated = Attempt.objects.filter(id=attempt_id, status__in=ACTIVE_ATTEMPT_STATES).update(
-            status=AttemptStatus.FAILED, error=error[:4000], retryable=retryable, outage=outage and retryable,
-            finished_at=timezone.now(), cost=used or Decimal("0"),
-        )
-        if not updated:
+        if not attempt_move(attempt_id, to=AttemptStatus.FAILED, error=error[:4000], retryable=retryable,
+                            outage=outage and retryable, finished_at=timezone.now(), cost=used or Decimal("0")):
             return
         attempt = Attempt.objects.select_related("job", "backend").get(id=attempt_id)
         log.info("attempt %s of job %s on %s failed (%s): %s", attempt.id, attempt.job_id, attempt.backend.name,
@@ -135,9 +128,7 @@ def attempt_fail(*, attempt_id, error: str, retryable: bool, outage: bool = Fals
         if retryable and outage and attempt.backend.kind == Backend.Kind.POD:  # that pod may be dead
             pod_attempt_failed(attempt_id=attempt.id)
         if retryable:
-            requeued = Job.objects.filter(id=job.id, status__in=ACTIVE_JOB_STATES).update(
-                status=JobStatus.QUEUED, progress=0)
-            if requeued:
+            if job_move(job.id, to=JobStatus.QUEUED, progress=0):
                 dispatch.send_on_commit(dispatch.ROUTE, [str(job.id)], queue=queues.CONTROL, priority=job.priority)
         else:
             job_fail(job, error)
@@ -176,9 +167,7 @@ def _settle(attempt: Attempt, used: Optional[Decimal]) -> None:
 
 
 def job_fail(job: Job, error: str) -> None:
-    failed = Job.objects.filter(id=job.id, status__in=ACTIVE_JOB_STATES).update(
-        status=JobStatus.FAILED, error=error[:4000], finished_at=timezone.now())
-    if failed:
+    if job_move(job.id, to=JobStatus.FAILED, error=error[:4000], finished_at=timezone.now()):
         _ended(job.id)
 
 
@@ -194,16 +183,14 @@ def job_cancel(*, user, job_id) -> bool:
     """Cancel the user's job; a submitted attempt is cancelled on its backend too."""
     with transaction.atomic():
         lock_job(job_id)
-        updated = Job.objects.filter(id=job_id, user=user, status__in=ACTIVE_JOB_STATES).update(
-            status=JobStatus.CANCELLED, finished_at=timezone.now(), error="Cancelled by the user")
-        if not updated:
+        if not job_move(job_id, to=JobStatus.CANCELLED, where={"user": user}, finished_at=timezone.now(),
+                        error="Cancelled by the user"):
             return False
         _ended(job_id)
         for attempt in Attempt.objects.filter(job_id=job_id, status__in=ACTIVE_ATTEMPT_STATES).select_related("backend"):
             now = timezone.now()
             used = used_so_far(attempt, now)
-            if Attempt.objects.filter(id=attempt.id, status__in=ACTIVE_ATTEMPT_STATES).update(
-                    status=AttemptStatus.CANCELLED, finished_at=now, cost=used or Decimal("0")):
+            if attempt_move(attempt.id, to=AttemptStatus.CANCELLED, finished_at=now, cost=used or Decimal("0")):
                 _settle(attempt, used)
             if attempt.handle:
                 dispatch.send_on_commit(dispatch.CANCEL, [str(attempt.id)], queue=attempt.backend.queue)

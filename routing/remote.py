@@ -26,9 +26,10 @@ from workers.workflows.requirements import requirements_of
 
 from . import dispatch, previews
 from .backends import client_for_backend
-from .models import Attempt, AttemptStatus, Backend, Job, JobStatus
+from .models import Attempt, AttemptStatus, Backend, JobStatus
 from .outcomes import attempt_fail, attempt_succeed, lock_job, meter_rate
 from .selectors import job_workflow
+from .transitions import attempt_move, job_move
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def attempt_submit(*, attempt_id, worker: str = ""):
     if attempt.status != AttemptStatus.PENDING:
         return False
     if attempt.job.is_final:
-        Attempt.objects.filter(id=attempt.id, status=AttemptStatus.PENDING).update(status=AttemptStatus.CANCELLED)
+        attempt_move(attempt.id, to=AttemptStatus.CANCELLED, frm=(AttemptStatus.PENDING,))
         return False
     # One delivery at a time: a sweeper re-send or a pod dispatch racing this one would submit the
     # same attempt twice (the "already known?" look-up and the send are not atomic; /run is not
@@ -86,13 +87,10 @@ def attempt_submit(*, attempt_id, worker: str = ""):
     now = timezone.now()
     with transaction.atomic():
         lock_job(attempt.job_id)
-        updated = Attempt.objects.filter(id=attempt.id, status=AttemptStatus.PENDING).update(
-            status=AttemptStatus.SUBMITTED, handle=handle, started_at=now, polled_at=now, poll_errors=0,
-            call_open=False, worker=worker[:200], gpu=gpu_label(attempt.backend),
-        )
-        Job.objects.filter(id=attempt.job_id, status=JobStatus.ROUTED).update(
-            status=JobStatus.SUBMITTED, started_at=Coalesce(F("started_at"), now))
-    return bool(updated)
+        updated = attempt_move(attempt.id, to=AttemptStatus.SUBMITTED, handle=handle, started_at=now, polled_at=now,
+                               poll_errors=0, call_open=False, worker=worker[:200], gpu=gpu_label(attempt.backend))
+        job_move(attempt.job_id, to=JobStatus.SUBMITTED, started_at=Coalesce(F("started_at"), now))
+    return updated
 
 
 def gpu_label(backend: Backend) -> str:
@@ -302,8 +300,6 @@ class ProgressSink:
             now = timezone.now()
             if Attempt.objects.filter(id=attempt.id, running_at__isnull=True).update(running_at=now):
                 attempt.running_at = now
-        Attempt.objects.filter(id=attempt.id, status__in=(AttemptStatus.SUBMITTED, AttemptStatus.RUNNING)).update(
-            status=AttemptStatus.RUNNING, progress=percent, queue_position=None)
-        Job.objects.filter(id=attempt.job_id, status__in=(JobStatus.SUBMITTED, JobStatus.RUNNING)).update(
-            status=JobStatus.RUNNING, progress=percent)
+        attempt_move(attempt.id, to=AttemptStatus.RUNNING, progress=percent, queue_position=None)
+        job_move(attempt.job_id, to=JobStatus.RUNNING, progress=percent)
         self.running, self.percent, self.position = True, percent, None

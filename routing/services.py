@@ -26,6 +26,7 @@ from .outcomes import attempt_cancel_remote, attempt_fail, attempt_succeed, job_
 from .policy import WAIT_GPU, decide
 from .remote import attempt_poll, attempt_submit, job_spec
 from .selectors import admission_order, candidates_for, in_flight_by_user, job_facts, local_room, locked_backends
+from .transitions import job_move
 
 log = logging.getLogger(__name__)
 
@@ -120,9 +121,8 @@ def job_route(*, job_id) -> Optional[Attempt]:
         else:
             job_fail(job, _no_backend_message(job, decision.summary, tried))
             return None
-        Job.objects.filter(id=job.id, status=JobStatus.QUEUED).update(
-            status=JobStatus.ROUTED, backend=attempt.backend, reason=decision.reason, decision=decision.reasons,
-            waiting=False, waiting_for="", waiting_since=None, **_moved(job, attempt))
+        job_move(job.id, to=JobStatus.ROUTED, backend=attempt.backend, reason=decision.reason,
+                 decision=decision.reasons, waiting=False, waiting_for="", waiting_since=None, **_moved(job, attempt))
         dispatch.send_on_commit(dispatch.SUBMIT, [str(attempt.id)], queue=attempt.backend.queue,
                                 priority=job.priority)
         return attempt
