@@ -87,8 +87,9 @@ def sweep(now=None) -> dict:
             "backend", "job"):
         dispatch.send(dispatch.SUBMIT, [str(attempt.id)], queue=attempt.backend.queue, priority=attempt.job.priority)
         counts["submit"] += 1
+    # A sent attempt's last poll claimed it long ago: its poll chain's message was lost.
     stale_polls = Attempt.objects.filter(status__in=(AttemptStatus.SUBMITTED, AttemptStatus.RUNNING),
-                                         polled_at__lt=cutoff).select_related("backend", "job")
+                                         claimed_at__lt=cutoff).select_related("backend", "job")
     for attempt in stale_polls:
         dispatch.send(dispatch.POLL, [str(attempt.id), attempt.poll_seq], queue=attempt.backend.queue,
                       priority=attempt.job.priority)

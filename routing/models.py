@@ -245,8 +245,17 @@ class Attempt(models.Model):
     # Each poll task carries the sequence number it expects; a stale duplicate is dropped,
     # so a redelivered poll can never fork a second poll chain.
     poll_seq = models.PositiveIntegerField(default=0)
-    polled_at = models.DateTimeField(null=True, blank=True)
-    poll_errors = models.PositiveSmallIntegerField(default=0, help_text="Failed polls in a row")
+    # Each of the next two serves both phases of an attempt, which its status tells apart (pending:
+    # being sent; sent: polled; never both at once), so its name says what the phases share: when a
+    # task last took the attempt, and how its backend answered lately. One field for both, not two:
+    # no column is ever idle, and the rename (from polled_at, poll_errors) keeps the data.
+    claimed_at = models.DateTimeField(
+        null=True, blank=True,
+        help_text="When a task last claimed it: pending, the submit's lease (a redelivered submit waits "
+                  "SUBMIT_LEASE_SECONDS); sent, the last poll (the sweeper resends a chain silent too long)")
+    remote_errors = models.PositiveSmallIntegerField(
+        default=0, help_text="Its backend's errors in a row: pending, submits to send again (SUBMIT_RETRIES); "
+                             "sent, failed polls (MAX_POLL_ERRORS)")
     submit_tries = models.PositiveSmallIntegerField(default=0, help_text="Times a submit was started")
     # Where it ran, as it was when submitted (a fleet's machines change): the Celery worker that
     # submitted it and the backend's GPU.
@@ -262,7 +271,7 @@ class Attempt(models.Model):
     class Meta:
         ordering = ["job", "number"]
         constraints = [models.UniqueConstraint(fields=["job", "number"], name="attempt_number_unique")]
-        indexes = [models.Index(fields=["backend", "status"]), models.Index(fields=["status", "polled_at"])]
+        indexes = [models.Index(fields=["backend", "status"]), models.Index(fields=["status", "claimed_at"])]
 
     def __str__(self):
         return f"attempt {self.number} of {self.job_id} on {self.backend_id}"

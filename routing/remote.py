@@ -54,7 +54,7 @@ def attempt_submit(*, attempt_id, worker: str = ""):
     # The try is counted in the same update, before the remote call: a second try means a worker
     # died mid-submit, and the client must look for the first one before sending again.
     if not Attempt.objects.filter(id=attempt.id, status=AttemptStatus.PENDING).filter(
-            Q(polled_at__isnull=True) | Q(polled_at__lt=lease)).update(polled_at=now,
+            Q(claimed_at__isnull=True) | Q(claimed_at__lt=lease)).update(claimed_at=now,
                                                                        submit_tries=F("submit_tries") + 1):
         return False
     attempt.submit_tries += 1
@@ -77,18 +77,20 @@ def attempt_submit(*, attempt_id, worker: str = ""):
         _close_call(attempt, paid, cut_short=error.outage and not error.resend_safe,
                     key=f"submit-{attempt.submit_tries - 1}-cut")
         if (error.retryable and error.resend_safe and not error.misconfigured
-                and attempt.poll_errors + 1 < settings.SUBMIT_RETRIES):
-            Attempt.objects.filter(id=attempt.id).update(poll_errors=F("poll_errors") + 1)
+                and attempt.remote_errors + 1 < settings.SUBMIT_RETRIES):
+            Attempt.objects.filter(id=attempt.id).update(remote_errors=F("remote_errors") + 1)
             _release_submit(attempt)
-            return max(0.1, settings.POLL_INTERVAL_SECONDS * 2 ** attempt.poll_errors)  # the same backend, soon
+            return max(0.1, settings.POLL_INTERVAL_SECONDS * 2 ** attempt.remote_errors)  # the same backend, soon
         attempt_fail(attempt_id=attempt.id, error=error.message, retryable=error.retryable, outage=error.outage,
                      lacks=error.lacks, misconfigured=error.misconfigured)
         return False
     now = timezone.now()
     with transaction.atomic():
         lock_job(attempt.job_id)
-        updated = attempt_move(attempt.id, to=AttemptStatus.SUBMITTED, handle=handle, started_at=now, polled_at=now,
-                               poll_errors=0, call_open=False, worker=worker[:200], gpu=gpu_label(attempt.backend))
+        # Sent: the claim passes to the poll chain (the sweeper counts its silence from here), and the
+        # submit's errors are forgotten (polls count their own).
+        updated = attempt_move(attempt.id, to=AttemptStatus.SUBMITTED, handle=handle, started_at=now, claimed_at=now,
+                               remote_errors=0, call_open=False, worker=worker[:200], gpu=gpu_label(attempt.backend))
         job_move(attempt.job_id, to=JobStatus.SUBMITTED, started_at=Coalesce(F("started_at"), now))
     return updated
 
@@ -129,7 +131,7 @@ def _unmatched(attempt: Attempt, key: str, why: str) -> None:
 
 
 def _release_submit(attempt: Attempt) -> None:
-    Attempt.objects.filter(id=attempt.id, status=AttemptStatus.PENDING).update(polled_at=None)
+    Attempt.objects.filter(id=attempt.id, status=AttemptStatus.PENDING).update(claimed_at=None)
 
 
 def job_spec(attempt: Attempt) -> dict:
@@ -153,7 +155,7 @@ def attempt_poll(*, attempt_id, seq: int) -> Optional[float]:
     when the chain ends (finished, or this poll was a stale duplicate)."""
     claimed = Attempt.objects.filter(
         id=attempt_id, poll_seq=seq, status__in=(AttemptStatus.SUBMITTED, AttemptStatus.RUNNING)
-    ).update(poll_seq=seq + 1, polled_at=timezone.now())
+    ).update(poll_seq=seq + 1, claimed_at=timezone.now())
     if not claimed:
         return None
     attempt = Attempt.objects.select_related("job", "backend").get(id=attempt_id)
@@ -181,7 +183,7 @@ def attempt_poll(*, attempt_id, seq: int) -> Optional[float]:
         attempt_fail(attempt_id=attempt.id, error=result.error, retryable=result.retryable, outage=result.outage,
                      lacks=result.lacks, ran_seconds=result.seconds, misconfigured=result.misconfigured)
         return None
-    Attempt.objects.filter(id=attempt.id).update(poll_errors=0)
+    Attempt.objects.filter(id=attempt.id).update(remote_errors=0)
     sink(result)
     countdown = result.next_poll if result.next_poll is not None else settings.POLL_INTERVAL_SECONDS
     # A poll may itself last a while (ComfyUI's WebSocket watch): the meter looks ahead past the
@@ -264,12 +266,12 @@ NOTHING_SAVED = "The job finished but saved no file (its outputs were only previ
 
 
 def _poll_error(attempt: Attempt, error: BackendError) -> Optional[float]:
-    Attempt.objects.filter(id=attempt.id).update(poll_errors=F("poll_errors") + 1)
-    if not error.retryable or error.misconfigured or attempt.poll_errors + 1 >= MAX_POLL_ERRORS:
+    Attempt.objects.filter(id=attempt.id).update(remote_errors=F("remote_errors") + 1)
+    if not error.retryable or error.misconfigured or attempt.remote_errors + 1 >= MAX_POLL_ERRORS:
         attempt_fail(attempt_id=attempt.id, error=error.message, retryable=error.retryable, outage=error.outage,
                      lacks=error.lacks, misconfigured=error.misconfigured)
         return None
-    return settings.POLL_INTERVAL_SECONDS * (attempt.poll_errors + 1)
+    return settings.POLL_INTERVAL_SECONDS * (attempt.remote_errors + 1)
 
 
 class ProgressSink:

@@ -71,7 +71,7 @@ def test_a_stale_poll_cannot_fork_a_second_poll_chain(alice, local):
     assert services.attempt_poll(attempt_id=attempt.id, seq=0) is None  # poll 0 again: stale
 
     after = Attempt.objects.get(id=attempt.id)
-    assert (after.status, after.poll_seq, after.polled_at) == (AttemptStatus.SUBMITTED, 1, before.polled_at)
+    assert (after.status, after.poll_seq, after.claimed_at) == (AttemptStatus.SUBMITTED, 1, before.claimed_at)
     services.attempt_poll(attempt_id=attempt.id, seq=1)  # the chain's own poll 1 is not refused: it claims
     assert Attempt.objects.get(id=attempt.id).poll_seq == 2
 
