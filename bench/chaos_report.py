@@ -7,7 +7,7 @@ Definitions (the invariants the run checks):
   Gemini generations for a job than it had attempts there), or a job with more than one
   succeeded attempt, or with outputs stored from more than one attempt. A job that ran on two
   backends because of a failover is not a duplicate.
-* ledger: money spent (charges + idle pod time, billing.caps.ledger_total) must equal the sum of
+* ledger: money spent (charges + idle pod time, billing.ledger.ledger_total) must equal the sum of
   the jobs' costs plus the idle pod time recorded, to the cent; every hold must be settled.
 * pods left: pods RunPod (the fake) still runs, or rows that may still be billing.
 * unavoidable failure: invalid input (the job was built invalid and failed with the backend's
@@ -86,7 +86,7 @@ def collect(world, plans: dict, started: float, finished_submitting: float, ende
             cleanup: dict) -> dict:
     from django.db.models import Count, Sum
 
-    from billing.caps import ledger_total
+    from billing.ledger import ledger_total
     from billing.models import LedgerEntry
     from routing.models import Attempt, Job, Output
     from workers.pods.models import RUNNING_REMOTELY, CloudPod

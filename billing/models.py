@@ -2,7 +2,7 @@
 
 Amounts are Decimal USD with 6 places. Ledger rows are never edited or deleted: a correction
 is a new row. Caps are enforced on SpendCounter rows with a conditional UPDATE, so concurrent
-holds can never overshoot (see billing/caps.py).
+holds can never overshoot (see billing/ledger.py and billing/caps.py).
 """
 from decimal import Decimal
 

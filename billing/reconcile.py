@@ -33,7 +33,7 @@ from workers.clients.base import BackendError
 from workers.clients.runpod_billing import RunPodBilling
 from workers.pods.models import LIVE, CloudPod
 
-from . import caps
+from .ledger import pod_held, record_adjustment, record_idle
 from .models import SPENT_KINDS, LedgerEntry
 from .pricing import money
 
@@ -116,7 +116,7 @@ def _pods(report: Report, billing) -> None:
                                      suspect=True))
             continue
         if row.status in LIVE or row.terminated_at is None:
-            report.lines.append(Line("runpod pods", f"{pod_id} ({row.name})", None, caps.pod_held(row.id),
+            report.lines.append(Line("runpod pods", f"{pod_id} ({row.name})", None, pod_held(row.id),
                                      "still running: held so far, settled when it ends"))
             continue
         ledger = _ever(Q(attempt__pod_assignment__pod=row) | Q(key=f"pod-idle:{row.id}"))
@@ -153,14 +153,14 @@ def _serverless_day(report, billing, endpoint, day: date, start, end, *, record:
     if record and whole_day and not settled and gap:
         backend = Backend.objects.filter(kind=Backend.Kind.RUNPOD).order_by("id").first()
         unmatched = _ledger(runs & Q(kind=LedgerEntry.Kind.UNMATCHED), start, end)
-        if gap > 0 and caps.record_idle(key=overhead_key, amount=gap, backend=backend, day=day,
-                                        note=f"RunPod worker time around the jobs of {day}: cold starts, idle timeouts"):
+        if gap > 0 and record_idle(key=overhead_key, amount=gap, backend=backend, day=day,
+                                   note=f"RunPod worker time around the jobs of {day}: cold starts, idle timeouts"):
             report.recorded.append((overhead_key, gap))
             settled = gap
         elif gap < 0 and unmatched > 0:
             correction = max(gap, -unmatched)
-            if caps.record_adjustment(key=correction_key, amount=correction, backend=backend, day=day,
-                                      note=f"runs recorded as unmatched on {day} that RunPod did not bill"):
+            if record_adjustment(key=correction_key, amount=correction, backend=backend, day=day,
+                                 note=f"runs recorded as unmatched on {day} that RunPod did not bill"):
                 report.recorded.append((correction_key, correction))
                 settled = correction
     if not settled:

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 from django.utils import timezone
 
-from billing.caps import record_upkeep
+from billing.ledger import record_upkeep
 from billing.pricing import metered_cost
 from workers.clients import BackendError
 from workers.workflows.requirements import Inventory, Requirements

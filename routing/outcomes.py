@@ -15,7 +15,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 from django.core.files.base import ContentFile
 
-from billing import caps
+from billing import ledger
 from billing.models import LedgerEntry
 from billing.pods import pod_price_per_second
 from billing.pricing import actual_cost, cost_at, metered_cost, metered_price
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 def lock_job(job_id) -> None:
     """The one lock order on PostgreSQL: a transaction that changes an attempt's state locks its
-    job's row first, then attempt rows, then spend counters and ledger (billing.caps). Two paths
+    job's row first, then attempt rows, then spend counters and ledger (billing.ledger). Two paths
     that took job and attempt in opposite orders (a cancel against a completion) deadlocked in
     61 of 70 races (tests/lock_race.py). A no-op on SQLite, whose writers run one at a time."""
     list(Job.objects.select_for_update().filter(id=job_id).values_list("id", flat=True))
@@ -57,7 +57,7 @@ def attempt_succeed(*, attempt_id, done: Done, client) -> bool:
                             seconds=done.seconds, error="", cost=cost):
             return False
         if cost or attempt.backend.category != "local":  # a local GPU holds and charges nothing
-            caps.charge(attempt=attempt, amount=cost)
+            ledger.charge(attempt=attempt, amount=cost)
         for index, (output, data) in enumerate(files):
             _store_output(attempt, index, output, data)
         job_move(attempt.job_id, to=JobStatus.SUCCEEDED, finished_at=now, progress=100, error="",
@@ -151,18 +151,18 @@ def _given_up_remotely(attempt: Attempt, ran_seconds: Optional[float]) -> None:
     dispatch.send_on_commit(dispatch.CANCEL, [str(attempt.id)], queue=attempt.backend.queue)
     if ran_seconds is not None or attempt.running_at:
         seconds = ran_seconds if ran_seconds is not None else (timezone.now() - attempt.running_at).total_seconds()
-        caps.record_unmatched(attempt=attempt, key=f"unmatched:{attempt.id}:failed-run",
-                              amount=metered_cost(attempt.backend, seconds),
-                              note=f"ran about {seconds:.0f} s on {attempt.backend.name}, then failed or was given up")
+        ledger.record_unmatched(attempt=attempt, key=f"unmatched:{attempt.id}:failed-run",
+                                amount=metered_cost(attempt.backend, seconds),
+                                note=f"ran about {seconds:.0f} s on {attempt.backend.name}, then failed or was given up")
 
 
 def _settle(attempt: Attempt, used: Optional[Decimal]) -> None:
     """An attempt ended without a result: give its hold back, or charge the remote time it used
     (RunPod bills a cancelled or stopped job for the seconds it ran)."""
     if not used:
-        caps.release(attempt=attempt)
+        ledger.release(attempt=attempt)
         return
-    caps.charge(attempt=attempt, amount=used)
+    ledger.charge(attempt=attempt, amount=used)
     Job.objects.filter(id=attempt.job_id).update(cost=F("cost") + used)
 
 
@@ -230,8 +230,8 @@ def _record_billed_run(attempt: Attempt, seconds: float) -> None:
         return
     if any(entry_key == key for entry_key, _ in recorded):
         key += ":after-cancel"
-    caps.record_unmatched(attempt=attempt, key=key, amount=rest,
-                          note=f"{attempt.backend.name} reports it ran {seconds:.0f} s, then was cancelled; no job received it")
+    ledger.record_unmatched(attempt=attempt, key=key, amount=rest,
+                            note=f"{attempt.backend.name} reports it ran {seconds:.0f} s, then was cancelled; no job received it")
 
 
 def meter_rate(attempt: Attempt) -> Decimal:

@@ -16,7 +16,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 from django.db.models.functions import Coalesce
 
-from billing import caps
+from billing import ledger
 from billing.models import LedgerEntry
 from billing.pricing import cost_at
 from workers.clients import BackendError, Done, Failed, Progress
@@ -125,8 +125,8 @@ def _close_call(attempt: Attempt, paid: bool, *, cut_short: bool, key: str) -> N
 
 
 def _unmatched(attempt: Attempt, key: str, why: str) -> None:
-    estimate = caps.first_hold(attempt)
-    if caps.record_unmatched(attempt=attempt, key=f"unmatched:{attempt.id}:{key}", amount=estimate, note=why):
+    estimate = ledger.first_hold(attempt)
+    if ledger.record_unmatched(attempt=attempt, key=f"unmatched:{attempt.id}:{key}", amount=estimate, note=why):
         log.warning("attempt %s: %s; recorded $%s as unmatched spend", attempt.id, why, estimate)
 
 
@@ -206,12 +206,12 @@ def _meter_stopped(attempt: Attempt, client, *, ahead: float) -> bool:
         return False
     seconds = (timezone.now() - running_at).total_seconds()
     used = cost_at(rate, seconds)
-    need = used + cost_at(rate, ahead) - caps.held(attempt)
+    need = used + cost_at(rate, ahead) - ledger.held(attempt)
     if need <= 0:
         return False
-    refusal = caps.extend(attempt=attempt, amount=need + cost_at(rate, 4 * ahead))
+    refusal = ledger.extend(attempt=attempt, amount=need + cost_at(rate, 4 * ahead))
     while refusal:
-        refusal = caps.extend(attempt=attempt, amount=need)
+        refusal = ledger.extend(attempt=attempt, amount=need)
         if not refusal or not _stop_younger(attempt, refusal):
             break
     if not refusal:

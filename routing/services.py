@@ -17,7 +17,7 @@ from django.db.models import F
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from billing import caps
+from billing import ledger
 from project import queues
 
 from . import dispatch
@@ -157,7 +157,7 @@ def _place(job: Job, chosen, number: int) -> tuple[Optional[Attempt], str]:
             # A cloud attempt always takes a hold, even of $0 (a pod already paid for): its meter
             # grows that hold while it runs, and the first refusal stops it.
             if chosen.cost > 0 or chosen.category == "cloud":
-                refusal = caps.hold(attempt=attempt, amount=chosen.cost)
+                refusal = ledger.hold(attempt=attempt, amount=chosen.cost)
                 if refusal:
                     raise _Refused(refusal)
             return attempt, ""

@@ -32,7 +32,7 @@ def race(job_ids) -> dict:
     """Route every job from its own thread, all released at once by a barrier."""
     from django.db import connection
 
-    from billing.caps import ledger_total
+    from billing.ledger import ledger_total
     from billing.models import LedgerEntry
     from routing import services
     from routing.models import Job

@@ -112,7 +112,7 @@ def test_beat_reconciles_yesterday_and_records_its_overhead_only_once_runpods_re
 
 
 def test_a_run_recorded_as_unmatched_that_runpod_never_billed_is_corrected_once(fake, settings, alice):
-    from billing import caps
+    from billing import ledger
     from billing.models import LedgerEntry, SpendCounter
     from routing.models import Attempt, Backend, Job
 
@@ -120,7 +120,7 @@ def test_a_run_recorded_as_unmatched_that_runpod_never_billed_is_corrected_once(
     runpod = Backend.objects.get(name="runpod")
     attempt = Attempt.objects.create(job=Job.objects.create(user=alice, prompt="x"), backend=runpod, number=1)
     # a /run cut short: it may have started a run, so it was recorded at its estimate; RunPod bills nothing
-    caps.record_unmatched(attempt=attempt, key=f"unmatched:{attempt.id}:submit-1-cut", amount=Decimal("0.05"),
+    ledger.record_unmatched(attempt=attempt, key=f"unmatched:{attempt.id}:submit-1-cut", amount=Decimal("0.05"),
                           note="the connection broke during /run")
     written = LedgerEntry.objects.get(kind="unmatched").created_at.astimezone(dt_timezone.utc).date()
     midnight = datetime.combine(written, datetime.min.time(), tzinfo=dt_timezone.utc)
@@ -132,7 +132,7 @@ def test_a_run_recorded_as_unmatched_that_runpod_never_billed_is_corrected_once(
     [line] = [line for line in before.lines if line.provider == "runpod serverless"]
     assert line.difference == Decimal("-0.05") and not before.clean
     assert after.recorded == [(f"runpod-correction:ep-test:{written}", Decimal("-0.05"))] and after.clean
-    assert caps.ledger_total() == 0 and LedgerEntry.objects.get(kind="adjustment").user_id is None
+    assert ledger.ledger_total() == 0 and LedgerEntry.objects.get(kind="adjustment").user_id is None
     assert SpendCounter.objects.get(scope=SpendCounter.Scope.GLOBAL_MONTH).amount == 0  # the cap gets it back
     assert reconcile(start=day[0], end=day[1], record=True, now=day[1] + timedelta(hours=3)).recorded == []
 

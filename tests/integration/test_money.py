@@ -1,6 +1,6 @@
 """Caps bound what is really spent: real Redis, real Celery workers, the fake RunPod.
 
-A per-second backend's hold is a meter (billing/caps.py): each poll extends it past the time
+A per-second backend's hold is a meter (billing/ledger.py): each poll extends it past the time
 used so far; when a cap refuses, the remote job is cancelled and the time it ran is charged.
 The fake RunPod's record of how long each job ran is the provider's truth the ledger is held to.
 """
@@ -11,7 +11,7 @@ from decimal import Decimal
 import pytest
 from django.utils import timezone
 
-from billing import caps
+from billing import ledger
 from billing.models import LedgerEntry, SpendCounter
 from billing.pricing import money
 from routing import services
@@ -54,7 +54,7 @@ def test_twenty_slow_serverless_jobs_spend_no_more_than_the_cap_plus_one_poll_in
     wait_for(lambda: all(job.status == "CANCELLED" for job in remote), 20, 0.1, "RunPod to cancel them")
     provider = runpod.billed_seconds()
     provider_cost = sum(Decimal(str(seconds)) for seconds in provider.values()) * PRICE
-    charged = caps.ledger_total(user=alice)
+    charged = ledger.ledger_total(user=alice)
     one_poll = 20 * PRICE * Decimal(str(POLL))  # one poll interval of every running job's price
     assert charged <= CAP + one_poll, charged
     assert provider_cost <= CAP + one_poll, provider_cost  # what RunPod bills is bounded too
@@ -89,7 +89,7 @@ def test_a_run_in_progress_gets_the_room_of_jobs_still_queued_on_runpod(runpod, 
     assert all(a.error.startswith("Stopped after 0 s") and a.cost == 0 for a in attempts), [a.error for a in attempts]
     remote = [runpod.jobs[a.handle["job_id"]] for a in attempts]  # the cancel is a task of its own
     wait_for(lambda: all(job.status == "CANCELLED" for job in remote), 20, 0.1, "RunPod to cancel them")
-    charged = caps.ledger_total(user=alice)
+    charged = ledger.ledger_total(user=alice)
     assert charged == running.cost and charged <= Decimal("0.02")
 
 
@@ -130,7 +130,7 @@ def test_a_worker_killed_during_runpod_run_leaves_no_unrecorded_run(runpod, work
     assert len(runpod.jobs) == 2  # the first run cannot be found again (no listing, no idempotency)
     [charge] = LedgerEntry.objects.filter(kind=LedgerEntry.Kind.CHARGE)
     [lost] = _unmatched()
-    assert lost.user_id is None and lost.amount == caps.first_hold(job.attempts.get()) > 0
+    assert lost.user_id is None and lost.amount == ledger.first_hold(job.attempts.get()) > 0
     # Every provider-side run is in the ledger: one charged to the user, one as the operator's.
     assert len(runpod.jobs) == len([charge]) + len([lost])
     installation = SpendCounter.objects.get(scope=SpendCounter.Scope.GLOBAL_MONTH)
@@ -161,7 +161,7 @@ def test_a_worker_killed_during_gemini_generate_content_leaves_no_unrecorded_run
     charges = list(LedgerEntry.objects.filter(kind=LedgerEntry.Kind.CHARGE))
     lost = _unmatched()
     assert made == len(charges) + len(lost)
-    assert [entry.amount for entry in lost] == [caps.first_hold(job.attempts.get())]
+    assert [entry.amount for entry in lost] == [ledger.first_hold(job.attempts.get())]
     assert lost[0].user_id is None and "worker died" in lost[0].note
 
 
@@ -209,7 +209,7 @@ def test_a_run_that_started_after_we_last_looked_is_recorded_once_it_is_cancelle
     [lost] = _unmatched()
     assert lost.key == f"unmatched:{attempt.id}:failed-run" and lost.user_id is None
     assert lost.amount == money(PRICE * Decimal(remote["executionTime"]) / 1000)  # what RunPod bills
-    assert caps.ledger_total(user=alice) == 0  # the user saw it queued: not theirs to pay
+    assert ledger.ledger_total(user=alice) == 0  # the user saw it queued: not theirs to pay
 
 
 def test_a_given_up_run_that_ran_longer_than_we_saw_is_topped_up_to_runpods_seconds(runpod, alice):
@@ -234,7 +234,7 @@ def test_a_cancelled_run_that_never_started_records_nothing(runpod, alice):
     services.attempt_cancel_remote(attempt_id=attempt.id)
 
     assert runpod.jobs[attempt.handle["job_id"]].status == "CANCELLED"
-    assert _unmatched() == [] and caps.ledger_total() == 0
+    assert _unmatched() == [] and ledger.ledger_total() == 0
 
 
 # --- pods: a pod's seconds are metered like a serverless run's -----------------------------------
@@ -288,7 +288,7 @@ def test_jobs_on_a_running_pod_spend_no_more_than_the_cap_plus_one_poll_interval
     # ten 3 s jobs would cost $0.027 at $3.29/h: the cap lets about a third of that run
     assert 2 <= len(done) <= 4 and stopped, [job.error for job in jobs]
     assert all("Daily spending limit" in job.attempts.get().error for job in stopped)
-    charged = caps.ledger_total(user=alice)
+    charged = ledger.ledger_total(user=alice)
     assert charged <= POD_CAP + rate * Decimal(str(POD_POLL)), charged
     assert charged == sum(job.cost for job in jobs)  # each job's seconds on the pod, charged when it ended
     assert all(job.cost == money(rate * Decimal(str(job.attempts.get().seconds))) for job in done)
@@ -302,4 +302,4 @@ def test_jobs_on_a_running_pod_spend_no_more_than_the_cap_plus_one_poll_interval
     pod.refresh_from_db()
     assert pod.uptime_cost == charged + pod.idle_cost
     provider = Decimal(str(pod_cloud.billed_pod_cost()))
-    assert abs(provider - caps.ledger_total()) <= rate * 2, (provider, caps.ledger_total())  # our clock vs RunPod's
+    assert abs(provider - ledger.ledger_total()) <= rate * 2, (provider, ledger.ledger_total())  # our clock vs RunPod's

@@ -12,7 +12,7 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from billing import caps
+from billing import ledger
 from billing.models import LedgerEntry
 from billing.reconcile import reconcile
 from routing import services
@@ -103,7 +103,7 @@ def test_a_backlog_with_local_busy_spawns_pods_that_run_the_jobs_and_are_stopped
     for row in rows:  # what RunPod bills for each pod is, exactly, its jobs' charges plus its idle time
         charged = sum(a.attempt.cost for a in row.assignments.select_related("attempt"))
         assert charged + row.idle_cost == row.uptime_cost
-    assert caps.ledger_total() == sum(row.uptime_cost for row in rows)
+    assert ledger.ledger_total() == sum(row.uptime_cost for row in rows)
 
     # ...and agrees with what RunPod's billing API says it billed for each pod
     settings.RUNPOD_REST_BASE_URL = fake.rest_url
@@ -218,7 +218,7 @@ def test_reconciliation_records_the_serverless_worker_time_no_job_was_charged_fo
     assert reconcile(start=start, end=end, record=True, now=later).recorded == []
     [overhead] = LedgerEntry.objects.filter(key__startswith="runpod-overhead:")
     assert overhead.kind == "idle" and overhead.user_id is None  # the installation's, against its cap
-    assert caps.ledger_total() == sum(Job.objects.get(id=job.id).cost for job in jobs) + price * 80
+    assert ledger.ledger_total() == sum(Job.objects.get(id=job.id).cost for job in jobs) + price * 80
 
 
 def test_a_job_cancelled_by_the_user_is_cancelled_on_runpod(cloud, workers, alice, settings):
@@ -239,11 +239,11 @@ def test_a_job_cancelled_by_the_user_is_cancelled_on_runpod(cloud, workers, alic
     assert job.status == JobStatus.CANCELLED
     # The seconds it ran on RunPod are billed there, so they are charged here, not released.
     attempt = job.attempts.get()
-    assert attempt.cost > 0 and job.cost == attempt.cost == caps.ledger_total(job=job, user=alice)
+    assert attempt.cost > 0 and job.cost == attempt.cost == ledger.ledger_total(job=job, user=alice)
     # RunPod ran it a little before we first saw it running: after the cancel, what it reports
     # beyond the user's charge is recorded as the installation's, so the ledger is RunPod's bill.
     from billing.pricing import metered_cost
 
     billed = metered_cost(attempt.backend, fake.jobs[remote_id].as_status()["executionTime"] / 1000)
-    wait_for(lambda: caps.ledger_total(job=job) == max(billed, attempt.cost), 20, 0.1, "the run to be recorded")
+    wait_for(lambda: ledger.ledger_total(job=job) == max(billed, attempt.cost), 20, 0.1, "the run to be recorded")
     assert attempt.cost <= settings.RUNPOD_PRICE_PER_SECOND * Decimal(str(fake.billed_seconds()[remote_id]))

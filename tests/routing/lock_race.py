@@ -18,7 +18,7 @@ def seed(n: int):
     from django.contrib.auth import get_user_model
     from django.utils import timezone
 
-    from billing import caps
+    from billing import ledger
     from routing.defaults import ensure_default_backends
     from routing.models import Attempt, Backend, Job
 
@@ -31,7 +31,7 @@ def seed(n: int):
         job = Job.objects.create(user=user, prompt=f"race {i}", status="running", backend=backend)
         attempt = Attempt.objects.create(job=job, backend=backend, number=1, status="submitted",
                                          handle={"prompt_id": str(i)}, running_at=timezone.now())
-        caps.hold(attempt=attempt, amount=Decimal("0.005"))
+        ledger.hold(attempt=attempt, amount=Decimal("0.005"))
         attempts.append(attempt.id)
     return user, attempts
 
@@ -40,7 +40,7 @@ def race(user, attempt_ids) -> dict:
     """For each attempt, one thread cancels its job while another records its success."""
     from django.db import connection
 
-    from billing.caps import ledger_total
+    from billing.ledger import ledger_total
     from routing import services
     from routing.models import Attempt, Job
     from workers.clients import Done

@@ -15,7 +15,8 @@ from django.db import transaction
 from django.db.models import Sum
 from django.utils import timezone
 
-from billing.caps import cloud_budget_left, held_by, meter_pod, pod_held
+from billing.caps import cloud_budget_left
+from billing.ledger import held_by, meter_pod, pod_held
 from billing.pods import pod_price_per_second
 from billing.pricing import cost_at
 from routing import dispatch
@@ -53,7 +54,7 @@ def autoscale(*, now=None) -> dict:
 
 def _meter_pods(backend: Backend, now) -> None:
     """Hold each pod's uptime, so far and until the next pass, against the installation's cap,
-    less what its jobs hold or were charged (billing/caps.py). A pod the cap refuses is ended as
+    less what its jobs hold or were charged (billing/ledger.py). A pod the cap refuses is ended as
     soon as no job runs on it (the running jobs' meters meet the same cap and stop them)."""
     ahead = 2 * settings.RUNPOD_AUTOSCALE_SECONDS
     for pod in CloudPod.objects.filter(backend=backend, status__in=LIVE, runpod_id__isnull=False).select_related(

@@ -27,7 +27,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from billing.caps import record_idle, release_pod
+from billing.ledger import record_idle, release_pod
 from billing.pods import pod_cost, pod_price_per_second
 from billing.pricing import cost_at
 from project import queues

@@ -23,7 +23,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from billing.caps import record_upkeep
+from billing.ledger import record_upkeep
 from billing.pods import pod_price_per_second
 from billing.pricing import cost_at
 from project import queues

@@ -232,7 +232,7 @@ def test_terminating_records_uptime_and_as_idle_what_the_jobs_were_not_charged(p
 
 
 def test_a_pods_uptime_is_held_against_the_installations_cap_as_it_accrues(pods, fake, alice, settings, sent):
-    from billing import caps
+    from billing import ledger
     from billing.models import SpendCounter
 
     settings.RUNPOD_AUTOSCALE_SECONDS = 15
@@ -249,11 +249,11 @@ def test_a_pods_uptime_is_held_against_the_installations_cap_as_it_accrues(pods,
 
     # 600 s up + 30 s until after the next pass, at $0.72/h = $0.126, less the job's $0.012 charge,
     # plus one more step of room
-    assert caps.pod_held(pod.id) == Decimal("0.120000") and installation() == Decimal("0.120000")
+    assert ledger.pod_held(pod.id) == Decimal("0.120000") and installation() == Decimal("0.120000")
     pod_autoscale.autoscale(now=now + timedelta(seconds=5))
-    assert caps.pod_held(pod.id) == Decimal("0.120000")  # still covered: nothing written
+    assert ledger.pod_held(pod.id) == Decimal("0.120000")  # still covered: nothing written
     pod_autoscale.autoscale(now=now + timedelta(seconds=60))
-    assert caps.pod_held(pod.id) == Decimal("0.132000")
+    assert ledger.pod_held(pod.id) == Decimal("0.132000")
 
     # The pod ends: its hold is given back and its idle time recorded instead.
     services.pod_give_up(pod_id=pod.id, error="test")
@@ -262,12 +262,12 @@ def test_a_pods_uptime_is_held_against_the_installations_cap_as_it_accrues(pods,
     pod.refresh_from_db()
     assert pod.idle_cost == Decimal("0.120000")  # 660 s up = $0.132, less the job's $0.012
     assert installation() == pod.idle_cost  # the job's charge is its user's and is not moved here
-    assert not caps.release_pod(pod=pod)  # once
+    assert not ledger.release_pod(pod=pod)  # once
 
 
 def test_a_pod_the_installations_cap_refuses_is_ended_once_no_job_runs_on_it(
         pods, fake, alice, settings, sent, django_capture_on_commit_callbacks):
-    from billing import caps
+    from billing import ledger
 
     settings.GLOBAL_MONTHLY_CAP_USD = Decimal("0.05")
     pod = ready_pod(fake, pods)
@@ -279,7 +279,7 @@ def test_a_pod_the_installations_cap_refuses_is_ended_once_no_job_runs_on_it(
 
     pod_autoscale.autoscale(now=now)  # $0.126 of uptime against $0.05 left: refused, but a job runs on it
 
-    assert caps.pod_held(pod.id) == 0
+    assert ledger.pod_held(pod.id) == 0
     assert CloudPod.objects.get(id=pod.id).status == PodStatus.BUSY
     Attempt.objects.filter(id=running.id).update(status=AttemptStatus.FAILED, finished_at=now)  # its meter stopped it
     with django_capture_on_commit_callbacks(execute=True):
