@@ -238,7 +238,7 @@ class Simulator:
                         excluded=frozenset(IDS[name] for name in outcome.excluded))
 
     def pod_estimate(self, seconds: float) -> tuple:
-        """workers/pods/selectors.py pod_estimate."""
+        """The pod entry of billing/pricing.py, with the room workers/pods/selectors.py pod_room reads."""
         ready = [p for p in self.pods if p.usable and p.terminated is None]
         starting = [p for p in self.pods if not p.usable and p.terminated is None]
         waiting = len(self.pending_pod)

@@ -5,10 +5,8 @@ from django.conf import settings
 from django.db.models import Count, F, Q
 from django.utils import timezone
 
-from billing import caps
-from billing.prices import gemini_image_price
-from billing.pricing import gemini_video_price, metered_cost
-from workers.pods.selectors import pod_estimate
+from billing import caps, pricing
+from workers.pods.selectors import pod_room
 from workers.workflows import build_workflow
 from workers.workflows.requirements import Inventory, requirements_of
 
@@ -65,17 +63,9 @@ def in_flight_by_user() -> dict[int, int]:
 
 
 def estimate(backend: Backend, job: Job) -> tuple[Decimal, float]:
-    """Expected marginal cost (USD) and seconds of this job on this backend."""
-    seconds = backend.expected_video_seconds if job.kind == JobKind.VIDEO else backend.expected_image_seconds
-    if backend.category == Category.LOCAL:
-        return Decimal("0"), seconds
-    if backend.kind == Backend.Kind.GEMINI:
-        if job.kind == JobKind.VIDEO:
-            return gemini_video_price(backend, job.duration_seconds), seconds
-        return gemini_image_price(backend), seconds
-    if backend.kind == Backend.Kind.POD:  # nothing extra on a running pod with room, else a new pod
-        return pod_estimate(backend, seconds)
-    return metered_cost(backend, seconds), seconds
+    """Expected marginal cost (USD) and seconds of this job on this backend: its kind's entry
+    in the pricing table, which reads the live pods' room through the pod selectors."""
+    return pricing.estimate(backend, job, pod_room=pod_room)
 
 
 def locked_backends() -> list[Backend]:

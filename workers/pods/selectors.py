@@ -8,6 +8,7 @@ from django.db.models import Count, Max
 from django.utils import timezone
 
 from billing.prices import pod_hourly_estimate
+from billing.pricing import PodRoom
 from routing.models import ACTIVE_ATTEMPT_STATES, ACTIVE_JOB_STATES, Attempt, AttemptStatus
 
 from .models import LIVE, USABLE, CloudPod, PodAssignment, PodStatus
@@ -47,10 +48,10 @@ def expected_pod_rate() -> Decimal:
     return Decimal(latest) if latest else pod_hourly_estimate()
 
 
-def pod_estimate(backend, seconds: float, now=None) -> tuple[Decimal, float]:
-    """Marginal cost and time of one more job on the pods backend: nothing extra on a pod that
-    is already paid for and has room (after the jobs already waiting), else a new pod's
-    expected spin-up plus run time at the expected hourly rate."""
+def pod_room(backend, now=None) -> PodRoom:
+    """What the pods offer one more job, for its estimate (billing.pricing): no wait on a pod
+    that is already paid for and has room (after the jobs already waiting), the rest of the
+    spin-up on a starting one, else a new pod at the expected hourly rate (read only then)."""
     now = now or timezone.now()
     pods = list(CloudPod.objects.filter(backend_id=backend.id, status__in=LIVE))
     counts = active_counts(p.id for p in pods)
@@ -58,19 +59,12 @@ def pod_estimate(backend, seconds: float, now=None) -> tuple[Decimal, float]:
     ready = [p for p in pods if p.status in USABLE]
     starting = [p for p in pods if p.status == PodStatus.STARTING]
     if room(ready, counts) > waiting:
-        return Decimal("0"), seconds
+        return PodRoom(wait=0)
     if room(ready, counts) + room(starting, counts) > waiting:
         oldest = min(p.created_at for p in starting)
-        left = max(0.0, settings.RUNPOD_POD_SPINUP_SECONDS - (now - oldest).total_seconds())
-        return Decimal("0"), seconds + left
-    total = settings.RUNPOD_POD_SPINUP_SECONDS + seconds
-    # A new pod for one job is billed for its spin-up, the job, and the idle minutes before the
-    # reaper stops it: pricing only the first two made single video jobs pick pods that then
-    # wasted 40 % of cloud spend idle (bench/cost.py, "ours-idle-aware").
+        return PodRoom(wait=max(0.0, settings.RUNPOD_POD_SPINUP_SECONDS - (now - oldest).total_seconds()))
     rate = expected_pod_rate()
-    billed = total + idle_limit(rate)
-    cost = rate * Decimal(str(billed)) / Decimal(3600)
-    return cost.quantize(Decimal("0.000001")), total
+    return PodRoom(wait=None, rate=rate, idle_seconds=idle_limit(rate))
 
 
 def idle_limit(cost_per_hour: Decimal) -> int:
