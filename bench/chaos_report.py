@@ -22,20 +22,12 @@ from decimal import Decimal
 
 from tests.fakes.gemini import PAID_ACTIONS  # the calls Google bills
 
+from .harness import percentile
+
 TAG = re.compile(r"chaos job #(\d+)")
 _NOISE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}(-u1)?|\b[0-9a-z]{14}\b|"
                     r"https?://[^\s)]+|\$[0-9.]+|\d+(\.\d+)?")
 CENT = Decimal("0.01")
-
-
-def percentile(values, q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    position = (len(ordered) - 1) * q / 100
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 def normalise(message: str) -> str:

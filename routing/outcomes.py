@@ -37,7 +37,7 @@ def lock_job(job_id) -> None:
     """The one lock order on PostgreSQL: a transaction that changes an attempt's state locks its
     job's row first, then attempt rows, then spend counters and ledger (billing.ledger). Two paths
     that took job and attempt in opposite orders (a cancel against a completion) deadlocked in
-    61 of 70 races (tests/lock_race.py). A no-op on SQLite, whose writers run one at a time."""
+    61 of 70 races (tests/routing/lock_race.py). A no-op on SQLite, whose writers run one at a time."""
     list(Job.objects.select_for_update().filter(id=job_id).values_list("id", flat=True))
 
 
