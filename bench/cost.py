@@ -2,8 +2,10 @@
 offline references, on the design's three use cases and a 30-day mixed trace (bench/costtrace.py,
 simulated by bench/costsim.py with prices and timings from settings).
 
-Targets are judged on the 30-day trace: savings against cloud-only, cost against the offline
-lower bound at the same p95 wait, and idle pod cost as a share of the cloud spend.
+Targets are judged on the 30-day trace, on every seed (the worst one): savings against
+cloud-only, cost against the feasible offline plan at the same p95 wait (issue 15; the lower
+bound, a relaxation no schedule reaches, is reported beside it), and idle pod cost as a share
+of the cloud spend.
 """
 import os
 
@@ -36,7 +38,7 @@ def config_from_settings() -> costsim.Config:
         pod_max_jobs=settings.RUNPOD_POD_MAX_JOBS, gemini_per_image=float(settings.GEMINI_PRICE_PER_IMAGE),
         gemini_per_video_second=float(settings.GEMINI_PRICE_PER_VIDEO_SECOND),
         local_queue_limit=settings.LOCAL_QUEUE_LIMIT, probe_every=float(settings.HEALTH_PROBE_SECONDS),
-        max_attempts=settings.JOB_MAX_ATTEMPTS,
+        max_attempts=settings.JOB_MAX_ATTEMPTS, warm_window=float(settings.RUNPOD_WARM_WINDOW_SECONDS),
         expected={name: {"image": b["expected_image_seconds"], "video": b["expected_video_seconds"]}
                   for name, b in backends.items()},
         priority={name: b["priority"] for name, b in backends.items()},
@@ -94,7 +96,8 @@ def run(ctx) -> dict:
             runs[f"{scenario.name}@seed{seed}"] = evaluate(config, scenario)
     months = [r for key, r in runs.items() if key.startswith("month@")]
     ours, proposal = _month_figures(months, "ours"), _month_figures(months, PROPOSAL)
-    savings, bound, idle = ours["savings_vs_cloud_only"], ours["ratio_to_lower_bound"], ours["idle_share_of_cloud"]
+    savings, idle = ours["savings_vs_cloud_only"], ours["idle_share_of_cloud"]
+    bound, plan = ours["ratio_to_lower_bound"], ours["ratio_to_offline_schedule"]
     first, trace = months[0], f"{params['days']}-day trace, worst seed"
     return {
         "params": {**params, "expected_seconds": config.expected,
@@ -106,8 +109,8 @@ def run(ctx) -> dict:
         "targets": [
             harness.target(f"savings vs cloud-only ({trace})", savings, f"≥ {TARGET_SAVINGS:.0%}",
                            savings >= TARGET_SAVINGS),
-            harness.target(f"cost ÷ lower bound at the same p95 wait ({trace})", bound, f"≤ {TARGET_BOUND}",
-                           bound is not None and bound <= TARGET_BOUND),
+            harness.target(f"cost ÷ feasible offline plan at the same p95 wait ({trace})", plan,
+                           f"≤ {TARGET_BOUND}", plan is not None and plan <= TARGET_BOUND),
             harness.target(f"idle pod cost ÷ cloud spend ({trace})", idle, f"≤ {TARGET_IDLE:.0%}",
                            idle <= TARGET_IDLE),
         ],

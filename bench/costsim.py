@@ -13,8 +13,9 @@ What it models, from the project's own rules and settings:
   one, up to RUNPOD_MAX_PODS, each ready RUNPOD_POD_SPINUP_SECONDS later and billed per second
   of uptime at RUNPOD_POD_PRICE_PER_HOUR; a pod runs its jobs one at a time with at most
   RUNPOD_POD_MAX_JOBS in flight; the reaper (every RUNPOD_REAP_SECONDS) terminates a pod idle
-  for RUNPOD_IDLE_SECONDS; a job waiting RUNPOD_POD_WAIT_SECONDS for a pod fails over. Pod time
-  with no job in flight (spin-up included) is idle cost, as in billing/pods.py;
+  for RUNPOD_IDLE_SECONDS while keeping it warm pays, else at once (workers/pods/selectors.py
+  reap_limit, modelled by `warm_pays`); a job waiting RUNPOD_POD_WAIT_SECONDS for a pod fails
+  over. Pod time with no job in flight (spin-up included) is idle cost, as in billing/pods.py;
 - Gemini: no capacity limit, priced per image / per Veo second (4, 6 or 8 s).
 The "ours" policy calls routing.policy.decide with candidates built the way
 routing/selectors.py builds them (marginal cost, learned expected seconds, local queue).
@@ -57,6 +58,7 @@ class Config:
     expected: dict  # backend -> {"image": seconds, "video": seconds}
     priority: dict  # backend -> priority
     serverless_cold_start: float = 8.0
+    warm_window: float = 0.0  # RUNPOD_WARM_WINDOW_SECONDS; 0: idle pods always get pod_idle
     failure_detect: float = 6.0  # polls that fail 3 times in a row (1 + 2 + 3 s back-off)
 
 
@@ -167,6 +169,7 @@ class Simulator:
         self.local_run = 0  # numbers each run, so a run lost to a power-off never "finishes"
         self.pods, self.pending_pod, self.pod_cost, self.idle_cost = [], [], 0.0, 0.0
         self.serverless_cost = self.gemini_cost = 0.0
+        self.cloud_attempts = deque()  # (when, kind) of each attempt on serverless or pods, for warm_pays
         self.round_robin = 0
         for start, end in merged(local_off) if has_local else ():
             self._at(start, self._local_goes_off)
@@ -324,6 +327,7 @@ class Simulator:
 
     # --- per-use backends -----------------------------------------------------------------
     def _to_serverless(self, outcome: Outcome) -> None:
+        self.cloud_attempts.append((self.now, outcome.job.kind))
         start = self.now + self.config.serverless_cold_start
         seconds = run_seconds(self.config, RUNPOD, outcome.job)
         cost = paid_price(self.config, RUNPOD, outcome.job)
@@ -338,6 +342,7 @@ class Simulator:
 
     # --- pods -----------------------------------------------------------------------------
     def _to_pods(self, outcome: Outcome) -> None:
+        self.cloud_attempts.append((self.now, outcome.job.kind))
         outcome.pod_since = self.now
         self.pending_pod.append(outcome)
         self._dispatch_pending()
@@ -392,12 +397,25 @@ class Simulator:
         self._dispatch_pending()
 
     def _reap(self) -> None:
+        limit = self.config.pod_idle if self.warm_pays() else 0.0
         for pod in self.pods:
             if pod.usable and pod.terminated is None and not pod.flight:
                 idle_since = pod.last_end if pod.last_end is not None else pod.ready_at
-                if self.now - idle_since > self.config.pod_idle:
+                if self.now - idle_since > limit:
                     self._terminate(pod)
         self._at(self.now + self.config.reap_every, self._reap)
+
+    def warm_pays(self) -> bool:
+        """workers/pods/selectors.py reap_limit: keep idle pods warm while jobs wait for a pod, or
+        while the cloud attempts of the last warm_window would have cost at least a pod's price
+        over it on serverless (at the serverless expected seconds for their kind)."""
+        window = self.config.warm_window
+        if not window or self.pending_pod:
+            return True
+        while self.cloud_attempts and self.cloud_attempts[0][0] <= self.now - window:
+            self.cloud_attempts.popleft()  # older than the window: never counted again
+        seconds = sum(self.expected[RUNPOD][kind] for _, kind in self.cloud_attempts)
+        return seconds * self.config.serverless_per_second >= self.config.pod_per_hour * window / 3600
 
     def _terminate(self, pod: Pod) -> None:
         pod.terminated = self.now

@@ -295,6 +295,10 @@ RUNPOD_POD_MAX_JOBS = env_int("RUNPOD_POD_MAX_JOBS", 3)  # jobs in flight per po
 RUNPOD_IDLE_SECONDS = env_int("RUNPOD_IDLE_SECONDS", 180)
 RUNPOD_IDLE_SECONDS_EXPENSIVE = env_int("RUNPOD_IDLE_SECONDS_EXPENSIVE", 120)
 RUNPOD_EXPENSIVE_PER_HOUR = env_decimal("RUNPOD_EXPENSIVE_PER_HOUR", "1.00")
+# ...but only while that pays: unless jobs wait for a pod, or the cloud jobs of this last window
+# would have cost on serverless at least what a pod costs over it, an idle pod is stopped at
+# once (workers/pods/selectors.py reap_limit). 0: always the limits above.
+RUNPOD_WARM_WINDOW_SECONDS = env_int("RUNPOD_WARM_WINDOW_SECONDS", 900)
 # The pod's own watchdog (start.sh) stops it after this long without a job, even when this
 # server is down; longer than the reaper's limit so the reaper normally acts first.
 RUNPOD_POD_SELF_STOP_SECONDS = env_int("RUNPOD_POD_SELF_STOP_SECONDS", 900)

@@ -7,9 +7,9 @@ from django.conf import settings
 from django.db.models import Count, Max
 from django.utils import timezone
 
-from billing.prices import pod_hourly_estimate
+from billing.prices import pod_hourly_estimate, serverless_price_per_second
 from billing.pricing import PodRoom
-from routing.models import ACTIVE_ATTEMPT_STATES, ACTIVE_JOB_STATES, Attempt, AttemptStatus
+from routing.models import ACTIVE_ATTEMPT_STATES, ACTIVE_JOB_STATES, Attempt, AttemptStatus, Backend, Category
 
 from .models import LIVE, USABLE, CloudPod, PodAssignment, PodStatus
 
@@ -72,6 +72,39 @@ def idle_limit(cost_per_hour: Decimal) -> int:
     if Decimal(cost_per_hour) > Decimal(settings.RUNPOD_EXPENSIVE_PER_HOUR):
         return settings.RUNPOD_IDLE_SECONDS_EXPENSIVE
     return settings.RUNPOD_IDLE_SECONDS
+
+
+def reap_limit(pod: CloudPod, now: datetime) -> int:
+    """How long the reaper lets this pod sit idle: its idle_limit while keeping it warm pays,
+    else 0 (it is stopped at the reaper's next pass once its last job ends).
+
+    Keeping it warm pays while jobs wait for a pod, or while the cloud jobs submitted in the
+    last RUNPOD_WARM_WINDOW_SECONDS (attempts on cloud backends, each priced at the serverless
+    endpoint's expected seconds for its kind × its price per second) would have cost at least
+    what a pod costs over that window. RunPod serverless takes a job at once at about 1.6× a
+    pod's price per second, so an idle pod earns its keep only when work comes at least that
+    fast; otherwise its idle tail is pure cost (bench/cost.py: the idle tails of pods started
+    for lone videos were most of the gap to the offline plan). Without a serverless backend
+    (the other way to run the next job is a new pod's spin-up), or with the window set to 0,
+    the fixed idle_limit holds (the ski-rental rule). A new pod's estimate still prices the
+    full idle_limit: the most it may bill idle, which its hold must cover. bench/costsim.py
+    Simulator.warm_pays models this rule; tests/bench/test_cost_rules.py pins the two together.
+    """
+    limit = idle_limit(pod.cost_per_hour)
+    window = settings.RUNPOD_WARM_WINDOW_SECONDS
+    serverless = Backend.objects.filter(kind=Backend.Kind.RUNPOD, enabled=True).order_by("priority", "id").first()
+    if not window or serverless is None or waiting_attempts(pod.backend_id).exists():
+        return limit
+    kinds = (Attempt.objects.filter(backend__category=Category.CLOUD, created_at__gt=now - timedelta(seconds=window))
+             .values("job__kind").annotate(n=Count("id")))
+    seconds = {"image": serverless.expected_image_seconds, "video": serverless.expected_video_seconds}
+    demand = sum(row["n"] * Decimal(str(seconds.get(row["job__kind"], 0.0))) for row in kinds)
+    return limit if demand * serverless_price_per_second(serverless) >= keep_warm_cost(pod.cost_per_hour, window) else 0
+
+
+def keep_warm_cost(cost_per_hour, window: int) -> Decimal:
+    """What a pod at this rate costs over the window (reap_limit's threshold)."""
+    return Decimal(cost_per_hour) * Decimal(window) / Decimal(3600)
 
 
 def stale(since: Optional[datetime], seconds: float, now: datetime) -> bool:

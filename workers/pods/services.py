@@ -40,7 +40,7 @@ from routing.services import attempt_fail
 from workers.clients import BackendError
 
 from .models import LIVE, LIVE_SYNCS, USABLE, CloudPod, PodAssignment, PodStatus, VolumeSync
-from .selectors import (active_counts, idle_limit, idle_since, last_job_ended, room, stale,
+from .selectors import (active_counts, idle_since, last_job_ended, reap_limit, room, stale,
                         waiting_attempts)
 
 log = logging.getLogger(__name__)
@@ -245,9 +245,10 @@ def no_pods_left(backend: Backend, error: str) -> None:
 
 # --- idle shutdown (beat every minute, control queue) -------------------------------------
 def pod_reap_idle(*, now=None) -> list[int]:
-    """Terminate pods idle longer than RUNPOD_IDLE_SECONDS (RUNPOD_IDLE_SECONDS_EXPENSIVE when
-    the hourly rate is above RUNPOD_EXPENSIVE_PER_HOUR). Idle is measured from our own job
-    records, never from whether a process answers. Pods stuck terminating are sent again."""
+    """Terminate pods idle longer than their reap_limit (selectors.py): RUNPOD_IDLE_SECONDS
+    (RUNPOD_IDLE_SECONDS_EXPENSIVE above RUNPOD_EXPENSIVE_PER_HOUR) while keeping them warm pays,
+    else at once. Idle is measured from our own job records, never from whether a process
+    answers. Pods stuck terminating are sent again."""
     now = now or timezone.now()
     reaped = [pod_id for pod_id in CloudPod.objects.filter(status__in=USABLE).values_list("id", flat=True)
               if _reap_if_idle(pod_id, now)]
@@ -261,7 +262,7 @@ def _reap_if_idle(pod_id: int, now) -> bool:
         pod = CloudPod.objects.select_for_update().get(id=pod_id)  # pod_place takes the same lock
         if pod.status not in USABLE or active_counts([pod.id]).get(pod.id):
             return False
-        limit = idle_limit(pod.cost_per_hour)
+        limit = reap_limit(pod, now)
         since = idle_since(pod)
         if not stale(since, limit, now):
             return False

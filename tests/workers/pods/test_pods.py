@@ -171,7 +171,8 @@ def test_placing_a_job_picks_the_least_loaded_pod_with_room_and_is_idempotent(po
     assert set(CloudPod.objects.values_list("status", flat=True)) == {"busy"}
 
 
-def test_the_reaper_terminates_a_pod_idle_for_three_minutes_after_its_last_job(pods, fake, alice):
+def test_the_reaper_terminates_a_pod_idle_for_three_minutes_after_its_last_job(pods, fake, alice, settings):
+    settings.RUNPOD_WARM_WINDOW_SECONDS = 0  # the fixed limits, whatever the demand
     pod = ready_pod(fake, pods)
     attempt = waiting_jobs(alice, pods, 1)[0]
     placement.pod_place(attempt=attempt)
@@ -183,11 +184,41 @@ def test_the_reaper_terminates_a_pod_idle_for_three_minutes_after_its_last_job(p
     assert CloudPod.objects.get(id=pod.id).status == PodStatus.TERMINATING
 
 
-def test_an_expensive_pod_is_reaped_after_two_minutes(pods, fake):
+def test_an_expensive_pod_is_reaped_after_two_minutes(pods, fake, settings):
+    settings.RUNPOD_WARM_WINDOW_SECONDS = 0
     pod = ready_pod(fake, pods, cost_per_hour=Decimal("3.29"))
 
     assert services.pod_reap_idle(now=pod.ready_at + timedelta(seconds=119)) == []
     assert services.pod_reap_idle(now=pod.ready_at + timedelta(seconds=121)) == [pod.id]
+
+
+def test_an_idle_pod_is_stopped_at_once_unless_the_cloud_work_coming_would_pay_for_keeping_it(
+        pods, fake, alice, settings):
+    settings.RUNPOD_WARM_WINDOW_SECONDS = 900
+    pod = ready_pod(fake, pods, cost_per_hour=Decimal("0.69"))
+    attempt = waiting_jobs(alice, pods, 1)[0]
+    placement.pod_place(attempt=attempt)
+    ended = timezone.now()
+    finish(attempt, ended)
+    # one image in 15 min would cost $0.00775 on serverless, far from the pod's $0.1725 over them
+    assert services.pod_reap_idle(now=ended + timedelta(seconds=1)) == [pod.id]
+
+    # 23 cloud images in the window: $0.178 on serverless, more than the pod's 15 min: kept warm
+    other = ready_pod(fake, pods, cost_per_hour=Decimal("0.69"))
+    runpod = Backend.objects.get(name="runpod")
+    for _ in range(23):
+        Attempt.objects.create(job=Job.objects.create(user=alice, prompt="x", status=JobStatus.RUNNING,
+                                                      backend=runpod), backend=runpod, number=1)
+    assert services.pod_reap_idle(now=other.ready_at + timedelta(seconds=60)) == []
+    assert services.pod_reap_idle(now=other.ready_at + timedelta(seconds=181)) == [other.id]
+
+
+def test_jobs_waiting_for_a_pod_keep_an_idle_one_for_its_idle_limit(pods, fake, alice, settings):
+    settings.RUNPOD_WARM_WINDOW_SECONDS = 900
+    pod = ready_pod(fake, pods)
+    waiting_jobs(alice, pods, 1)  # not placed yet: the next dispatch gives it this pod
+
+    assert services.pod_reap_idle(now=pod.ready_at + timedelta(seconds=60)) == []
 
 
 def test_a_busy_pod_is_never_reaped(pods, fake, alice):
