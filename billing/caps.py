@@ -13,13 +13,15 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from datetime import timezone as dt_timezone
 from decimal import Decimal
+from functools import reduce
+from operator import or_
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
-from .models import SpendCap, SpendCounter, to_micros
+from .models import MICROS, SpendCap, SpendCounter, to_micros
 
 Scope = SpendCounter.Scope
 
@@ -73,6 +75,15 @@ def used(limit: Limit) -> Decimal:
     return row.amount if row else Decimal("0")
 
 
+def counters_of(limits: list[Limit]) -> list[tuple[int | None, Decimal]]:
+    """(counter id or None when it does not exist yet, amount used) per limit, in one query."""
+    lookups = [Q(scope=limit.scope, user_id=limit.user_id, period=limit.period) for limit in limits]
+    rows = {(scope, user_id, period): (counter_id, micros) for counter_id, scope, user_id, period, micros in
+            SpendCounter.objects.filter(reduce(or_, lookups)).values_list("id", "scope", "user_id", "period", "micros")}
+    found = [rows.get((limit.scope, limit.user_id, limit.period)) for limit in limits]
+    return [(row[0], Decimal(row[1]) / MICROS) if row else (None, Decimal("0")) for row in found]
+
+
 def refusal_for(*, user_id: int, amount: Decimal, now=None) -> str:
     """Read-only pre-check: the message of the first cap this amount would break."""
     return Budget.for_user(user_id, now).refusal(amount)
@@ -80,15 +91,22 @@ def refusal_for(*, user_id: int, amount: Decimal, now=None) -> str:
 
 @dataclass
 class Budget:
-    """A user's caps and what is used of them, read once, for pricing many candidates."""
+    """A user's caps and what is used of them, read once (two queries), for pricing many
+    candidates; the hold that follows takes from the same counters (`counters`: their ids)."""
 
     limits: list
     used: list
+    counters: list
 
     @classmethod
     def for_user(cls, user_id: int, now=None) -> "Budget":
-        limits = limits_for(user_id, now or timezone.now())
-        return cls(limits=limits, used=[used(limit) for limit in limits])
+        return cls.of(limits_for(user_id, now or timezone.now()))
+
+    @classmethod
+    def of(cls, limits: list[Limit]) -> "Budget":
+        counters = counters_of(limits)
+        return cls(limits=limits, used=[amount for _, amount in counters],
+                   counters=[counter_id for counter_id, _ in counters])
 
     @classmethod
     def lazy(cls, user_id: int, now=None) -> "LazyBudget":
@@ -107,10 +125,13 @@ class LazyBudget:
     def __init__(self, user_id: int, now=None):
         self.user_id, self.now, self._budget = user_id, now, None
 
-    def refusal(self, amount: Decimal) -> str:
+    def read(self) -> Budget:
         if self._budget is None:
             self._budget = Budget.for_user(self.user_id, self.now)
-        return self._budget.refusal(amount)
+        return self._budget
+
+    def refusal(self, amount: Decimal) -> str:
+        return self.read().refusal(amount)
 
 
 def refusal_message(limit: Limit, used_amount: Decimal, amount: Decimal) -> str:
@@ -141,16 +162,19 @@ def _next_month(first: date) -> date:
 
 
 # --- moving the counters (the ledger calls these, beside the entry that explains the move) ---
-def take(limits: list[Limit], amount: Decimal) -> None:
+def take(limits: list[Limit], amount: Decimal, counters: list | None = None) -> None:
     """Add `amount` to the counter of every limit, each only if it stays under its cap; raises
     CapReached (with the refusal) on the first that would not. Run it in a savepoint, so that
-    a refusal rolls back the counters already moved: all of them move or none does."""
-    for limit in limits:
-        counter = _counter(limit)
-        taken = SpendCounter.objects.filter(id=counter.id, micros__lte=to_micros(limit.cap - amount)).update(
+    a refusal rolls back the counters already moved: all of them move or none does.
+    `counters`: their ids when known (a Budget read them), else found or made here. One
+    conditional UPDATE per counter, in the limits' order (the user's day, month, then the
+    installation's), the order every writer of the counters locks them in: no deadlock."""
+    for limit, counter_id in zip(limits, counters or [None] * len(limits)):
+        counter_id = counter_id or _counter(limit).id
+        taken = SpendCounter.objects.filter(id=counter_id, micros__lte=to_micros(limit.cap - amount)).update(
             micros=F("micros") + to_micros(amount))
         if not taken:
-            raise CapReached(refusal_message(limit, SpendCounter.objects.get(id=counter.id).amount, amount))
+            raise CapReached(refusal_message(limit, SpendCounter.objects.get(id=counter_id).amount, amount))
 
 
 def move(*, user_id, day: date, month: date, delta: Decimal) -> None:

@@ -30,21 +30,23 @@ from django.db import IntegrityError, transaction
 from django.db.models import Sum
 from django.utils import timezone
 
-from .caps import CapReached, installation_limit, limits_for, limits_in, move, periods, take
+from .caps import Budget, CapReached, installation_limit, limits_in, move, periods, take
 from .models import SPENT_KINDS, LedgerEntry
 from .pricing import money
 
 
-def hold(*, attempt, amount: Decimal, now=None) -> str:
+def hold(*, attempt, amount: Decimal, now=None, budget: Budget | None = None) -> str:
     """Reserve `amount` for this attempt against every cap; "" when taken, else the refusal.
-    All three counters move or none does (one savepoint)."""
+    All three counters move or none does (one savepoint). `budget`: the user's caps as the
+    router read them in this transaction (their periods and counters), else read here."""
     now = now or timezone.now()
     amount = money(amount)
     job = attempt.job
+    budget = budget or Budget.for_user(job.user_id, now)
+    day, month = budget.limits[0].period, budget.limits[1].period
     try:
         with transaction.atomic():
-            take(limits_for(job.user_id, now), amount)
-            day, month = periods(now)
+            take(budget.limits, amount, budget.counters)
             LedgerEntry.objects.create(
                 kind=LedgerEntry.Kind.HOLD, amount=amount, key=f"hold:{attempt.id}", user_id=job.user_id,
                 job=job, attempt=attempt, backend_id=attempt.backend_id, category=attempt.backend.category,

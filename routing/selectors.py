@@ -2,7 +2,8 @@
 from decimal import Decimal
 
 from django.conf import settings
-from django.db.models import Count, F, Q
+from django.db.models import Count, F, OuterRef, Q, Subquery
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from billing import caps, pricing
@@ -84,11 +85,14 @@ _INVENTORIES: dict = {}
 
 def routing_inventories(backends: list[Backend]) -> dict:
     """{backend id: Inventory or None} for `backends` (rows read without their inventory): the
-    parsed ones kept from earlier decisions, the others read and parsed in one query."""
+    parsed ones kept from earlier decisions, the others read and parsed in one query. A kind
+    that runs no ComfyUI (Gemini) has none: nothing to read."""
     found, misses = {}, []
     for backend in backends:
         cached = _INVENTORIES.get(backend.id)
-        if backend.inventory_at is not None and cached and cached[0] == backend.inventory_at:
+        if backend.kind not in HAS_INVENTORY:
+            found[backend.id] = None
+        elif backend.inventory_at is not None and cached and cached[0] == backend.inventory_at:
             found[backend.id] = cached[1]
         else:
             misses.append(backend.id)
@@ -101,10 +105,18 @@ def routing_inventories(backends: list[Backend]) -> dict:
     return found
 
 
-def candidates_for(job: Job, refused: dict | None = None, backends: list | None = None) -> list[Candidate]:
+def attempts_made():
+    """A job's attempts so far, as an annotation of the job's own row (read with it: no query of
+    its own)."""
+    return Coalesce(Subquery(Attempt.objects.filter(job=OuterRef("pk")).order_by().values("job").annotate(
+        n=Count("id")).values("n")), 0)
+
+
+def candidates_for(job: Job, refused: dict | None = None, backends: list | None = None,
+                   budget=None) -> list[Candidate]:
     """Every backend as a policy candidate. `refused`: backend id → cap refusal met while
     taking a hold in this same routing pass; `backends`: the locked rows, when the caller
-    has them (else they are locked here)."""
+    has them (else they are locked here); `budget`: the user's caps, when the caller has them."""
     refused = refused or {}
     result = []
     backends = locked_backends() if backends is None else backends
@@ -112,7 +124,7 @@ def candidates_for(job: Job, refused: dict | None = None, backends: list | None 
     # refused for that first).
     inventories = routing_inventories([b for b in backends if b.enabled and not missing_settings(b)])
     in_flight = in_flight_by_backend([b.id for b in backends if b.category == Category.LOCAL])
-    budget = caps.Budget.lazy(job.user_id)  # the caps, read once per decision, and only for a priced candidate
+    budget = budget or caps.Budget.lazy(job.user_id)  # the caps, read once, and only for a priced candidate
     for backend in backends:
         missing = missing_settings(backend)
         usable = backend.enabled and not missing
@@ -136,6 +148,8 @@ INSTALL_HINTS = {
     Backend.Kind.POD: "add it to the pods' models (deploy/runpod-worker)",
     Backend.Kind.RUNPOD: "add it to the endpoint's image and to the inventory in the backend's config",
 }
+# The kinds that run ComfyUI, so have an inventory (probed, or declared in their config).
+HAS_INVENTORY = frozenset(INSTALL_HINTS)
 
 
 def backend_inventory(backend: Backend):

@@ -17,7 +17,7 @@ from django.db.models import F
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from billing import ledger
+from billing import caps, ledger
 from project import queues
 
 from . import dispatch
@@ -25,7 +25,7 @@ from .models import Attempt, Job, JobStatus, Preference, Priority
 from .outcomes import attempt_cancel_remote, attempt_fail, attempt_succeed, job_cancel, job_fail, lock_job
 from .policy import WAIT_GPU, decide
 from .remote import attempt_poll, attempt_submit, job_spec
-from .selectors import admission_order, candidates_for, in_flight_by_user, job_facts, local_room, locked_backends
+from .selectors import admission_order, attempts_made, candidates_for, in_flight_by_user, job_facts, local_room, locked_backends
 from .transitions import job_move
 
 log = logging.getLogger(__name__)
@@ -97,13 +97,14 @@ def preference_set(*, user, preference: str) -> None:
 def job_route(*, job_id) -> Optional[Attempt]:
     """Choose a backend for a queued job and create its next attempt."""
     with transaction.atomic():
-        job = Job.objects.select_for_update().get(id=job_id)
+        job = Job.objects.select_for_update().annotate(tried=attempts_made()).get(id=job_id)
         if job.status != JobStatus.QUEUED:
             return None
-        tried = job.attempts.count()
+        tried = job.tried
         refused, backends = {}, locked_backends()
+        budget = caps.Budget.lazy(job.user_id)  # the caps, read once per decision, and only for a priced candidate
         for _ in range(MAX_HOLD_TRIES):
-            candidates = candidates_for(job, refused, backends)
+            candidates = candidates_for(job, refused, backends, budget)
             decision = decide(job_facts(job, tried), candidates, local_queue_limit=settings.LOCAL_QUEUE_LIMIT)
             if decision.wait and tried < settings.JOB_MAX_ATTEMPTS:
                 Job.objects.filter(id=job.id, status=JobStatus.QUEUED).update(
@@ -114,9 +115,9 @@ def job_route(*, job_id) -> Optional[Attempt]:
                 job_fail(job, _no_backend_message(job, decision.summary, tried))
                 return None
             chosen = next(c for c in candidates if c.id == decision.backend_id)
-            attempt, refused[chosen.id] = _place(job, chosen, tried + 1)
+            backend = next(b for b in backends if b.id == chosen.id)  # read once, above
+            attempt, refused[chosen.id] = _place(job, chosen, backend, tried + 1, budget)
             if attempt:
-                attempt.backend = next(b for b in backends if b.id == chosen.id)  # read once, above
                 break
         else:
             job_fail(job, _no_backend_message(job, decision.summary, tried))
@@ -147,19 +148,21 @@ class _Refused(Exception):
     pass
 
 
-def _place(job: Job, chosen, number: int) -> tuple[Optional[Attempt], str]:
+def _place(job: Job, chosen, backend, number: int, budget) -> tuple[Optional[Attempt], str]:
     """Create the attempt and hold its estimated cost against the caps, or neither. The
     router's cap check was a read; the hold is the atomic decision (another job may have
     taken the money in between), so a refusal here sends routing round once more."""
+    # A cloud attempt always takes a hold, even of $0 (a pod already paid for): its meter
+    # grows that hold while it runs, and the first refusal stops it. A free one takes none,
+    # and needs no savepoint.
+    if not (chosen.cost > 0 or chosen.category == "cloud"):
+        return Attempt.objects.create(job=job, backend=backend, number=number), ""
     try:
         with transaction.atomic():
-            attempt = Attempt.objects.create(job=job, backend_id=chosen.id, number=number)
-            # A cloud attempt always takes a hold, even of $0 (a pod already paid for): its meter
-            # grows that hold while it runs, and the first refusal stops it.
-            if chosen.cost > 0 or chosen.category == "cloud":
-                refusal = ledger.hold(attempt=attempt, amount=chosen.cost)
-                if refusal:
-                    raise _Refused(refusal)
+            attempt = Attempt.objects.create(job=job, backend=backend, number=number)
+            refusal = ledger.hold(attempt=attempt, amount=chosen.cost, budget=budget.read())
+            if refusal:
+                raise _Refused(refusal)
             return attempt, ""
     except _Refused as refused:
         return None, str(refused)

@@ -145,3 +145,13 @@ def test_ten_dimes_fill_a_one_dollar_cap_exactly(alice, paid):
         assert ledger.hold(attempt=attempt_for(alice, paid), amount=Decimal("0.10")) == ""
     assert ledger.hold(attempt=attempt_for(alice, paid), amount=Decimal("0.000001")).startswith("Daily spending limit")
     assert counter("user-day", alice) == Decimal("1")
+
+
+@pytest.mark.django_db
+def test_a_hold_one_cap_refuses_moves_none_of_the_three_counters_and_names_that_cap(alice, paid, settings):
+    settings.GLOBAL_MONTHLY_CAP_USD = Decimal("1")
+    assert ledger.hold(attempt=attempt_for(alice, paid), amount=Decimal("0.75")) == ""
+    refusal = ledger.hold(attempt=attempt_for(alice, paid), amount=Decimal("0.50"))  # the user's caps have room
+    assert refusal.startswith("The installation's monthly spending limit: this needs about $0.50 but only $0.25")
+    assert counter("user-day", alice) == counter("user-month", alice) == counter("global-month") == Decimal("0.75")
+

@@ -1,11 +1,14 @@
 """The database work of one job, from submission to success, on the local GPU: counted, so a
 change that adds a query to every job is seen (issue 18: a job costs a few queries, not forty).
 The path is driven in-process (the same service calls the tasks make) against the fake ComfyUI."""
+from decimal import Decimal
+
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from django.utils import timezone
 
+from billing import ledger
 from routing import selectors, services
 from routing.inventory import inventory_forget, inventory_store
 from routing.models import Backend, Job, JobStatus
@@ -13,9 +16,10 @@ from workers.workflows.requirements import requirements_of
 
 WORKFLOW = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
             "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "q"}}}
-# Statements from the API call to succeeded (measured 26; 42 before routing moved to submission and
-# the repeated reads went). Transaction bookkeeping (SAVEPOINT / RELEASE) is not counted.
-MOST = 26
+# Statements from the API call to succeeded (measured 25; 42 before routing moved to submission and
+# the repeated reads went, 26 before the attempt count was read with the job's row). Transaction
+# bookkeeping (SAVEPOINT / RELEASE) is not counted.
+MOST = 25
 
 
 def statements(captured) -> list[str]:
@@ -78,3 +82,20 @@ def test_the_routers_parsed_inventories_follow_every_change(db, local_backend, a
     assert lacks_wan() == []
     inventory_forget(backend_id=local_backend.id, lacks=["diffusion_models/wan.safetensors"])
     assert lacks_wan() == ["diffusion_models/wan.safetensors"]  # forgotten at once (inventory_at cleared)
+
+
+def test_routing_a_paid_job_reads_the_caps_once_and_holds_with_one_update_per_counter(
+        db, alice, local_backend, monkeypatch):
+    monkeypatch.setattr("routing.dispatch.send", lambda name, args, **options: None)
+    Backend.objects.exclude(id=local_backend.id).update(enabled=False)
+    Backend.objects.create(name="paidcloud", kind="comfyui", category="cloud", url="http://127.0.0.1:9", health="up",
+                           price_per_second=Decimal("0.001"), expected_image_seconds=10.0)
+    for number in range(2):  # the first makes the user's counters, the second finds them
+        job = Job.objects.create(user=alice, kind="image", preference="cloud", prompt="a fox")
+        with CaptureQueriesContext(connection) as routed:
+            attempt = services.job_route(job_id=job.id)
+    assert attempt.backend.name == "paidcloud" and ledger.held(attempt) == Decimal("0.01")
+    money = [sql for sql in statements(routed) if "billing_spend" in sql]
+    # the user's caps, the three counters in one read, then the take: one conditional UPDATE each
+    assert [sql.split()[0] for sql in money] == ["SELECT", "SELECT", "UPDATE", "UPDATE", "UPDATE"], money
+    assert not any('COUNT(*)' in sql and "routing_attempt" in sql for sql in statements(routed))  # read with the job
