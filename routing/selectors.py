@@ -32,14 +32,13 @@ def jobs_for_user(*, user, status: str = "", backend: str = ""):
     return jobs
 
 
-def in_flight_by_backend(backend_ids=None) -> dict[int, int]:
-    """Our attempts in flight per backend (only for `backend_ids` when given: the router needs
-    them for local GPUs alone, and the count grows with the backlog)."""
+def in_flight_by_backend(category: str = "") -> dict[int, int]:
+    """Our attempts in flight per backend (only on backends of `category` when given: the router
+    needs them for local GPUs alone, and the count grows with the backlog; a join, not a list
+    of every local backend's id, so a fleet's size does not grow the statement)."""
     attempts = Attempt.objects.filter(status__in=ACTIVE_ATTEMPT_STATES)
-    if backend_ids is not None:
-        if not backend_ids:
-            return {}
-        attempts = attempts.filter(backend_id__in=backend_ids)
+    if category:
+        attempts = attempts.filter(backend__category=category)
     rows = attempts.values("backend").annotate(n=Count("id")).order_by()
     return {row["backend"]: row["n"] for row in rows}
 
@@ -49,7 +48,7 @@ def local_room(*, limit: int) -> bool:
     kind, by the router's rule (policy.has_room: the limit, and in a fleet the horizon of work)."""
     local = list(Backend.objects.filter(category=Category.LOCAL, enabled=True).exclude(health="down")
                  .values("id", "queue_depth", "expected_image_seconds", "expected_video_seconds"))
-    in_flight = in_flight_by_backend([row["id"] for row in local])
+    in_flight = in_flight_by_backend(Category.LOCAL) if local else {}
     for seconds in ("expected_image_seconds", "expected_video_seconds"):
         horizon = local_horizon([row[seconds] for row in local], limit)
         if any(has_room(row["queue_depth"] + in_flight.get(row["id"], 0), row[seconds], limit=limit, horizon=horizon)
@@ -123,7 +122,7 @@ def candidates_for(job: Job, refused: dict | None = None, backends: list | None 
     # Only a usable backend's inventory can decide anything (a disabled or unconfigured one is
     # refused for that first).
     inventories = routing_inventories([b for b in backends if b.enabled and not missing_settings(b)])
-    in_flight = in_flight_by_backend([b.id for b in backends if b.category == Category.LOCAL])
+    in_flight = in_flight_by_backend(Category.LOCAL) if any(b.category == Category.LOCAL for b in backends) else {}
     budget = budget or caps.Budget.lazy(job.user_id)  # the caps, read once, and only for a priced candidate
     for backend in backends:
         missing = missing_settings(backend)
