@@ -146,6 +146,9 @@ def job_spec(attempt: Attempt) -> dict:
         "custom_workflow": job.is_custom_workflow, "prompt": job.prompt,
         "negative_prompt": job.negative_prompt, "width": job.width, "height": job.height,
         "seed": job.seed, "duration_seconds": job.duration_seconds, "priority": job.priority,
+        # when the job was accepted: a backend's queue runs its prompts in this order, whichever
+        # worker reaches it first (workers/clients/comfyui.py)
+        "order": job.created_at.timestamp(),
     }
 
 

@@ -41,7 +41,10 @@ def _state(jobs):
 
 
 def _until(jobs, expected, message):
-    return wait_for(lambda: _state(jobs) == expected, WAIT, 0.1, f"{message}: {expected}, now {_state(jobs)}")
+    try:
+        return wait_for(lambda: _state(jobs) == expected, WAIT, 0.1, f"{message}: {expected}")
+    except AssertionError as timed_out:  # the state when it timed out, not when the wait began
+        raise AssertionError(f"{timed_out}, now {_state(jobs)}") from None
 
 
 def test_a_three_job_queue_shows_running_and_positions_at_every_step(held_gpu, alice, client):

@@ -18,9 +18,10 @@ from urllib.parse import urlencode
 import websocket
 from django.conf import settings
 
-from workers.workflows.requirements import inventory_from_object_info, model_input_folder
+from workers.workflows.requirements import inventory_from_object_info
 
 from .base import BackendError, Client, Done, Failed, Health, Progress, ProgressCallback, RemoteOutput
+from .comfyui_errors import validation_error
 from .http import Http
 
 HIGH_PRIORITY = 2  # routing.models.Priority.HIGH (clients do not import models)
@@ -62,6 +63,11 @@ class ComfyUIClient(Client):
         body = {"prompt": spec["workflow"], "client_id": handle["client_id"], "prompt_id": handle["prompt_id"]}
         if spec.get("priority") == HIGH_PRIORITY:
             body["front"] = True  # ComfyUI runs it before the prompts already waiting
+        elif spec.get("order") is not None:
+            # ComfyUI runs its queue by `number`, by default the arrival order, which two workers
+            # may reach in either order: the job's acceptance time keeps first come, first served
+            # (prompts from ComfyUI's own page keep its smaller counter and go first).
+            body["number"] = spec["order"]
         response = self.http.request("POST", "/prompt", json=body)
         if response.status_code == 400:
             raise validation_error(_json_or_empty(response), spec["workflow"])
@@ -244,45 +250,6 @@ def collect_outputs(outputs: dict) -> list[RemoteOutput]:
                 mime = mimetypes.guess_type(item["filename"])[0] or "application/octet-stream"
                 found.append(RemoteOutput(filename=item["filename"], mime=mime, ref=item))
     return found
-
-
-def validation_error(body: dict, workflow: dict) -> BackendError:
-    """Turn ComfyUI's 400 body into one readable sentence naming the node and the problem.
-    A model file or node class the server lacks is the backend's fault (retryable, with what it
-    lacks, so its inventory is corrected); the rest is the user's."""
-    error = body.get("error") or {}
-    problems, lacks = [], []
-    for node_id, node in (body.get("node_errors") or {}).items():
-        for item in node.get("errors") or []:
-            detail = item.get("details") or ""
-            problems.append(f"node {node_id} ({node.get('class_type', '?')}): {item.get('message')}"
-                            + (f" — {detail}" if detail else ""))
-            lacks += _lacked_model(node.get("class_type"), item)
-    message = error.get("message") or "ComfyUI rejected the workflow"
-    if error.get("type") == "invalid_prompt" and "does not exist" in message:
-        lacks += _lacked_node(error.get("details") or "", workflow)
-    if error.get("details") and not problems:
-        message += f" ({error['details']})"
-    if problems:
-        message += ": " + "; ".join(problems)
-    if lacks:
-        message = f"This ComfyUI lacks {', '.join(lacks)}. " + message
-    return BackendError(message, retryable=bool(lacks), lacks=tuple(lacks))
-
-
-def _lacked_model(class_type, item: dict) -> list[str]:
-    extra = item.get("extra_info") or {}
-    folder = model_input_folder(class_type or "", extra.get("input_name") or "")
-    if item.get("type") != "value_not_in_list" or not folder or not isinstance(extra.get("received_value"), str):
-        return []
-    return [f"{folder}/{extra['received_value']}"]
-
-
-def _lacked_node(details: str, workflow: dict) -> list[str]:
-    # "Cannot execute because node Foo does not exist." with details "Node ID '#12'"
-    node_id = details.partition("#")[2].rstrip("'")
-    node = workflow.get(node_id) if isinstance(workflow, dict) else None
-    return [f"node {node['class_type']}"] if isinstance(node, dict) and node.get("class_type") else []
 
 
 def _failure(kind: str, data: dict) -> Failed:

@@ -94,6 +94,23 @@ def test_a_redelivered_submit_does_not_queue_the_prompt_twice(fake):
     assert sum(1 for method, path in fake.received if method == "POST" and path.endswith("/prompt")) == 1
 
 
+def test_prompts_wait_in_the_order_their_jobs_were_accepted_whichever_reaches_comfyui_first(fake):
+    """Two workers submit jobs accepted a moment apart; the later job's worker is faster. ComfyUI
+    still runs the earlier one first: `number` is the acceptance time. A high-priority job goes
+    to the front (ComfyUI's own `front`)."""
+    client, hold = _client(fake, watch_seconds=0), {"attempt_id": "running", "workflow": TINY, "order": 0.0}
+    fake.node_budget = 0  # the first prompt holds the GPU before its first node
+    running = client.submit(hold)
+    later = client.submit({"attempt_id": "later", "workflow": TINY, "order": 2000.0})
+    earlier = client.submit({"attempt_id": "earlier", "workflow": TINY, "order": 1000.0})
+    urgent = client.submit({"attempt_id": "urgent", "workflow": TINY, "order": 3000.0, "priority": 2})
+    positions = {name: client.poll(handle).position for name, handle in
+                 [("urgent", urgent), ("earlier", earlier), ("later", later)]}
+    assert positions == {"urgent": 1, "earlier": 2, "later": 3}  # behind the running one
+    fake.node_budget = None
+    assert isinstance(_run_to_end(client, running), Done)
+
+
 def test_a_validation_error_is_permanent_and_names_the_node(fake):
     bad = {"1": {"class_type": "EmptyImage", "inputs": {"width": 0, "height": 64, "batch_size": 1, "color": 0}},
            "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}}}
