@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import os
+import random
 import re
 import socket
 import sys
@@ -382,10 +383,24 @@ def nvidia_machine(cuda: str = "12.4") -> SystemInfo:
                       gpus=[Gpu(vendor="nvidia", name="NVIDIA A40", vram_bytes=45 * GIB, source="test")])
 
 
-def free_port() -> int:
+def free_port(count: int = 3) -> int:
+    """A free port with the `count - 1` after it free too, below Linux's ephemeral range
+    (32768-60999). In that range a client connection's own port can take the port the installer
+    moves ComfyUI to (the next one) between its check and ComfyUI's bind: a full run failed two
+    installs so, "Address already in use" on the port after a taken one."""
+    for base in range(random.randrange(20000, 30000), 32000):
+        if all(_bindable(port) for port in range(base, base + count)):
+            return base
+    raise RuntimeError("no free ports below the ephemeral range")
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def hooks_for(tmp_path: Path, runner: FakeRunner, *, free: int = 100 * GIB, probe=cpu_machine, **extra) -> Hooks:

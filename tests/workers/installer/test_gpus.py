@@ -4,7 +4,6 @@ fewer GPUs or --no-service takes away, and the backends registered through the a
 import argparse
 import configparser
 import plistlib
-import random
 from dataclasses import replace
 from pathlib import Path, PureWindowsPath
 
@@ -14,13 +13,14 @@ from tests.workers.installer.support import (
     STANDIN_MAIN,
     ArtifactServer,
     FakeRunner,
+    free_port,
     hooks_for,
     make_site,
     options_for,
     tar_gz,
     write_manifest,
 )
-from workers.installer import autostart, gpus, gpusteps, identity, launch
+from workers.installer import autostart, gpus, gpusteps, launch
 from workers.installer.autostart import Launch
 from workers.installer.cli import add_install_arguments, options_from_args
 from workers.installer.console import describe_plan
@@ -319,15 +319,6 @@ PINNED_MAIN = STANDIN_MAIN.replace("import argparse, json, sys", "import argpars
     '[{"name": "cuda:0 GPU " + os.environ.get("CUDA_VISIBLE_DEVICES", "all"), "type": "cuda", "vram_total": 1}]')
 
 
-def free_ports_below_the_ephemeral_range(count: int = 3) -> int:
-    """A base port with `count` free ports from it, below Linux's ephemeral range (32768-): a client
-    connection's own port there (polling the first GPU's ComfyUI) can hold the next GPU's port."""
-    for base in range(random.randrange(20000, 30000, 10), 32000, 10):
-        if not any(identity.port_in_use("127.0.0.1", port) for port in range(base, base + count)):
-            return base
-    raise RuntimeError("no free ports")
-
-
 @pytest.fixture
 def pinned_site(tmp_path):
     release = tar_gz({"ComfyUI-0.0-standin/main.py": PINNED_MAIN.encode(),
@@ -343,7 +334,7 @@ def test_verify_starts_each_gpus_comfyui_pinned_and_registers_its_backend(pinned
     hooks = hooks_for(tmp_path, cuda_runner(), probe=three_a40s, register=lambda info: "local registered",
                       register_gpus=lambda backends, retired: registered.append(backends) or "gpus registered")
     run = Installer(options_for(pinned_site, tmp_path, gpus="0,2", service=False,
-                                port=free_ports_below_the_ephemeral_range()), hooks)
+                                port=free_port()), hooks)
     try:
         run.run()
         message = run.state("verify").message
@@ -362,7 +353,7 @@ def test_a_new_pin_restarts_a_comfyui_already_running_and_a_dropped_gpus_backend
     calls = []
     hooks = hooks_for(tmp_path, cuda_runner(), probe=three_a40s, register=lambda info: "local registered",
                       register_gpus=lambda backends, retired: calls.append((backends, retired)) or "done")
-    options = options_for(pinned_site, tmp_path, service=False, port=free_ports_below_the_ephemeral_range())
+    options = options_for(pinned_site, tmp_path, service=False, port=free_port())
     runs = [Installer(replace(options, gpus=gpus_asked), hooks) for gpus_asked in ("", "0,2", "0")]
     try:
         runs[0].run()
